@@ -1,0 +1,681 @@
+"""Start and stop the message brokers used by the unimq test suite, natively.
+
+Called through the scripts/brokers wrapper:
+
+    scripts/brokers up|down|status|restart|env [backend ...]
+
+Backends: rabbitmq, redis, nats, kafka, sqs (ElasticMQ), servicebus (in-repo double).
+With no backend named, all five real brokers are meant (servicebus only on request).
+
+Every broker runs as our own child process, bound to 127.0.0.1, with its data, logs and pid
+file under .brokers/<backend>/. `down` stops it by pid (SIGTERM, then SIGKILL) and wipes its
+data; `restart` stops and starts it keeping the data. Missing software is installed on first
+use: Debian packages with apt-get, Kafka and ElasticMQ jars with Maven (scripts/jars/*/pom.xml).
+Python standard library only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import os
+import shlex
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / ".brokers"
+JARS = ROOT / "scripts" / "jars"
+HOST = "127.0.0.1"
+
+DEFAULT_BACKENDS = ["rabbitmq", "redis", "nats", "kafka", "sqs"]
+ALL_BACKENDS = DEFAULT_BACKENDS + ["servicebus"]
+
+SERVICEBUS_CONNECTION_STRING = (
+    f"Endpoint=sb://{HOST}:5673;SharedAccessKeyName=RootManageSharedAccessKey;"
+    "SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true"
+)
+
+
+class BrokerError(Exception):
+    """A broker could not be installed, started or stopped; the message says why."""
+
+
+def say(msg: str) -> None:
+    """Progress messages go to stderr so that stdout stays one line per backend."""
+    print(f"brokers: {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers: processes, ports, protocol probes
+# ---------------------------------------------------------------------------------------------
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def port_open(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def exchange(port: int, payload: bytes, nbytes: int, timeout: float = 2.0) -> bytes:
+    """Send payload to HOST:port and return up to nbytes of the reply (b'' on any error)."""
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as sock:
+            sock.sendall(payload)
+            data = b""
+            while len(data) < nbytes:
+                chunk = sock.recv(nbytes - len(data))
+                if not chunk:
+                    break
+                data += chunk
+            return data
+    except OSError:
+        return b""
+
+
+def http_status(port: int, path: str, timeout: float = 2.0) -> int:
+    try:
+        conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+        conn.request("GET", path)
+        status = conn.getresponse().status
+        conn.close()
+        return status
+    except OSError:
+        return 0
+
+
+def sudo() -> list[str]:
+    return [] if os.geteuid() == 0 else ["sudo"]
+
+
+_apt_updated = False
+
+
+def apt_install(packages: list[str]) -> None:
+    """Install Debian packages without letting their system services start.
+
+    Debian's postinst scripts start redis-server/rabbitmq-server/nats-server right away, which
+    would grab our ports. A policy-rc.d that exits 101 forbids that during the install; one that
+    already exists (as in container images) is left alone. On a systemd host the units are also
+    disabled so they do not come back at boot.
+    """
+    global _apt_updated
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    policy = Path("/usr/sbin/policy-rc.d")
+    own_policy = not policy.exists()
+    if own_policy:
+        subprocess.run(sudo() + ["sh", "-c", f"printf '#!/bin/sh\\nexit 101\\n' > {policy} && chmod 755 {policy}"], check=True)
+    try:
+        if not _apt_updated:
+            say("apt-get update")
+            subprocess.run(sudo() + ["apt-get", "update", "-qq"], check=True, env=env)
+            _apt_updated = True
+        say(f"apt-get install {' '.join(packages)}")
+        subprocess.run(sudo() + ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+                       check=True, env=env, stdout=subprocess.DEVNULL)
+    except subprocess.CalledProcessError as exc:
+        raise BrokerError(f"apt-get failed for {' '.join(packages)}: {exc}") from exc
+    finally:
+        if own_policy:
+            subprocess.run(sudo() + ["rm", "-f", str(policy)], check=False)
+    if Path("/run/systemd/system").is_dir():
+        for unit in ("rabbitmq-server", "redis-server", "nats-server"):
+            if unit in packages:
+                subprocess.run(sudo() + ["systemctl", "disable", "--now", unit],
+                               check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def maven_libs(name: str, libs: Path) -> None:
+    """Copy the runtime jars of scripts/jars/<name>/pom.xml into libs/, unless already there.
+
+    libs/.pom-sha256 records the pom the jars came from; a changed pom downloads again.
+    """
+    pom = JARS / name / "pom.xml"
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()
+    stamp = libs / ".pom-sha256"
+    if stamp.exists() and stamp.read_text().strip() == digest:
+        return
+    if not shutil.which("java") or not shutil.which("mvn"):
+        apt_install(["openjdk-17-jre-headless", "maven"])
+    say(f"{name}: downloading jars with Maven (first run only; ~/.m2 caches them) ...")
+    started = time.monotonic()
+    tmp = libs.with_name(libs.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    result = subprocess.run(
+        ["mvn", "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
+         "-DincludeScope=runtime", f"-DoutputDirectory={tmp}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    if result.returncode != 0:
+        raise BrokerError(f"mvn failed for {pom}:\n{result.stdout[-3000:]}")
+    (tmp / ".pom-sha256").write_text(digest + "\n")
+    shutil.rmtree(libs, ignore_errors=True)
+    tmp.rename(libs)
+    count = len(list(libs.glob("*.jar")))
+    say(f"{name}: {count} jars in {libs.relative_to(ROOT)} ({time.monotonic() - started:.1f}s)")
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return f"    (no log at {path})"
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Broker base class
+# ---------------------------------------------------------------------------------------------
+
+class Broker:
+    """One backend: how to install, start, probe and stop it.
+
+    Subclasses set name/port/url/start_timeout and implement install(), command() and ready();
+    they may add env(), prepare() (runs before each start) and startup_error() (early failure).
+    """
+
+    name = ""
+    port = 0
+    url = ""
+    start_timeout = 30.0
+    stop_timeout = 20.0
+
+    def __init__(self) -> None:
+        self.dir = STATE / self.name
+        self.data = self.dir / "data"
+        self.logs = self.dir / "logs"
+        self.log = self.logs / "server.log"
+        self.pidfile = self.dir / "server.pid"
+        self.log_offset = 0
+
+    # -- to override -------------------------------------------------------------------------
+    def install(self) -> None:
+        """Make sure the software is present (idempotent, quiet when nothing to do)."""
+
+    def prepare(self) -> None:
+        """Write config files and initialise data before a start."""
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def ready(self) -> bool:
+        """A protocol-level check that the broker serves clients."""
+        raise NotImplementedError
+
+    def booted(self) -> bool:
+        """Extra startup condition checked only right after spawn() (e.g. a log line)."""
+        return True
+
+    # -- common machinery --------------------------------------------------------------------
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def is_up(self) -> bool:
+        return self.pid() is not None and self.ready()
+
+    def spawn(self) -> None:
+        """Start the broker in the background (its own session, output appended to its log)."""
+        if self.pid() is not None:
+            raise BrokerError(f"{self.name}: pid {self.pid()} is running but not answering; "
+                              f"try `scripts/brokers restart {self.name}`\n{tail(self.log)}")
+        if port_open(self.port):
+            raise BrokerError(f"{self.name}: port {self.port} on {HOST} is held by a process we did "
+                              f"not start (a system service? e.g. `service {self.name}-server stop`, "
+                              f"or `ss -ltnp 'sport = :{self.port}'`)")
+        for d in (self.data, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        self.prepare()
+        self.log_offset = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as out:
+            out.write(f"\n===== scripts/brokers: starting {self.name} at {time.ctime()} =====\n".encode())
+            out.flush()
+            proc = subprocess.Popen(self.command(), cwd=self.dir, env=self.env(), stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pidfile.write_text(f"{proc.pid}\n")
+
+    def log_since_start(self) -> str:
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(self.log_offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def startup_done(self, started_at: float) -> bool:
+        """True once ready; False while still booting; BrokerError if it died or timed out."""
+        if self.pid() is None:
+            raise BrokerError(f"{self.name}: process exited during startup; log tail "
+                              f"({self.log}):\n{tail(self.log)}")
+        if self.booted() and self.ready():
+            return True
+        if time.monotonic() - started_at > self.start_timeout:
+            raise BrokerError(f"{self.name}: not ready after {self.start_timeout:.0f}s; log tail "
+                              f"({self.log}):\n{tail(self.log)}")
+        return False
+
+    def stop(self) -> None:
+        """SIGTERM the pid we started, SIGKILL it (and its process group) after stop_timeout."""
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.stop_timeout
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if pid_alive(pid):
+                say(f"{self.name}: pid {pid} ignored SIGTERM for {self.stop_timeout:.0f}s, sending SIGKILL")
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.wait_port_closed()
+        self.pidfile.unlink(missing_ok=True)
+
+    def wait_port_closed(self) -> None:
+        deadline = time.monotonic() + 10
+        while port_open(self.port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def wipe(self) -> None:
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The backends
+# ---------------------------------------------------------------------------------------------
+
+class RabbitMQ(Broker):
+    """Debian's rabbitmq-server, run as root from its real scripts (not the `su rabbitmq` wrapper)
+    with our own node name, HOME (Erlang cookie), mnesia and log dirs. The foreground
+    rabbitmq-server script traps SIGTERM and shuts the node down cleanly."""
+
+    name = "rabbitmq"
+    port = 5672
+    url = f"amqp://guest:guest@{HOST}:5672/"
+    start_timeout = 90.0
+    stop_timeout = 30.0
+    node = "unimq@localhost"
+    bin = Path("/usr/lib/rabbitmq/bin")
+
+    def install(self) -> None:
+        if not (self.bin / "rabbitmq-server").exists():
+            apt_install(["rabbitmq-server"])
+
+    def prepare(self) -> None:
+        home = self.dir / "home"
+        home.mkdir(exist_ok=True)
+        cookie = home / ".erlang.cookie"
+        if not cookie.exists():
+            cookie.write_text(uuid.uuid4().hex)
+        cookie.chmod(0o400)
+        (self.dir / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = {HOST}:{self.port}\n"
+            f"distribution.listener.interface = {HOST}\n"
+            "loopback_users.guest = true\n"
+        )
+        (self.dir / "enabled_plugins").write_text("[].\n")
+
+    def env(self) -> dict[str, str]:
+        return dict(
+            os.environ,
+            HOME=str(self.dir / "home"),
+            RABBITMQ_NODENAME=self.node,
+            RABBITMQ_DIST_PORT="25672",
+            RABBITMQ_CONFIG_FILE=str(self.dir / "rabbitmq"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / "enabled_plugins"),
+            RABBITMQ_MNESIA_BASE=str(self.data),
+            RABBITMQ_LOG_BASE=str(self.logs),
+            RABBITMQ_PID_FILE=str(self.dir / "node.pid"),
+            ERL_EPMD_ADDRESS=HOST,
+        )
+
+    def command(self) -> list[str]:
+        return [str(self.bin / "rabbitmq-server")]
+
+    def ready(self) -> bool:
+        # AMQP 0-9-1 protocol header; a serving node answers with a Connection.Start method
+        # frame (type 1, channel 0). The listener only opens once the node has fully booted.
+        reply = exchange(self.port, b"AMQP\x00\x00\x09\x01", 7)
+        return reply[:3] == b"\x01\x00\x00"
+
+
+class Redis(Broker):
+    """Debian's redis-server with an append-only file (fsync every second), so a
+    `restart redis` keeps the streams and consumer groups the tests created."""
+
+    name = "redis"
+    port = 6379
+    url = f"redis://{HOST}:6379/0"
+    start_timeout = 15.0
+
+    def install(self) -> None:
+        if not shutil.which("redis-server"):
+            apt_install(["redis-server"])
+
+    def command(self) -> list[str]:
+        return ["redis-server", "--bind", HOST, "--port", str(self.port), "--dir", str(self.data),
+                "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+                "--daemonize", "no", "--protected-mode", "yes"]
+
+    def ready(self) -> bool:
+        return exchange(self.port, b"PING\r\n", 7).startswith(b"+PONG")
+
+
+class Nats(Broker):
+    """Debian's nats-server (2.9) with JetStream stored under .brokers/nats/data and capped in
+    memory/disk so it does not claim a share of the whole machine."""
+
+    name = "nats"
+    port = 4222
+    monitor_port = 8222
+    url = f"nats://{HOST}:4222"
+    start_timeout = 15.0
+
+    def install(self) -> None:
+        if not shutil.which("nats-server"):
+            apt_install(["nats-server"])
+
+    def prepare(self) -> None:
+        (self.dir / "nats.conf").write_text(
+            f"host: {HOST}\n"
+            f"port: {self.port}\n"
+            f"http: \"{HOST}:{self.monitor_port}\"\n"
+            "jetstream {\n"
+            f"  store_dir: \"{self.data}\"\n"
+            "  max_memory_store: 256MB\n"
+            "  max_file_store: 2GB\n"
+            "}\n"
+        )
+
+    def command(self) -> list[str]:
+        return ["nats-server", "-c", str(self.dir / "nats.conf")]
+
+    def ready(self) -> bool:
+        return http_status(self.monitor_port, "/healthz?js-enabled-only=true") == 200
+
+
+class Kafka(Broker):
+    """Apache Kafka in KRaft combined mode (broker + controller, node 1) from Maven jars,
+    tuned so that a single consumer joins its group at once."""
+
+    name = "kafka"
+    port = 9092
+    controller_port = 9093
+    url = f"kafka://{HOST}:9092"
+    start_timeout = 120.0
+    stop_timeout = 30.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.libs = self.dir / "libs"
+        self.config = self.dir / "server.properties"
+
+    def install(self) -> None:
+        maven_libs("kafka", self.libs)
+
+    def java(self, main: str, *args: str) -> list[str]:
+        return ["java", "-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                "-Djava.awt.headless=true", f"-Dkafka.logs.dir={self.logs}",
+                f"-Dlog4j.configuration=file:{JARS / 'kafka' / 'log4j.properties'}",
+                "-cp", f"{self.libs}/*", main, *args]
+
+    def prepare(self) -> None:
+        self.config.write_text(
+            "process.roles=broker,controller\n"
+            "node.id=1\n"
+            f"controller.quorum.voters=1@{HOST}:{self.controller_port}\n"
+            "controller.listener.names=CONTROLLER\n"
+            f"listeners=PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}\n"
+            f"advertised.listeners=PLAINTEXT://{HOST}:{self.port}\n"
+            "inter.broker.listener.name=PLAINTEXT\n"
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n"
+            f"log.dirs={self.data}\n"
+            "num.partitions=1\n"
+            "default.replication.factor=1\n"
+            "min.insync.replicas=1\n"
+            "offsets.topic.replication.factor=1\n"
+            "offsets.topic.num.partitions=1\n"
+            "transaction.state.log.replication.factor=1\n"
+            "transaction.state.log.min.isr=1\n"
+            "transaction.state.log.num.partitions=1\n"
+            "group.initial.rebalance.delay.ms=0\n"
+            "auto.create.topics.enable=true\n"
+            "delete.topic.enable=true\n"
+            "num.network.threads=2\n"
+            "num.io.threads=2\n"
+            "log.flush.interval.messages=1\n"
+        )
+        if not (self.data / "meta.properties").exists():
+            cluster_id = "-"
+            while cluster_id.startswith("-"):  # a leading "-" would be parsed as an option
+                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            result = subprocess.run(
+                self.java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config)),
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )
+            if result.returncode != 0:
+                raise BrokerError(f"kafka: storage format failed:\n{result.stdout[-3000:]}")
+
+    def command(self) -> list[str]:
+        return self.java("kafka.Kafka", str(self.config))
+
+    def booted(self) -> bool:
+        return "Kafka Server started" in self.log_since_start()
+
+    def ready(self) -> bool:
+        # ApiVersions v0 request (api key 18, correlation id 1, no client id); the reply echoes
+        # the correlation id followed by error code 0.
+        request = struct.pack(">hhih", 18, 0, 1, -1)
+        reply = exchange(self.port, struct.pack(">i", len(request)) + request, 10)
+        return len(reply) == 10 and struct.unpack(">iih", reply)[1:] == (1, 0)
+
+
+class ElasticMQ(Broker):
+    """ElasticMQ, an SQS-compatible server, from Maven jars. Queues (standard and FIFO) are
+    created by the tests through the API; nothing is predeclared."""
+
+    name = "sqs"
+    port = 9324
+    region = "elasticmq"
+    url = f"sqs://?endpoint_url=http://{HOST}:9324&region={region}"
+    start_timeout = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.libs = self.dir / "libs"
+        self.config = self.dir / "elasticmq.conf"
+
+    def install(self) -> None:
+        maven_libs("elasticmq", self.libs)
+
+    def prepare(self) -> None:
+        self.config.write_text(
+            'include classpath("application.conf")\n'
+            f'node-address {{ protocol = http, host = "{HOST}", port = {self.port}, context-path = "" }}\n'
+            f'rest-sqs {{ enabled = true, bind-port = {self.port}, bind-hostname = "{HOST}", sqs-limits = strict }}\n'
+            "rest-stats { enabled = false }\n"
+            "generate-node-address = false\n"
+            f'aws {{ region = "{self.region}", accountId = "000000000000" }}\n'
+        )
+
+    def command(self) -> list[str]:
+        return ["java", "-Xms64m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                f"-Dconfig.file={self.config}", "-cp", f"{self.libs}/*", "org.elasticmq.server.Main"]
+
+    def ready(self) -> bool:
+        return http_status(self.port, "/?Action=ListQueues") == 200
+
+
+class ServiceBusDouble(Broker):
+    """The in-repo Azure Service Bus test double (AMQP 1.0 on 5673), a Python module."""
+
+    name = "servicebus"
+    port = 5673
+    url = SERVICEBUS_CONNECTION_STRING
+    module = "unimq.testing.servicebus_double"
+    start_timeout = 30.0
+
+    def python(self) -> str:
+        venv = ROOT / ".venv" / "bin" / "python"
+        return str(venv) if venv.exists() else "python3"
+
+    def env(self) -> dict[str, str]:
+        paths = [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]
+        return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
+
+    def install(self) -> None:
+        probe = f"import importlib.util, sys; sys.exit(0 if importlib.util.find_spec({self.module!r}) else 1)"
+        found = subprocess.run([self.python(), "-c", probe], env=self.env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+        if not found:
+            raise BrokerError(f"servicebus: module {self.module} not found for {self.python()} "
+                              "(the Service Bus test double is not in the tree yet)")
+
+    def command(self) -> list[str]:
+        return [self.python(), "-m", self.module, "--host", HOST, "--port", str(self.port)]
+
+    def ready(self) -> bool:
+        # AMQP 1.0 SASL protocol header; an AMQP 1.0 server answers with the same header.
+        header = b"AMQP\x03\x01\x00\x00"
+        return exchange(self.port, header, 8) == header
+
+
+BROKERS: dict[str, type[Broker]] = {
+    "rabbitmq": RabbitMQ, "redis": Redis, "nats": Nats, "kafka": Kafka, "sqs": ElasticMQ,
+    "servicebus": ServiceBusDouble,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+def line(broker: Broker, state: str, seconds: float | None = None, note: str = "") -> None:
+    took = f"  ({seconds:.1f}s)" if seconds is not None else ""
+    print(f"{broker.name:<10}  {state:<4}  {broker.url}{took}{note}", flush=True)
+
+
+def up(brokers: list[Broker]) -> bool:
+    """Install what is missing, start every broker that is not running, then wait for each.
+
+    Brokers start in parallel; each line is printed when that broker answers.
+    """
+    ok = True
+    started: list[tuple[Broker, float]] = []
+    for broker in brokers:
+        t0 = time.monotonic()
+        try:
+            if broker.is_up():
+                line(broker, "up", note="  (already running)")
+                continue
+            broker.install()
+            broker.spawn()
+            started.append((broker, t0))
+        except BrokerError as exc:
+            line(broker, "FAIL")
+            say(str(exc))
+            ok = False
+    while started:
+        for broker, t0 in list(started):
+            try:
+                if not broker.startup_done(t0):
+                    continue
+                line(broker, "up", time.monotonic() - t0)
+            except BrokerError as exc:
+                line(broker, "FAIL", time.monotonic() - t0)
+                say(str(exc))
+                ok = False
+            started.remove((broker, t0))
+        time.sleep(0.2)
+    return ok
+
+
+def down(brokers: list[Broker], wipe: bool = True) -> bool:
+    for broker in brokers:
+        t0 = time.monotonic()
+        broker.stop()
+        if wipe:
+            broker.wipe()
+        line(broker, "down", time.monotonic() - t0)
+    return True
+
+
+def status(brokers: list[Broker]) -> bool:
+    ok = True
+    for broker in brokers:
+        running = broker.is_up()
+        ok = ok and running
+        line(broker, "up" if running else "down")
+    return ok
+
+
+def env(brokers: list[Broker]) -> bool:
+    for broker in brokers:
+        if not broker.is_up():
+            continue
+        if isinstance(broker, ServiceBusDouble):
+            print(f"export UNIMQ_TEST_SERVICEBUS_CONNECTION_STRING={shlex.quote(broker.url)}")
+        else:
+            print(f"export UNIMQ_TEST_{broker.name.upper()}_URL={shlex.quote(broker.url)}")
+    return True
+
+
+USAGE = f"""usage: scripts/brokers up|down|status|restart|env [backend ...]
+backends: {', '.join(ALL_BACKENDS)} (default: {', '.join(DEFAULT_BACKENDS)})
+state, data and logs: {STATE}/<backend>/"""
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, names = argv[0], argv[1:] or DEFAULT_BACKENDS
+    unknown = [n for n in names if n not in BROKERS]
+    if unknown or command not in ("up", "down", "status", "restart", "env"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    brokers = [BROKERS[n]() for n in dict.fromkeys(names)]
+    if command == "up":
+        ok = up(brokers)
+    elif command == "down":
+        ok = down(brokers)
+    elif command == "restart":
+        ok = down(brokers, wipe=False) and up(brokers)
+    elif command == "status":
+        ok = status(brokers)
+    else:
+        ok = env(brokers)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
