@@ -1,0 +1,188 @@
+"""Capability flags: what a backend does natively, what unimq emulates, and what it cannot do.
+
+Every adapter declares one frozen :class:`Capabilities`. The core checks each option against it
+(:func:`check_message`) so that an option a backend cannot honour raises :class:`CapabilityError`
+instead of being silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from unimq.errors import CapabilityError, MessageTooLarge
+from unimq.message import Message
+
+
+class Support(str, Enum):
+    NATIVE = "native"
+    EMULATED = "emulated"
+    NONE = "none"
+
+
+class Feature(BaseModel):
+    """One capability: its support level, an optional numeric limit and a note for the docs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    support: Support = Support.NONE
+    limit: float | None = None
+    note: str = ""
+
+    def __bool__(self) -> bool:
+        return self.support is not Support.NONE
+
+    def __str__(self) -> str:
+        text = self.support.value
+        if self.limit is not None:
+            text += f" (limit {self.limit:g})"
+        return text
+
+
+def native(limit: float | None = None, note: str = "") -> Feature:
+    return Feature(support=Support.NATIVE, limit=limit, note=note)
+
+
+def emulated(limit: float | None = None, note: str = "") -> Feature:
+    return Feature(support=Support.EMULATED, limit=limit, note=note)
+
+
+def none(note: str = "") -> Feature:
+    return Feature(support=Support.NONE, note=note)
+
+
+Ordering = Literal["none", "per_key", "global"]
+
+# What each limit means, for the generated tables.
+LIMIT_UNITS = {
+    "delayed_delivery": "max delay, seconds",
+    "nack_delay": "max delay, seconds",
+    "priority": "highest priority",
+    "message_ttl": "max TTL, seconds",
+    "deduplication": "window, seconds",
+    "batch_send": "max messages per batch",
+    "lock_extension": "max lock, seconds",
+}
+
+
+class Capabilities(BaseModel):
+    """The capability declaration of one backend. Frozen, printable, JSON-able."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: str
+    persistence: Feature = none()
+    fanout: Feature = none()
+    competing_consumers: Feature = none()
+    ordering: Ordering = "none"
+    ordering_note: str = ""
+    delayed_delivery: Feature = none()
+    nack_delay: Feature = none()
+    dead_letter: Feature = none()
+    priority: Feature = none()
+    message_ttl: Feature = none()
+    deduplication: Feature = none()
+    replay: Feature = none()
+    lock_extension: Feature = none()
+    peek: Feature = none()
+    batch_send: Feature = none()
+    headers: Feature = none()
+    transactions: Feature = none()
+    max_message_bytes: int = 1024 * 1024
+
+    @classmethod
+    def flag_names(cls) -> list[str]:
+        """Names usable in ``require=``."""
+        return [n for n in cls.model_fields if n not in ("backend", "ordering_note", "max_message_bytes")]
+
+    def supports(self, name: str) -> bool:
+        if name not in self.flag_names():
+            raise KeyError(name)
+        value = getattr(self, name)
+        return value != "none" if name == "ordering" else bool(value)
+
+    def require(self, names: Iterable[str]) -> None:
+        """Raise :class:`CapabilityError` naming every required flag the backend lacks."""
+        from unimq.errors import ConfigError
+
+        wanted = set(names)
+        unknown = wanted - set(self.flag_names())
+        if unknown:
+            raise ConfigError(
+                f"unknown capability in require=: {sorted(unknown)}; valid: {', '.join(self.flag_names())}"
+            )
+        missing = sorted(n for n in wanted if not self.supports(n))
+        if missing:
+            raise CapabilityError(
+                f"{self.backend} lacks required capabilities {missing} (declared 'none'). "
+                f"Choose another backend, or drop them from require=; see `unimq capabilities URL`."
+            )
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(flag, support, note) rows, for tables."""
+        rows = []
+        for name in self.flag_names():
+            value = getattr(self, name)
+            if name == "ordering":
+                rows.append((name, value, self.ordering_note))
+            else:
+                limit = f"{LIMIT_UNITS.get(name, 'limit')}: {value.limit:g}" if value.limit is not None else ""
+                note = "; ".join(p for p in (limit, value.note) if p)
+                rows.append((name, value.support.value, note))
+        rows.append(("max_message_bytes", str(self.max_message_bytes), ""))
+        return rows
+
+    def table(self) -> str:
+        """A plain-text table for terminals."""
+        rows = [("capability", "support", "limit / note"), *self.rows()]
+        w0 = max(len(r[0]) for r in rows)
+        w1 = max(len(r[1]) for r in rows)
+        lines = [f"{self.backend} capabilities"]
+        lines += [f"  {a:<{w0}}  {b:<{w1}}  {c}".rstrip() for a, b, c in rows]
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        """A Markdown table, used to generate the docs from the declaration."""
+        lines = ["| capability | support | limit / note |", "|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} |" for a, b, c in self.rows()]
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def check_message(caps: Capabilities, message: Message) -> None:
+    """Refuse, before any network call, a message the backend cannot carry as asked."""
+    if len(message.body) > caps.max_message_bytes:
+        raise MessageTooLarge(
+            f"message {message.message_id} has a {len(message.body)}-byte body; {caps.backend} accepts at most "
+            f"{caps.max_message_bytes} bytes. Store large payloads elsewhere and send a reference."
+        )
+    if message.delay is not None and message.delay.total_seconds() > 0:
+        _check_limit(caps, "delay", "delayed_delivery", message.delay.total_seconds(),
+                     "Schedule the work in the application instead.")
+    if message.ttl is not None:
+        _check_limit(caps, "ttl", "message_ttl", message.ttl.total_seconds(), "Drop the ttl or check age on receipt.")
+    if message.priority is not None:
+        _check_limit(caps, "priority", "priority", message.priority, "Use a separate destination per priority.")
+        if message.priority < 0:
+            raise CapabilityError(f"priority must be >= 0, got {message.priority}")
+    if message.headers and not caps.headers:
+        raise CapabilityError.unsupported(caps.backend, "headers", "headers", "Put the metadata in the body.")
+
+
+def _check_limit(caps: Capabilities, option: str, flag: str, value: float, instead: str) -> None:
+    feature: Feature = getattr(caps, flag)
+    if not feature:
+        raise CapabilityError.unsupported(caps.backend, option, flag, instead)
+    if feature.limit is not None and value > feature.limit:
+        raise CapabilityError(
+            f"{caps.backend} cannot honour {option}={value:g}: its '{flag}' limit is {feature.limit:g}. {instead}"
+        )

@@ -1,0 +1,413 @@
+"""``memory://[name]``: an embedded in-process broker with full semantics.
+
+For demos, unit tests and single-process apps. Brokers with the same name in one process share
+their destinations. A destination fans out to its groups; each group is a queue with competing
+consumers, priorities, per-key ordering, locks that expire, delayed and scheduled messages, TTL,
+a de-duplication window and a dead-letter destination (``<destination>.dlq``).
+
+Per-key ordering: while one consumer of a group holds messages of a key, the other consumers of
+that group do not receive that key (as a Kafka partition or a Service Bus session would behave).
+Nothing is persisted: a process exit loses every message (``persistence: none``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from unimq.capabilities import Capabilities, native, none
+from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Stats, Subscription
+from unimq.errors import NotFound
+from unimq.message import Delivery, Message
+from unimq.reliability import DedupWindow, dead_letter_copy
+from unimq.url import BrokerURL
+
+DEFAULT_GROUP = ""
+
+
+class MemoryOptions(BaseModel):
+    """Query parameters of ``memory://`` URLs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lock_timeout: float = Field(30.0, gt=0, description="seconds an unsettled message stays locked")
+    max_message_bytes: int = Field(1024 * 1024, ge=1)
+    auto_create: bool = Field(True, description="create destinations on first use; false → NotFound")
+
+
+class _Entry:
+    """One message as queued in one group."""
+
+    __slots__ = ("message", "seq", "rank", "expires_at", "deliveries")
+
+    def __init__(self, message: Message, seq: int, rank: int, expires_at: float) -> None:
+        self.message = message
+        self.seq = seq
+        self.rank = rank
+        self.expires_at = expires_at
+        self.deliveries = 0
+
+
+class _Lease:
+    __slots__ = ("entry", "owner", "deadline")
+
+    def __init__(self, entry: _Entry, owner: object, deadline: float) -> None:
+        self.entry = entry
+        self.owner = owner
+        self.deadline = deadline
+
+
+class _Group:
+    """A queue: ready heap by (priority, sequence), delayed heap, leases, per-key holds."""
+
+    def __init__(self, destination: _Destination, name: str) -> None:
+        self.destination = destination
+        self.name = name
+        self.ready: list[tuple[int, int, _Entry]] = []
+        self.delayed: list[tuple[float, int, _Entry]] = []
+        self.inflight: dict[int, _Lease] = {}
+        self.leases: deque[tuple[float, int]] = deque()
+        self.key_holds: dict[str, list[Any]] = {}  # key -> [owner, count in flight]
+        self.blocked: dict[str, deque[_Entry]] = {}
+        self.waiters: list[asyncio.Future[None]] = []
+        self.expired = 0
+
+    def depth(self) -> int:
+        return len(self.ready) + len(self.delayed) + sum(len(q) for q in self.blocked.values())
+
+    def enqueue(self, entry: _Entry, due: float = 0.0) -> None:
+        if due:
+            heapq.heappush(self.delayed, (due, entry.seq, entry))
+        else:
+            heapq.heappush(self.ready, (entry.rank, entry.seq, entry))
+
+    def notify(self) -> None:
+        waiters, self.waiters = self.waiters, []
+        for fut in waiters:
+            if not fut.done() and not fut.get_loop().is_closed():
+                fut.set_result(None)
+
+    def maintain(self, now: float) -> None:
+        """Promote due delayed messages and return messages whose lock expired."""
+        delayed = self.delayed
+        while delayed and delayed[0][0] <= now:
+            _, _, entry = heapq.heappop(delayed)
+            heapq.heappush(self.ready, (entry.rank, entry.seq, entry))
+        leases, inflight = self.leases, self.inflight
+        while leases:
+            deadline, token = leases[0]
+            lease = inflight.get(token)
+            if lease is None:
+                leases.popleft()
+            elif lease.deadline > now:
+                if deadline >= lease.deadline:
+                    break
+                leases.popleft()
+                leases.append((lease.deadline, token))
+            else:
+                leases.popleft()
+                del inflight[token]
+                self._release(lease)
+                heapq.heappush(self.ready, (lease.entry.rank, lease.entry.seq, lease.entry))
+
+    def next_event(self) -> float:
+        times = []
+        if self.delayed:
+            times.append(self.delayed[0][0])
+        if self.leases:
+            times.append(self.leases[0][0])
+        return min(times) if times else float("inf")
+
+    def take(self, owner: object, limit: int, lock: float) -> list[Delivery]:
+        now = time.monotonic()
+        self.maintain(now)
+        out: list[Delivery] = []
+        ready, holds, blocked = self.ready, self.key_holds, self.blocked
+        max_deliveries = self.destination.spec.max_deliveries
+        while ready and len(out) < limit:
+            entry = heapq.heappop(ready)[2]
+            if entry.expires_at and entry.expires_at <= now:
+                self.expired += 1
+                continue
+            key = entry.message.key
+            if key is not None:
+                hold = holds.get(key)
+                if key in blocked or (hold is not None and hold[0] is not owner):
+                    blocked.setdefault(key, deque()).append(entry)
+                    continue
+                if hold is None:
+                    holds[key] = [owner, 1]
+                else:
+                    hold[1] += 1
+            entry.deliveries += 1
+            if max_deliveries and entry.deliveries > max_deliveries:
+                self._release_key(key)
+                self.destination.dead_letter(entry.message, f"delivered {max_deliveries} times without an ack", self.name)
+                continue
+            token = next(self.destination.server.tokens)
+            self.inflight[token] = _Lease(entry, owner, now + lock)
+            self.leases.append((now + lock, token))
+            out.append(Delivery(entry.message, entry.deliveries, entry, token))
+        return out
+
+    def settle(self, token: int) -> _Entry | None:
+        lease = self.inflight.pop(token, None)
+        if lease is None:
+            return None  # the lock expired and the message went back to the queue
+        self._release(lease)
+        return lease.entry
+
+    def extend(self, token: int, seconds: float) -> bool:
+        lease = self.inflight.get(token)
+        if lease is None:
+            return False
+        lease.deadline = time.monotonic() + seconds
+        return True
+
+    def release_owner(self, owner: object) -> None:
+        for token, lease in list(self.inflight.items()):
+            if lease.owner is owner:
+                del self.inflight[token]
+                self._release(lease)
+                heapq.heappush(self.ready, (lease.entry.rank, lease.entry.seq, lease.entry))
+        self.notify()
+
+    def _release(self, lease: _Lease) -> None:
+        self._release_key(lease.entry.message.key)
+
+    def _release_key(self, key: str | None) -> None:
+        if key is None:
+            return
+        hold = self.key_holds.get(key)
+        if hold is None:
+            return
+        hold[1] -= 1
+        if hold[1] <= 0:
+            del self.key_holds[key]
+            for entry in self.blocked.pop(key, ()):
+                heapq.heappush(self.ready, (entry.rank, entry.seq, entry))
+            self.notify()
+
+
+class _Destination:
+    def __init__(self, server: _Server, name: str, spec: DestinationSpec) -> None:
+        self.server = server
+        self.name = name
+        self.spec = spec
+        self.groups: dict[str, _Group] = {DEFAULT_GROUP: _Group(self, DEFAULT_GROUP)}
+        self.dedup = DedupWindow(spec.deduplication.total_seconds()) if spec.deduplication else None
+
+    def group(self, name: str | None) -> _Group:
+        key = name or DEFAULT_GROUP
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = _Group(self, key)
+        return group
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        now = time.monotonic()
+        stamp = datetime.now(timezone.utc)
+        groups = list(self.groups.values())
+        seqs = self.server.seqs
+        for message in messages:
+            if self.dedup is not None and self.dedup.seen(message.message_id, now):
+                continue
+            if message.timestamp is None:
+                message.timestamp = stamp
+            seq = next(seqs)
+            rank = -(message.priority or 0)
+            expires = now + message.ttl.total_seconds() if message.ttl else 0.0
+            due = now + message.delay.total_seconds() if message.delay else 0.0
+            for i, group in enumerate(groups):
+                copy = message if i == 0 else replace(message, headers=dict(message.headers))
+                group.enqueue(_Entry(copy, seq, rank, expires), due)
+        for group in groups:
+            group.notify()
+
+    def dead_letter(self, message: Message, reason: str, group: str) -> None:
+        target = self.server.destination(f"{self.name}.dlq", create=True)
+        target.publish([dead_letter_copy(message, reason, self.name, group or None)])
+
+
+class _Server:
+    """One named in-process broker."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.destinations: dict[str, _Destination] = {}
+        self.seqs = itertools.count()
+        self.tokens = itertools.count(1)
+
+    def destination(self, name: str, create: bool, spec: DestinationSpec | None = None) -> _Destination:
+        dest = self.destinations.get(name)
+        if dest is None:
+            if not create:
+                raise NotFound(f"memory://{self.name}: no destination {name!r} (auto_create is off; call ensure())")
+            dest = self.destinations[name] = _Destination(self, name, spec or DestinationSpec())
+        return dest
+
+
+_SERVERS: dict[str, _Server] = {}
+
+
+class MemorySubscription(Subscription):
+    def __init__(self, driver: MemoryDriver, destination: str, group: str | None, settings: ReceiveSettings) -> None:
+        self._driver = driver
+        self._destination = destination
+        self._group_name = group
+        self._lock = settings.lock_timeout or driver.options.lock_timeout
+        self._group: _Group | None = None
+
+    async def open(self) -> None:
+        dest = self._driver.server.destination(self._destination, self._driver.options.auto_create)
+        self._group = dest.group(self._group_name)
+
+    def _g(self) -> _Group:
+        assert self._group is not None, "subscription not opened"
+        return self._group
+
+    async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
+        group = self._g()
+        out = group.take(self, max_messages, self._lock)
+        if out or timeout <= 0:
+            return out
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            wait = min(deadline - loop.time(), group.next_event() - time.monotonic())
+            if wait > 0:
+                fut = loop.create_future()
+                group.waiters.append(fut)
+                handle = loop.call_later(wait, _wake, fut)
+                try:
+                    await fut
+                finally:
+                    handle.cancel()
+                    if fut in group.waiters:
+                        group.waiters.remove(fut)
+            out = group.take(self, max_messages, self._lock)
+            if out or loop.time() >= deadline:
+                return out
+
+    async def ack(self, delivery: Delivery) -> None:
+        self._g().settle(delivery.token)
+
+    async def nack(self, delivery: Delivery, delay: float | None) -> None:
+        group = self._g()
+        entry = group.settle(delivery.token)
+        if entry is not None:
+            group.enqueue(entry, time.monotonic() + delay if delay else 0.0)
+            group.notify()
+
+    async def reject(self, delivery: Delivery, reason: str) -> None:
+        group = self._g()
+        entry = group.settle(delivery.token)
+        if entry is not None:
+            group.destination.dead_letter(entry.message, reason, group.name)
+
+    async def extend(self, delivery: Delivery, seconds: float) -> None:
+        self._g().extend(delivery.token, seconds)
+
+    async def close(self) -> None:
+        if self._group is not None:
+            self._group.release_owner(self)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class MemoryDriver(Driver):
+    name = "memory"
+    Options: ClassVar[type[BaseModel]] = MemoryOptions
+    options: MemoryOptions
+
+    def __init__(self, url: BrokerURL, options: MemoryOptions) -> None:
+        super().__init__(url, options)
+        name = url.host + url.path.strip("/")
+        self.server = _SERVERS.setdefault(name, _Server(name))
+        self._caps = Capabilities(
+            backend="memory",
+            persistence=none("in-process only: messages are lost when the process exits"),
+            fanout=native(),
+            competing_consumers=native(),
+            ordering="per_key",
+            ordering_note="a key stays with one consumer of a group while its messages are in flight",
+            delayed_delivery=native(),
+            nack_delay=native(),
+            dead_letter=native(note="<destination>.dlq, reason in x-unimq-dead-letter-reason"),
+            priority=native(limit=255),
+            message_ttl=native(),
+            deduplication=native(note="by message_id, window set by ensure(deduplication=...)"),
+            replay=none("a group sees messages published after it was created"),
+            lock_extension=native(),
+            peek=native(),
+            batch_send=native(limit=10_000),
+            headers=native(),
+            transactions=none(),
+            max_message_bytes=options.max_message_bytes,
+        )
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._caps
+
+    @property
+    def native(self) -> Any:
+        return self.server
+
+    async def publish(self, destination: str, messages: Sequence[Message]) -> Sequence[BaseException | None]:
+        self.server.destination(destination, self.options.auto_create).publish(messages)
+        return [None] * len(messages)
+
+    def subscription(self, destination: str, group: str | None, settings: ReceiveSettings) -> Subscription:
+        return MemorySubscription(self, destination, group, settings)
+
+    async def ensure(self, destination: str, spec: DestinationSpec) -> None:
+        dest = self.server.destination(destination, True, spec)
+        dest.spec = spec
+        if spec.deduplication and dest.dedup is None:
+            dest.dedup = DedupWindow(spec.deduplication.total_seconds())
+        for group in spec.groups:
+            dest.group(group)
+        if spec.dead_letter:
+            self.server.destination(self.dead_letter_destination(destination), True)
+
+    async def peek(self, destination: str, count: int) -> list[Message]:
+        group = self.server.destination(destination, False).group(None)
+        group.maintain(time.monotonic())
+        return [entry.message for _, _, entry in heapq.nsmallest(count, group.ready)]
+
+    async def stats(self, destination: str, group: str | None) -> Stats:
+        dest = self.server.destination(destination, False)
+        g = dest.groups.get(group or DEFAULT_GROUP)
+        if g is None:
+            raise NotFound(f"memory: destination {destination!r} has no group {group!r}")
+        g.maintain(time.monotonic())
+        dlq = self.server.destinations.get(self.dead_letter_destination(destination))
+        return Stats(
+            destination=destination, group=group, depth=g.depth(), in_flight=len(g.inflight),
+            dead_letter_depth=dlq.group(None).depth() if dlq else 0,
+            detail={"groups": sorted(n or "(default)" for n in dest.groups), "expired": g.expired},
+        )
+
+    async def destinations(self) -> list[str]:
+        return sorted(self.server.destinations)
+
+    async def delete(self, destination: str) -> None:
+        for name in (destination, self.dead_letter_destination(destination)):
+            dest = self.server.destinations.pop(name, None)
+            if dest is not None:
+                for group in dest.groups.values():
+                    group.notify()
+

@@ -1,0 +1,131 @@
+"""The handler runner behind ``Broker.consume``.
+
+At-least-once: a message is acked only after its handler returns. A failing handler's message is
+nacked with a backoff delay (broker-side when the backend has ``nack_delay``, so a crash loses
+nothing) and dead-lettered with the exception as reason after ``retry.max_attempts``.
+
+Shutdown (cancellation, ``stop`` set, or SIGTERM with ``handle_signals``): stop fetching, let
+in-flight handlers finish within ``shutdown_timeout``, then cancel them and nack their messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from unimq.broker import Consumer
+from unimq.message import Delivery
+from unimq.reliability import Retry
+
+log = logging.getLogger("unimq.runner")
+
+Handler = Callable[[Delivery], Awaitable[Any] | Any]
+
+
+async def run(
+    consumer: Consumer,
+    handler: Handler,
+    *,
+    concurrency: int,
+    retry: Retry,
+    shutdown_timeout: float,
+    handle_signals: bool,
+    stop: asyncio.Event | None,
+) -> None:
+    if concurrency < 1:
+        raise ValueError("concurrency must be >= 1")
+    stop = stop or asyncio.Event()
+    nack_delay = bool(consumer._caps.nack_delay)
+    slots = asyncio.Semaphore(concurrency)
+    in_flight: set[asyncio.Task[None]] = set()
+    loop = asyncio.get_running_loop()
+    if handle_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+    async def process(delivery: Delivery) -> None:
+        try:
+            result = handler(delivery)
+            if inspect.isawaitable(result):
+                await result
+        except asyncio.CancelledError:
+            await delivery.nack()
+            raise
+        except Exception as exc:
+            await _failed(delivery, exc, retry, nack_delay)
+        else:
+            await delivery.ack()
+        finally:
+            slots.release()
+
+    async def fetch() -> None:
+        async with consumer:
+            while not stop.is_set():
+                await slots.acquire()
+                try:
+                    delivery = await consumer.receive(timeout=1.0)
+                except BaseException:
+                    slots.release()
+                    raise
+                if delivery is None:
+                    slots.release()
+                    continue
+                task = asyncio.create_task(process(delivery))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            await _drain(in_flight, shutdown_timeout)
+
+    fetcher = asyncio.create_task(fetch())
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({fetcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if fetcher.done():
+            fetcher.result()
+        else:
+            await fetcher
+    except asyncio.CancelledError:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await fetcher
+        raise
+    finally:
+        stopper.cancel()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+
+async def _drain(in_flight: set[asyncio.Task[None]], timeout: float) -> None:
+    """Let running handlers finish; cancel (and so nack) the ones still running at the deadline."""
+    if not in_flight:
+        return
+    _, pending = await asyncio.wait(set(in_flight), timeout=timeout)
+    for task in pending:
+        task.cancel()
+    if pending:
+        log.warning("shutdown: %d handlers did not finish in %.1fs; their messages were nacked", len(pending), timeout)
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _failed(delivery: Delivery, exc: Exception, retry: Retry, nack_delay: bool) -> None:
+    message = delivery.message
+    if delivery.attempt >= retry.max_attempts:
+        reason = f"{type(exc).__name__}: {exc}"
+        log.error("message %s failed %d times, dead-lettering: %s", message.message_id, delivery.attempt, reason,
+                  extra={"message_id": message.message_id, "correlation_id": message.correlation_id})
+        await delivery.reject(reason=reason)
+        return
+    delay = retry.backoff(delivery.attempt)
+    log.info("message %s failed (attempt %d), retrying in %.2fs: %s: %s", message.message_id, delivery.attempt,
+             delay, type(exc).__name__, exc,
+             extra={"message_id": message.message_id, "correlation_id": message.correlation_id})
+    if nack_delay:
+        await delivery.nack(delay=delay)
+    else:
+        await asyncio.sleep(delay)
+        await delivery.nack()

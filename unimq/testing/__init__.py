@@ -1,0 +1,2 @@
+"""Testing support shipped with unimq: the conformance suite (a pytest plugin), broker
+provisioning for tests, a fault-injecting TCP proxy and the Service Bus test double."""
