@@ -165,7 +165,8 @@ class Broker:
             raise CapabilityError.unsupported(caps.backend, "deduplication=", "deduplication",
                                               "De-duplicate in the consumer (unimq.migrate.Deduplicator).")
         if parsed.max_priority and not caps.priority:
-            raise CapabilityError.unsupported(caps.backend, "max_priority=", "priority", "Use a destination per priority.")
+            raise CapabilityError.unsupported(caps.backend, "max_priority=", "priority",
+                                              "Use a destination per priority.")
         await self._guard(self._driver.ensure(destination, parsed), f"ensure {destination}")
 
     async def peek(self, destination: str, count: int = 10) -> list[Message]:
@@ -273,14 +274,14 @@ class Producer:
             check_message(self._caps, message)
         size = self._batch_size
         chunks = [messages[i:i + size] for i in range(0, len(messages), size)]
-        failures: list[tuple[Message, BaseException]] = []
+        failures: list[tuple[Message, UnimqError]] = []
         if self._keep_order or len(chunks) == 1:
             for chunk in chunks:
                 failures += await self._publish(chunk, checked=True)
         else:
             gate = asyncio.Semaphore(PIPELINE_DEPTH)
 
-            async def one(chunk: list[Message]) -> list[tuple[Message, BaseException]]:
+            async def one(chunk: list[Message]) -> list[tuple[Message, UnimqError]]:
                 async with gate:
                     return await self._publish(chunk, checked=True)
 
@@ -334,7 +335,7 @@ class Producer:
             raise TypeError(f"message body must be bytes, got {type(message.body).__name__}")
         return message
 
-    async def _publish(self, messages: list[Message], checked: bool = False) -> list[tuple[Message, BaseException]]:
+    async def _publish(self, messages: list[Message], checked: bool = False) -> list[tuple[Message, UnimqError]]:
         """Publish, retrying retryable failures; return the (message, error) pairs that finally failed."""
         if self._closed or self._broker._closed:
             raise Closed(f"producer for {self.destination!r} is closed")
@@ -474,9 +475,9 @@ class Consumer:
         while True:
             while buffer:
                 delivery = buffer.popleft()
-                if self._decode or CONTENT_ENCODING in delivery.message.headers:
-                    if not await self._decode_payload(delivery):
-                        continue
+                needs_decoding = self._decode or CONTENT_ENCODING in delivery.message.headers
+                if needs_decoding and not await self._decode_payload(delivery):
+                    continue
                 self._unsettled += 1
                 return delivery
             if self._closed:

@@ -67,7 +67,8 @@ class ModelCodec(Generic[M]):
     def encode(self, value: Any) -> bytes:
         if not isinstance(value, self.schema):
             value = self.schema.model_validate(value)
-        return value.model_dump_json().encode()
+        encoded: str = value.model_dump_json()
+        return encoded.encode()
 
     def decode(self, data: bytes) -> M:
         return self.schema.model_validate_json(data)
@@ -80,7 +81,7 @@ class MsgpackCodec:
     content_encoding: str | None = None
 
     def __init__(self) -> None:
-        import msgpack  # noqa: PLC0415 - optional dependency
+        import msgpack
 
         self._msgpack = msgpack
 
@@ -95,7 +96,7 @@ def compress(data: bytes, encoding: str) -> bytes:
     if encoding == "gzip":
         return gzip.compress(data, compresslevel=6)
     if encoding == "zstd":
-        import zstandard  # noqa: PLC0415 - optional dependency
+        import zstandard
 
         return bytes(zstandard.ZstdCompressor().compress(data))
     raise ValueError(f"unknown content-encoding {encoding!r}; use 'gzip' or 'zstd'")
@@ -105,7 +106,7 @@ def decompress(data: bytes, encoding: str) -> bytes:
     if encoding == "gzip":
         return gzip.decompress(data)
     if encoding == "zstd":
-        import zstandard  # noqa: PLC0415 - optional dependency
+        import zstandard
 
         return bytes(zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 30))
     raise ValueError(f"unknown content-encoding {encoding!r}")

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,7 +47,7 @@ class MemoryOptions(BaseModel):
 class _Entry:
     """One message as queued in one group."""
 
-    __slots__ = ("message", "seq", "rank", "expires_at", "deliveries")
+    __slots__ = ("deliveries", "expires_at", "message", "rank", "seq")
 
     def __init__(self, message: Message, seq: int, rank: int, expires_at: float) -> None:
         self.message = message
@@ -58,7 +58,7 @@ class _Entry:
 
 
 class _Lease:
-    __slots__ = ("entry", "owner", "deadline")
+    __slots__ = ("deadline", "entry", "owner")
 
     def __init__(self, entry: _Entry, owner: object, deadline: float) -> None:
         self.entry = entry
@@ -151,7 +151,8 @@ class _Group:
             entry.deliveries += 1
             if max_deliveries and entry.deliveries > max_deliveries:
                 self._release_key(key)
-                self.destination.dead_letter(entry.message, f"delivered {max_deliveries} times without an ack", self.name)
+                reason = f"delivered {max_deliveries} times without an ack"
+                self.destination.dead_letter(entry.message, reason, self.name)
                 continue
             token = next(self.destination.server.tokens)
             self.inflight[token] = _Lease(entry, owner, now + lock)
@@ -215,7 +216,7 @@ class _Destination:
 
     def publish(self, messages: Sequence[Message]) -> None:
         now = time.monotonic()
-        stamp = datetime.now(timezone.utc)
+        stamp = datetime.now(UTC)
         groups = list(self.groups.values())
         seqs = self.server.seqs
         for message in messages:

@@ -49,7 +49,7 @@ class Delivery:
     ``native`` is the backend's raw message; ``token`` is what the driver needs to settle it.
     """
 
-    __slots__ = ("message", "attempt", "native", "token", "payload", "settled", "_consumer")
+    __slots__ = ("_consumer", "attempt", "message", "native", "payload", "settled", "token")
 
     def __init__(self, message: Message, attempt: int = 1, native: Any = None, token: Any = None) -> None:
         self.message = message

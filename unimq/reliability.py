@@ -109,7 +109,7 @@ class DedupWindow:
         ids = self._ids
         horizon = now - self.window
         while ids:
-            oldest, stamp = next(iter(ids.items()))
+            _oldest, stamp = next(iter(ids.items()))
             if stamp >= horizon and len(ids) < self.max_entries:
                 break
             ids.popitem(last=False)
