@@ -4,6 +4,8 @@
         await broker.producer("orders").send(b"...", key="customer-42")
 """
 
+import logging
+
 from unimq.broker import Broker, Consumer, Producer, connect
 from unimq.capabilities import Capabilities, Feature, Support
 from unimq.codecs import Codec, Compressed, JsonCodec, ModelCodec, RawCodec
@@ -23,6 +25,9 @@ from unimq.message import Delivery, Message
 from unimq.reliability import Retry
 
 __version__ = "0.1.0"
+
+# A library logs under "unimq.*" and leaves handlers to the application.
+logging.getLogger("unimq").addHandler(logging.NullHandler())
 
 __all__ = [
     "Broker",

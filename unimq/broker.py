@@ -75,6 +75,10 @@ class Broker:
     def capabilities_for(self, destination: str) -> Capabilities:
         return self._driver.capabilities_for(destination)
 
+    def dead_letter_destination(self, destination: str) -> str:
+        """The name rejected messages of ``destination`` go to; consume it to read them back."""
+        return self._driver.dead_letter_destination(destination)
+
     def producer(
         self,
         destination: str,

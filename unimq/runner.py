@@ -11,7 +11,6 @@ in-flight handlers finish within ``shutdown_timeout``, then cancel them and nack
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import signal
@@ -64,40 +63,36 @@ async def run(
             slots.release()
 
     async def fetch() -> None:
-        async with consumer:
-            while not stop.is_set():
-                await slots.acquire()
-                try:
-                    delivery = await consumer.receive(timeout=1.0)
-                except BaseException:
-                    slots.release()
-                    raise
-                if delivery is None:
-                    slots.release()
-                    continue
-                task = asyncio.create_task(process(delivery))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-            await _drain(in_flight, shutdown_timeout)
+        while True:
+            await slots.acquire()
+            try:
+                delivery = await consumer.receive(timeout=1.0)
+            except BaseException:
+                slots.release()
+                raise
+            if delivery is None:
+                slots.release()
+                continue
+            task = asyncio.create_task(process(delivery))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
 
-    fetcher = asyncio.create_task(fetch())
-    stopper = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({fetcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if fetcher.done():
-            fetcher.result()
-        else:
-            await fetcher
-    except asyncio.CancelledError:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await fetcher
-        raise
-    finally:
-        stopper.cancel()
-        if handle_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+    async with consumer:
+        fetcher = asyncio.create_task(fetch())
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({fetcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Stop fetching (a receive is safe to cancel), then let in-flight handlers finish.
+            stopper.cancel()
+            fetcher.cancel()
+            results = await asyncio.gather(fetcher, return_exceptions=True)
+            await _drain(in_flight, shutdown_timeout)
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+        if isinstance(results[0], Exception):
+            raise results[0]
 
 
 async def _drain(in_flight: set[asyncio.Task[None]], timeout: float) -> None:
