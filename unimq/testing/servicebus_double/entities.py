@@ -1,0 +1,734 @@
+"""Queues, topics, subscriptions and dead-letter sub-queues: the broker state, with no networking.
+
+Everything here runs on the reactor thread, so there is no locking. Time is passed in (``now``,
+epoch milliseconds) so that the rules are easy to read and test: a lock expires when
+``until_ms <= now``, a scheduled message becomes visible when ``scheduled_ms <= now``.
+
+A receivable entity (a queue, a subscription or a dead-letter queue) is a :class:`Queue`:
+
+* ``messages`` -- every message it holds, keyed by sequence number (so insertion order is
+  sequence order, which is what peek needs);
+* ``ready`` -- per session id (``None`` for entities without sessions), the sequence numbers that
+  can be handed out now, in order; abandoned messages go back to the front;
+* ``locks`` -- lock token -> :class:`Lock` for messages delivered in peek-lock mode.
+
+Consumers are objects supplied by the server (one per receiving AMQP link); the entity only asks
+them for ``credit()`` and hands them encoded deliveries.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
+
+from .codec import ACTIVE, DEFERRED, SCHEDULED, StoredMessage, now_ms
+
+log = logging.getLogger("unimq.servicebus_double")
+
+# Error conditions, as the SDK maps them to exceptions (azure/servicebus/_common/constants.py).
+MESSAGE_LOCK_LOST = "com.microsoft:message-lock-lost"
+SESSION_LOCK_LOST = "com.microsoft:session-lock-lost"
+MESSAGE_NOT_FOUND = "com.microsoft:message-not-found"
+SESSION_CANNOT_BE_LOCKED = "com.microsoft:session-cannot-be-locked"
+ENTITY_NOT_FOUND = "amqp:not-found"
+ARGUMENT_ERROR = "com.microsoft:argument-error"
+TIMEOUT = "com.microsoft:timeout"
+
+DEAD_LETTER_QUEUE = "$DeadLetterQueue"
+SUBSCRIPTIONS = "Subscriptions"
+
+
+class ServiceBusError(Exception):
+    """An error the double reports to the client with an AMQP error condition."""
+
+    def __init__(self, condition: str, description: str, status: int = 400):
+        super().__init__(description)
+        self.condition = condition
+        self.description = description
+        self.status = status
+
+
+@dataclass
+class EntityConfig:
+    """Per-entity settings, with the defaults of a new Service Bus queue (minus duplicate detection)."""
+
+    lock_duration: float = 30.0
+    max_delivery_count: int = 10
+    requires_session: bool = False
+    duplicate_detection_window: Optional[float] = None
+    default_ttl: Optional[float] = None
+    dead_lettering_on_message_expiration: bool = False
+
+    @classmethod
+    def option_names(cls) -> List[str]:
+        return [f.name for f in fields(cls)]
+
+    def update(self, **options: Any) -> "EntityConfig":
+        unknown = set(options) - set(self.option_names())
+        if unknown:
+            raise ServiceBusError(ARGUMENT_ERROR, f"unknown entity option(s): {sorted(unknown)}")
+        for name, value in options.items():
+            setattr(self, name, value)
+        return self
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+class Lock:
+    __slots__ = ("message", "until_ms", "consumer")
+
+    def __init__(self, message: StoredMessage, until_ms: int, consumer: Any):
+        self.message = message
+        self.until_ms = until_ms
+        self.consumer = consumer
+
+
+class SessionLock:
+    __slots__ = ("consumer", "until_ms")
+
+    def __init__(self, consumer: Any, until_ms: int):
+        self.consumer = consumer
+        self.until_ms = until_ms
+
+
+class _Dedup:
+    """Message ids seen within the duplicate-detection window, oldest first."""
+
+    def __init__(self, window_s: float):
+        self.window_ms = int(window_s * 1000)
+        self.seen_at: "OrderedDict[str, int]" = OrderedDict()
+
+    def is_duplicate(self, message_id: Optional[str], now: int) -> bool:
+        while self.seen_at:
+            oldest_id, at = next(iter(self.seen_at.items()))
+            if at + self.window_ms > now:
+                break
+            del self.seen_at[oldest_id]
+        if message_id is None:
+            return False
+        if message_id in self.seen_at:
+            return True
+        self.seen_at[message_id] = now
+        return False
+
+
+def _dedup_for(config: EntityConfig, current: Optional[_Dedup]) -> Optional[_Dedup]:
+    window = config.duplicate_detection_window
+    if not window:
+        return None
+    if current is not None and current.window_ms == int(window * 1000):
+        return current
+    return _Dedup(window)
+
+
+class Queue:
+    """A queue, a topic subscription or a dead-letter sub-queue: anything a receiver can attach to."""
+
+    kind = "queue"
+
+    def __init__(self, name: str, config: EntityConfig, kind: str = "queue"):
+        self.name = name
+        self.kind = kind
+        self.config = config
+        self.dead_letter: Optional[Queue] = None
+        if kind != "deadletter":
+            self.dead_letter = Queue(f"{name}/{DEAD_LETTER_QUEUE}", EntityConfig(
+                lock_duration=config.lock_duration, max_delivery_count=2**31 - 1), kind="deadletter")
+        self.messages: Dict[int, StoredMessage] = {}
+        self.ready: Dict[Optional[str], Deque[int]] = {}
+        self.locks: Dict[uuid.UUID, Lock] = {}
+        self.consumers: List[Any] = []
+        self.session_locks: Dict[str, SessionLock] = {}
+        self.session_state: Dict[str, bytes] = {}
+        self.session_waiters: List[Tuple[Any, int, Callable[[Optional[str]], None]]] = []
+        self.counters = {"enqueued": 0, "delivered": 0, "completed": 0, "dead_lettered": 0,
+                         "expired": 0, "duplicates": 0}
+        self._lock_heap: List[Tuple[int, uuid.UUID]] = []
+        self._scheduled_heap: List[Tuple[int, int]] = []
+        self._next_seq = 1
+        self._rr = 0
+        self._dedup: Optional[_Dedup] = _dedup_for(config, None)
+        self.auto_created = False
+
+    # ----------------------------------------------------------------- intake
+
+    def reconfigure(self, **options: Any) -> None:
+        self.config.update(**options)
+        self._dedup = _dedup_for(self.config, self._dedup)
+        if self.dead_letter is not None:
+            self.dead_letter.config.lock_duration = self.config.lock_duration
+
+    def check_sendable(self, message: StoredMessage) -> None:
+        if self.config.requires_session and not message.session_id:
+            raise ServiceBusError(ARGUMENT_ERROR, f"{self.name} requires sessions: set session_id")
+
+    def enqueue(self, message: StoredMessage, now: int, dedup: bool = True) -> Optional[int]:
+        """Store a message; return its sequence number, or None when dropped as a duplicate."""
+        if dedup and self._dedup is not None and self._dedup.is_duplicate(message.message_id, now):
+            self.counters["duplicates"] += 1
+            return None
+        message.seq = self._next_seq
+        self._next_seq += 1
+        message.enqueued_ms = now
+        message.expires_ms = None
+        if self.kind != "deadletter":  # dead-lettered messages never expire, as on Service Bus
+            ttls = [t for t in (message.ttl_ms, _seconds_to_ms(self.config.default_ttl)) if t]
+            if ttls:
+                message.expires_ms = now + min(ttls)
+        self.messages[message.seq] = message
+        self.counters["enqueued"] += 1
+        if message.scheduled_ms is not None and message.scheduled_ms > now:
+            message.state = SCHEDULED
+            heapq.heappush(self._scheduled_heap, (message.scheduled_ms, message.seq))
+        else:
+            message.state = ACTIVE
+            self._ready_queue(message).append(message.seq)
+            self._serve_session_waiters(now)
+            self.pump(now)
+        return message.seq
+
+    def _ready_queue(self, message: StoredMessage) -> Deque[int]:
+        key = message.session_id if self.config.requires_session else None
+        queue = self.ready.get(key)
+        if queue is None:
+            queue = self.ready[key] = deque()
+        return queue
+
+    # --------------------------------------------------------------- delivery
+
+    def add_consumer(self, consumer: Any) -> None:
+        self.consumers.append(consumer)
+        self.pump()
+
+    def remove_consumer(self, consumer: Any) -> None:
+        """A receiving link went away.
+
+        Message locks outlive the link (as on Service Bus, they can still be settled through
+        ``$management`` until they expire), except for sessions: closing a session receiver
+        gives up the session, and its unsettled messages become available again.
+        """
+        if consumer in self.consumers:
+            self.consumers.remove(consumer)
+        self.session_waiters = [w for w in self.session_waiters if w[0] is not consumer]
+        sid = getattr(consumer, "session_id", None)
+        if sid is not None and self.session_locks.get(sid) and self.session_locks[sid].consumer is consumer:
+            del self.session_locks[sid]
+            for token, lock in list(self.locks.items()):
+                if lock.consumer is consumer:
+                    del self.locks[token]
+                    self._return(lock.message, failed=False)
+            self._serve_session_waiters(now_ms())
+            self.pump()
+
+    def pump(self, now: Optional[int] = None) -> None:
+        """Hand ready messages to consumers, never beyond each consumer's link credit."""
+        if not self.consumers:
+            return
+        now = now_ms() if now is None else now
+        count = len(self.consumers)
+        start = self._rr % count
+        self._rr += 1
+        for i in range(count):
+            consumer = self.consumers[(start + i) % count]
+            key = consumer.session_id if self.config.requires_session else None
+            queue = self.ready.get(key)
+            while queue and consumer.credit() > 0:
+                message = self._pop_ready(queue, now)
+                if message is not None:
+                    self._deliver(consumer, message, now)
+            consumer.after_pump()
+
+    def _pop_ready(self, queue: Deque[int], now: int) -> Optional[StoredMessage]:
+        message = self.messages.get(queue.popleft())
+        if message is None or message.state != ACTIVE:
+            return None
+        if message.expires_ms is not None and message.expires_ms <= now:
+            self._expire(message, now)
+            return None
+        return message
+
+    def _deliver(self, consumer: Any, message: StoredMessage, now: int) -> None:
+        self.counters["delivered"] += 1
+        if consumer.peek_lock:
+            token = uuid.uuid4()
+            until = now + int(self.config.lock_duration * 1000)
+            self.locks[token] = Lock(message, until, consumer)
+            if not self.config.requires_session:  # session messages are covered by the session lock
+                heapq.heappush(self._lock_heap, (until, token))
+            consumer.deliver(message.encode(token, until), token)
+        else:
+            del self.messages[message.seq]
+            consumer.deliver(message.encode(), None)
+
+    # ------------------------------------------------------------- settlement
+
+    def settle(self, token: uuid.UUID, outcome: str, reason: Optional[str] = None,
+               description: Optional[str] = None) -> None:
+        """Apply complete / abandon / release / dead-letter / defer to a locked message."""
+        lock = self.locks.pop(token, None)
+        if lock is None:
+            condition = SESSION_LOCK_LOST if self.config.requires_session else MESSAGE_LOCK_LOST
+            raise ServiceBusError(condition, "The lock supplied is invalid. Either the lock expired, "
+                                  "or the message has already been removed from the queue.", 410)
+        message = lock.message
+        now = now_ms()
+        if outcome == "complete":
+            self._remove(message)
+            self.counters["completed"] += 1
+        elif outcome == "abandon":
+            self._return(message, failed=True)
+        elif outcome == "release":
+            self._return(message, failed=False)
+        elif outcome == "dead-letter":
+            self._remove(message)
+            self._dead_letter(message, reason, description, now)
+        elif outcome == "defer":
+            message.state = DEFERRED
+        else:
+            raise ValueError(outcome)
+        self.pump(now)
+
+    def _remove(self, message: StoredMessage) -> None:
+        self.messages.pop(message.seq, None)
+
+    def _return(self, message: StoredMessage, failed: bool) -> None:
+        """Make a message receivable again; a failed attempt counts towards max delivery count."""
+        if failed:
+            message.delivery_count += 1
+            if message.delivery_count >= self.config.max_delivery_count:
+                self._remove(message)
+                self._dead_letter(message, "MaxDeliveryCountExceeded",
+                                  f"Message could not be consumed after {self.config.max_delivery_count} "
+                                  "delivery attempts.", now_ms())
+                return
+        if message.state == ACTIVE and message.seq in self.messages:
+            self._ready_queue(message).appendleft(message.seq)
+
+    def _dead_letter(self, message: StoredMessage, reason: Optional[str], description: Optional[str],
+                     now: int) -> None:
+        self.counters["dead_lettered"] += 1
+        if self.dead_letter is None:
+            return  # dead-lettering from a dead-letter queue just removes the message
+        if reason is not None:
+            message.set_application_property("DeadLetterReason", reason)
+        if description is not None:
+            message.set_application_property("DeadLetterErrorDescription", description)
+        message.scheduled_ms = None
+        self.dead_letter.enqueue(message, now, dedup=False)
+
+    def _expire(self, message: StoredMessage, now: int) -> None:
+        self._remove(message)
+        self.counters["expired"] += 1
+        if self.config.dead_lettering_on_message_expiration:
+            self._dead_letter(message, "TTLExpiredException", "The message expired and was dead lettered.", now)
+
+    def renew_locks(self, tokens: List[uuid.UUID], now: int) -> List[int]:
+        expirations = []
+        for token in tokens:
+            lock = self.locks.get(token)
+            if lock is None or lock.until_ms <= now:
+                raise ServiceBusError(MESSAGE_LOCK_LOST, f"The lock {token} is invalid or expired.", 410)
+            lock.until_ms = now + int(self.config.lock_duration * 1000)
+            heapq.heappush(self._lock_heap, (lock.until_ms, token))
+            expirations.append(lock.until_ms)
+        return expirations
+
+    # ----------------------------------------------------------- $management
+
+    def peek(self, from_seq: int, count: int, session_id: Optional[str], now: int) -> List[bytes]:
+        result = []
+        for seq, message in self.messages.items():
+            if len(result) >= count:
+                break
+            if seq < from_seq or (session_id is not None and message.session_id != session_id):
+                continue
+            if message.state == ACTIVE and message.expires_ms is not None and message.expires_ms <= now:
+                continue
+            result.append(message.encode())
+        return result
+
+    def receive_deferred(self, seqs: List[int], peek_lock: bool, now: int) -> List[Tuple[bytes, Optional[uuid.UUID]]]:
+        result = []
+        for seq in seqs:
+            message = self.messages.get(seq)
+            if message is None or message.state != DEFERRED:
+                raise ServiceBusError(MESSAGE_NOT_FOUND, f"Deferred message {seq} was not found.", 404)
+            if peek_lock:
+                token = uuid.uuid4()
+                until = now + int(self.config.lock_duration * 1000)
+                self.locks[token] = Lock(message, until, None)
+                heapq.heappush(self._lock_heap, (until, token))
+                result.append((message.encode(token, until), token))
+            else:
+                self._remove(message)
+                result.append((message.encode(), None))
+        return result
+
+    def cancel_scheduled(self, seqs: List[int]) -> None:
+        for seq in seqs:
+            message = self.messages.get(seq)
+            if message is None or message.state != SCHEDULED:
+                raise ServiceBusError(MESSAGE_NOT_FOUND, f"Scheduled message {seq} was not found.", 404)
+            self._remove(message)
+
+    # --------------------------------------------------------------- sessions
+
+    def acquire_session(self, consumer: Any, session_id: Optional[str], now: int) -> Optional[str]:
+        """Lock a session for ``consumer``: a given one, or (``None``) any unlocked one with messages.
+
+        Returns the locked session id, or None when no session is available yet.
+        """
+        if session_id is None:
+            session_id = next((sid for sid, queue in self.ready.items()
+                               if queue and sid is not None and sid not in self.session_locks), None)
+            if session_id is None:
+                return None
+        elif session_id in self.session_locks:
+            raise ServiceBusError(SESSION_CANNOT_BE_LOCKED,
+                                  f"The session {session_id} is locked by another receiver.", 409)
+        self.session_locks[session_id] = SessionLock(consumer, now + int(self.config.lock_duration * 1000))
+        consumer.session_id = session_id
+        return session_id
+
+    def wait_for_session(self, consumer: Any, deadline_ms: int, callback: Callable[[Optional[str]], None]) -> None:
+        self.session_waiters.append((consumer, deadline_ms, callback))
+
+    def _serve_session_waiters(self, now: int) -> None:
+        waiting = []
+        for consumer, deadline, callback in self.session_waiters:
+            sid = self.acquire_session(consumer, None, now)
+            if sid is not None:
+                callback(sid)
+            elif deadline <= now:
+                callback(None)
+            else:
+                waiting.append((consumer, deadline, callback))
+        self.session_waiters = waiting
+
+    def renew_session(self, session_id: str, now: int) -> int:
+        lock = self.session_locks.get(session_id)
+        if lock is None:
+            raise ServiceBusError(SESSION_LOCK_LOST, f"The session lock for {session_id} was lost.", 410)
+        lock.until_ms = now + int(self.config.lock_duration * 1000)
+        return lock.until_ms
+
+    def session_ids(self) -> List[str]:
+        return sorted({m.session_id for m in self.messages.values() if m.session_id is not None})
+
+    # ------------------------------------------------------------------ timers
+
+    def tick(self, now: int) -> None:
+        """Expire locks, release due scheduled messages, expire session locks."""
+        changed = False
+        while self._lock_heap and self._lock_heap[0][0] <= now:
+            _, token = heapq.heappop(self._lock_heap)
+            lock = self.locks.get(token)
+            if lock is not None and lock.until_ms <= now:
+                del self.locks[token]
+                self._return(lock.message, failed=True)
+                changed = True
+        while self._scheduled_heap and self._scheduled_heap[0][0] <= now:
+            _, seq = heapq.heappop(self._scheduled_heap)
+            message = self.messages.get(seq)
+            if message is not None and message.state == SCHEDULED:
+                message.state = ACTIVE
+                self._ready_queue(message).append(seq)
+                changed = True
+        for sid, lock in list(self.session_locks.items()):
+            if lock.until_ms <= now:
+                log.info("session lock on %s session %r expired", self.name, sid)
+                self.remove_consumer(lock.consumer)
+                lock.consumer.lose_session()
+                changed = True
+        if self.session_waiters:
+            self._serve_session_waiters(now)
+        if changed:
+            self.pump(now)
+        if self.dead_letter is not None:
+            self.dead_letter.tick(now)
+
+    def stats(self) -> Dict[str, Any]:
+        by_state = {"active": 0, "locked": 0, "scheduled": 0, "deferred": 0}
+        locked = {id(lock.message) for lock in self.locks.values()}
+        for message in self.messages.values():
+            if id(message) in locked:
+                by_state["locked"] += 1
+            elif message.state == SCHEDULED:
+                by_state["scheduled"] += 1
+            elif message.state == DEFERRED:
+                by_state["deferred"] += 1
+            else:
+                by_state["active"] += 1
+        result = {"name": self.name, "kind": self.kind, "messages": len(self.messages), **by_state,
+                  "consumers": len(self.consumers), "config": self.config.as_dict(), **self.counters}
+        if self.dead_letter is not None:
+            result["dead_letter_messages"] = len(self.dead_letter.messages)
+        return result
+
+
+class Topic:
+    """A topic: dedup and scheduling happen here; a due message is copied to every subscription."""
+
+    kind = "topic"
+
+    def __init__(self, name: str, config: EntityConfig):
+        self.name = name
+        self.config = config
+        self.subscriptions: Dict[str, Queue] = {}
+        self.scheduled: Dict[int, StoredMessage] = {}
+        self.counters = {"enqueued": 0, "duplicates": 0}
+        self._scheduled_heap: List[Tuple[int, int]] = []
+        self._next_seq = 1
+        self._dedup = _dedup_for(config, None)
+        self.auto_created = False
+
+    def reconfigure(self, **options: Any) -> None:
+        self.config.update(**options)
+        self._dedup = _dedup_for(self.config, self._dedup)
+
+    def check_sendable(self, message: StoredMessage) -> None:
+        for sub in self.subscriptions.values():
+            sub.check_sendable(message)
+
+    def enqueue(self, message: StoredMessage, now: int, dedup: bool = True) -> Optional[int]:
+        if dedup and self._dedup is not None and self._dedup.is_duplicate(message.message_id, now):
+            self.counters["duplicates"] += 1
+            return None
+        seq = message.seq = self._next_seq
+        self._next_seq += 1
+        self.counters["enqueued"] += 1
+        if message.scheduled_ms is not None and message.scheduled_ms > now:
+            message.state = SCHEDULED
+            message.enqueued_ms = now
+            self.scheduled[seq] = message
+            heapq.heappush(self._scheduled_heap, (message.scheduled_ms, seq))
+        else:
+            self._fan_out(message, now)
+        return seq
+
+    def _fan_out(self, message: StoredMessage, now: int) -> None:
+        for sub in self.subscriptions.values():
+            copy = message.copy()
+            copy.scheduled_ms = None
+            sub.enqueue(copy, now, dedup=False)
+
+    def cancel_scheduled(self, seqs: List[int]) -> None:
+        for seq in seqs:
+            if self.scheduled.pop(seq, None) is None:
+                raise ServiceBusError(MESSAGE_NOT_FOUND, f"Scheduled message {seq} was not found.", 404)
+
+    def tick(self, now: int) -> None:
+        while self._scheduled_heap and self._scheduled_heap[0][0] <= now:
+            _, seq = heapq.heappop(self._scheduled_heap)
+            message = self.scheduled.pop(seq, None)
+            if message is not None:
+                self._fan_out(message, now)
+        for sub in self.subscriptions.values():
+            sub.tick(now)
+
+    def stats(self) -> Dict[str, Any]:
+        return {"name": self.name, "kind": "topic", "scheduled": len(self.scheduled),
+                "subscriptions": sorted(s.name for s in self.subscriptions.values()),
+                "config": self.config.as_dict(), **self.counters}
+
+
+Entity = Union[Queue, Topic]
+
+
+def _seconds_to_ms(seconds: Optional[float]) -> Optional[int]:
+    return None if seconds is None else int(seconds * 1000)
+
+
+def entity_path(address: str) -> str:
+    """``amqp://host:5673/orders/$management`` -> ``orders/$management``; plain paths pass through."""
+    if "://" in address:
+        rest = address.split("://", 1)[1]
+        address = rest.split("/", 1)[1] if "/" in rest else ""
+    return address.strip("/")
+
+
+class Broker:
+    """The namespace: named entities, created on first use or declared up front."""
+
+    def __init__(self, defaults: Optional[Dict[str, Any]] = None):
+        self.defaults = EntityConfig().update(**(defaults or {}))
+        self.entities: Dict[str, Entity] = {}
+        # Options declared for entities that do not exist yet: key -> (kind or None, options).
+        self.declared: Dict[str, Tuple[Optional[str], Dict[str, Any]]] = {}
+
+    # -------------------------------------------------------------- creation
+
+    def _config(self, key: str) -> EntityConfig:
+        options = self.declared.get(key, (None, {}))[1]
+        return EntityConfig(**self.defaults.as_dict()).update(**options)
+
+    def create_queue(self, name: str, **options: Any) -> Queue:
+        key = name.lower()
+        existing = self.entities.get(key)
+        if isinstance(existing, Queue):
+            existing.reconfigure(**options)
+            return existing
+        if isinstance(existing, Topic):
+            raise ServiceBusError("com.microsoft:entity-already-exists", f"{name} is a topic", 409)
+        queue = Queue(name, self._config(key).update(**options))
+        self.entities[key] = queue
+        return queue
+
+    def create_topic(self, name: str, **options: Any) -> Topic:
+        key = name.lower()
+        existing = self.entities.get(key)
+        if isinstance(existing, Topic):
+            existing.reconfigure(**options)
+            return existing
+        if isinstance(existing, Queue):
+            if not existing.auto_created:
+                raise ServiceBusError("com.microsoft:entity-already-exists", f"{name} is a queue", 409)
+            log.warning("auto-created queue %s becomes a topic; its %d message(s) are dropped",
+                        name, len(existing.messages))
+        topic = Topic(name, self._config(key).update(**options))
+        self.entities[key] = topic
+        return topic
+
+    def create_subscription(self, topic_name: str, name: str, **options: Any) -> Queue:
+        topic = self.entities.get(topic_name.lower())
+        if not isinstance(topic, Topic):
+            topic = self.create_topic(topic_name)
+            topic.auto_created = True
+        existing = topic.subscriptions.get(name.lower())
+        if existing is not None:
+            existing.reconfigure(**options)
+            return existing
+        key = f"{topic_name}/{SUBSCRIPTIONS}/{name}".lower()
+        sub = Queue(f"{topic.name}/{SUBSCRIPTIONS}/{name}", self._config(key).update(**options), kind="subscription")
+        topic.subscriptions[name.lower()] = sub
+        return sub
+
+    def configure_entity(self, name: str, kind: Optional[str] = None, **options: Any) -> Dict[str, Any]:
+        """Set options on an entity, now if it exists, otherwise when it is created (or now if ``kind``)."""
+        EntityConfig().update(**options)  # validate option names early
+        parts = entity_path(name).split("/")
+        if len(parts) == 3 and parts[1].lower() == SUBSCRIPTIONS.lower():
+            kind = "subscription"
+        key = "/".join(parts).lower()
+        previous = self.declared.get(key, (None, {}))[1]
+        self.declared[key] = (kind, {**previous, **options})
+        if kind == "subscription":
+            return self.create_subscription(parts[0], parts[2], **options).stats()
+        existing = self.entities.get(key)
+        if existing is not None:
+            existing.reconfigure(**options)
+            return existing.stats()
+        if kind == "topic":
+            return self.create_topic(name, **options).stats()
+        if kind == "queue":
+            return self.create_queue(name, **options).stats()
+        return {"name": name, "kind": kind, "declared": True, "config": self._config(key).as_dict()}
+
+    def delete(self, name: str) -> None:
+        parts = entity_path(name).split("/")
+        self.declared.pop("/".join(parts).lower(), None)
+        if len(parts) == 3 and parts[1].lower() == SUBSCRIPTIONS.lower():
+            topic = self.entities.get(parts[0].lower())
+            if isinstance(topic, Topic) and topic.subscriptions.pop(parts[2].lower(), None) is not None:
+                return
+        elif self.entities.pop(parts[0].lower(), None) is not None:
+            return
+        raise ServiceBusError(ENTITY_NOT_FOUND, f"entity {name} does not exist", 404)
+
+    # ------------------------------------------------------------ resolution
+
+    def _auto_queue(self, name: str) -> Entity:
+        key = name.lower()
+        entity = self.entities.get(key)
+        if entity is None:
+            kind = self.declared.get(key, (None, {}))[0]
+            entity = self.create_topic(name) if kind == "topic" else self.create_queue(name)
+            entity.auto_created = True
+            log.info("auto-created %s %s", entity.kind, name)
+        return entity
+
+    def for_send(self, address: str) -> Entity:
+        """The queue or topic a sender link targets (a new queue when the name is unknown)."""
+        parts = entity_path(address).split("/")
+        if len(parts) != 1 or not parts[0]:
+            raise ServiceBusError(ENTITY_NOT_FOUND, f"cannot send to {address!r}", 404)
+        return self._auto_queue(parts[0])
+
+    def for_receive(self, address: str) -> Queue:
+        """The queue, subscription or dead-letter queue a receiver link sources from."""
+        parts = entity_path(address).split("/")
+        dead_letter = parts[-1].lower() == DEAD_LETTER_QUEUE.lower()
+        if dead_letter:
+            parts = parts[:-1]
+        if len(parts) == 3 and parts[1].lower() == SUBSCRIPTIONS.lower():
+            topic = self.entities.get(parts[0].lower())
+            if not isinstance(topic, Topic):
+                topic = self.create_topic(parts[0])
+                topic.auto_created = True
+            queue = topic.subscriptions.get(parts[2].lower()) or self.create_subscription(parts[0], parts[2])
+        elif len(parts) == 1 and parts[0]:
+            entity = self._auto_queue(parts[0])
+            if not isinstance(entity, Queue):
+                raise ServiceBusError(ENTITY_NOT_FOUND, f"{parts[0]} is a topic; receive from a subscription", 404)
+            queue = entity
+        else:
+            raise ServiceBusError(ENTITY_NOT_FOUND, f"cannot receive from {address!r}", 404)
+        if dead_letter:
+            assert queue.dead_letter is not None
+            return queue.dead_letter
+        return queue
+
+    def for_management(self, address: str) -> Entity:
+        """The entity behind ``<entity>/$management`` (a topic for a sender's schedule calls)."""
+        path = entity_path(address)
+        path = path[: -len("/$management")] if path.lower().endswith("/$management") else path
+        parts = path.split("/")
+        if len(parts) == 1:
+            return self._auto_queue(parts[0])
+        return self.for_receive(path)
+
+    def list(self) -> List[Dict[str, Any]]:
+        result = []
+        for entity in self.entities.values():
+            result.append({"name": entity.name, "kind": entity.kind})
+            if isinstance(entity, Topic):
+                result.extend({"name": s.name, "kind": "subscription"} for s in entity.subscriptions.values())
+        return result
+
+    def stats(self, name: str) -> Dict[str, Any]:
+        parts = entity_path(name).split("/")
+        try:
+            if len(parts) == 1:
+                entity = self.entities[parts[0].lower()]
+            else:
+                entity = self.entities[parts[0].lower()]
+                dead_letter = parts[-1].lower() == DEAD_LETTER_QUEUE.lower()
+                if len(parts) >= 3 and isinstance(entity, Topic):
+                    entity = entity.subscriptions[parts[2].lower()]
+                if dead_letter and isinstance(entity, Queue) and entity.dead_letter is not None:
+                    entity = entity.dead_letter
+        except KeyError:
+            raise ServiceBusError(ENTITY_NOT_FOUND, f"entity {name} does not exist", 404) from None
+        return entity.stats()
+
+    def tick(self, now: int) -> None:
+        for entity in list(self.entities.values()):
+            entity.tick(now)
+
+    def load_config(self, document: Dict[str, Any]) -> None:
+        """Apply a JSON config document (format in docs/servicebus-double.md)."""
+        if "defaults" in document:
+            self.defaults.update(**document["defaults"])
+        for name, options in (document.get("queues") or {}).items():
+            self.configure_entity(name, kind="queue", **(options or {}))
+        for name, options in (document.get("topics") or {}).items():
+            options = dict(options or {})
+            subscriptions = options.pop("subscriptions", {}) or {}
+            self.configure_entity(name, kind="topic", **options)
+            for sub, sub_options in subscriptions.items():
+                self.create_subscription(name, sub, **(sub_options or {}))

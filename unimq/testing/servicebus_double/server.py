@@ -1,0 +1,561 @@
+"""The AMQP 1.0 side of the double: a python-qpid-proton reactor that speaks Service Bus.
+
+One reactor thread does everything (AMQP I/O, broker state, timers), so the broker state in
+:mod:`.entities` needs no locks. Other threads (tests, ``ServiceBusDouble.configure_entity``) hand
+work to that thread through an :class:`~proton.reactor.EventInjector`.
+
+Link roles, by address (see docs/servicebus-double.md):
+
+* client sender -> ``<queue|topic>``: messages (single or SDK batch) are stored;
+* client receiver <- ``<queue>``, ``<topic>/Subscriptions/<sub>``, ``.../$DeadLetterQueue``:
+  deliveries, peek-lock when the client asks for ``rcv-settle-mode = second``;
+* ``$cbs``, ``<entity>/$management``, ``$unimq-control``: request/response nodes; a request
+  arrives on the client's sender link and the reply goes out on the client's receiver link
+  attached to the same node on the same connection.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import queue
+import threading
+import uuid
+from concurrent.futures import Future
+from typing import Any, Callable, Dict, List, Optional
+
+from proton import (Array, Condition, Data, Delivery, Link, Message, Terminus, symbol, timestamp,
+                    int32)
+from proton.reactor import ApplicationEvent, Container, EventInjector
+
+from .codec import StoredMessage, now_ms, split_sections, unpack_transfer
+from .entities import (ARGUMENT_ERROR, TIMEOUT, Broker, Queue, ServiceBusError, Topic, entity_path)
+
+log = logging.getLogger("unimq.servicebus_double")
+
+CBS_NODE = "$cbs"
+CONTROL_NODE = "$unimq-control"
+MANAGEMENT_SUFFIX = "/$management"
+SESSION_FILTER = symbol("com.microsoft:session-filter")
+LOCKED_UNTIL_UTC = symbol("com.microsoft:locked-until-utc")
+LINK_TIMEOUT = symbol("com.microsoft:timeout")
+DEAD_LETTER_CONDITION = "com.microsoft:dead-letter"
+DATETIMEOFFSET_EPOCH = 621355968000000000  # .NET ticks at the Unix epoch
+MAX_MESSAGE_SIZE = 1024 * 1024
+_reply_tags = itertools.count(1)
+INCOMING_CREDIT = 500
+TICK_SECONDS = 0.05
+DEFAULT_SESSION_WAIT_MS = 60_000
+
+# Settlement names used by $management update-disposition -> our outcome names.
+DISPOSITION_STATUS = {"completed": "complete", "abandoned": "abandon",
+                      "suspended": "dead-letter", "defered": "defer"}
+
+
+class _Consumer:
+    """A client receiver link, as seen by an entity: credit in, encoded deliveries out."""
+
+    def __init__(self, link: Link, peek_lock: bool):
+        self.link = link
+        self.peek_lock = peek_lock
+        self.session_id: Optional[str] = None
+        self._tags = itertools.count(1)
+
+    def credit(self) -> int:
+        return self.link.credit
+
+    def deliver(self, payload: bytes, token: Optional[uuid.UUID]) -> None:
+        # The SDK reads the lock token back from the delivery tag: uuid.UUID(bytes_le=tag).
+        tag = token.bytes_le if token is not None else str(next(self._tags)).encode()
+        delivery = self.link.delivery(tag)
+        delivery.lock_token = token  # python-qpid-proton returns tags as text, so keep the UUID
+        self.link.stream(payload)
+        self.link.advance()
+        if not self.peek_lock:
+            delivery.settle()
+
+    def after_pump(self) -> None:
+        if self.link.drain_mode and self.link.credit > 0:
+            self.link.drained()
+
+    def lose_session(self) -> None:
+        _close_with_error(self.link, "com.microsoft:session-lock-lost", "The session lock has expired.")
+
+
+def _close_with_error(endpoint: Any, condition: str, description: str) -> None:
+    endpoint.condition = Condition(condition, description)
+    endpoint.close()
+
+
+def _as_list(value: Any) -> List[Any]:
+    """AMQP arrays decode as ``proton.Array``; lists stay lists."""
+    if value is None:
+        return []
+    if isinstance(value, Array):
+        return list(value.elements)
+    return list(value)
+
+
+def _as_uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+class _Reply:
+    """Outcome of a request/response operation."""
+
+    def __init__(self, status: int = 200, body: Any = None, description: str = "OK",
+                 condition: Optional[str] = None):
+        self.status, self.body, self.description, self.condition = status, body, description, condition
+
+
+class _Handler:
+    """Proton event handler: connection plumbing plus routing of links to the broker."""
+
+    def __init__(self, broker: Broker, host: str, port: int, listening: threading.Event):
+        self.broker = broker
+        self.host, self.port = host, port
+        self.listening = listening
+        self.injector = EventInjector()
+        self.calls: "queue.Queue[tuple]" = queue.Queue()
+        self.acceptor = None
+        self.container: Optional[Container] = None
+
+    # ------------------------------------------------------------- lifecycle
+
+    def on_reactor_init(self, event: Any) -> None:
+        self.container = event.container
+        self.container.selectable(self.injector)
+        self.acceptor = self.container.acceptor(self.host, self.port)
+        sock = self.acceptor._selectable._delegate  # the listening socket, to learn an ephemeral port
+        self.port = sock.getsockname()[1]
+        log.info("Service Bus double listening on %s:%d", self.host, self.port)
+        self.listening.set()
+        self.container.schedule(TICK_SECONDS, self)
+
+    def on_timer_task(self, event: Any) -> None:
+        self.broker.tick(now_ms())
+        self.container.schedule(TICK_SECONDS, self)
+
+    def on_call(self, event: Any) -> None:
+        """Run a function handed over by another thread (see ServiceBusDouble.call)."""
+        function, future = self.calls.get()
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(function())
+            except BaseException as exc:  # handed back to the calling thread
+                future.set_exception(exc)
+
+    def on_stop(self, event: Any) -> None:
+        if self.acceptor is not None:
+            self.acceptor.close()
+        self.injector.close()
+        self.container.stop()
+
+    # ------------------------------------------------------------ connections
+
+    def on_connection_bound(self, event: Any) -> None:
+        # The SDK authenticates with SASL ANONYMOUS and then CBS; any mechanism is accepted.
+        sasl = event.transport.sasl()
+        sasl.allow_insecure_mechs = True
+        sasl.allowed_mechs("ANONYMOUS PLAIN")
+
+    def on_connection_remote_open(self, event: Any) -> None:
+        connection = event.connection
+        connection.container = "unimq-servicebus-double"
+        connection.reply_links = {}
+        connection.open()
+
+    def on_connection_remote_close(self, event: Any) -> None:
+        event.connection.close()
+
+    def on_session_remote_open(self, event: Any) -> None:
+        event.session.open()
+
+    def on_session_remote_close(self, event: Any) -> None:
+        event.session.close()
+
+    def on_transport_closed(self, event: Any) -> None:
+        connection = event.connection
+        if connection is None:
+            return
+        link = connection.link_head(0)
+        while link:
+            self._forget_link(link)
+            link = link.next(0)
+
+    # ------------------------------------------------------------------ links
+
+    def on_link_remote_open(self, event: Any) -> None:
+        link = event.link
+        link.source.copy(link.remote_source)
+        link.target.copy(link.remote_target)
+        link.snd_settle_mode = link.remote_snd_settle_mode
+        link.rcv_settle_mode = link.remote_rcv_settle_mode
+        try:
+            if link.is_sender:
+                self._open_outgoing(link)
+            else:
+                self._open_incoming(link)
+        except ServiceBusError as exc:
+            log.info("refusing link %s: %s", link.name, exc.description)
+            link.open()
+            _close_with_error(link, exc.condition, exc.description)
+
+    def _open_incoming(self, link: Link) -> None:
+        """The client sends: to an entity, or requests to a request/response node."""
+        address = entity_path(link.remote_target.address or "")
+        if _is_request_node(address):
+            link.request_node = address
+        else:
+            link.entity = self.broker.for_send(address)
+            link.max_message_size = MAX_MESSAGE_SIZE
+        link.open()
+        link.flow(INCOMING_CREDIT)
+
+    def _open_outgoing(self, link: Link) -> None:
+        """The client receives: replies from a request/response node, or messages from an entity."""
+        address = entity_path(link.remote_source.address or "")
+        if _is_request_node(address):
+            link.connection.reply_links[address.lower()] = link
+            link.open()
+            return
+        entity = self.broker.for_receive(address)
+        consumer = _Consumer(link, peek_lock=link.remote_rcv_settle_mode == Link.RCV_SECOND)
+        link.consumer = consumer
+        link.entity = entity
+        filters = _read_filter(link.remote_source)
+        wants_session = SESSION_FILTER in filters
+        if wants_session != entity.config.requires_session:
+            raise ServiceBusError("amqp:not-allowed",
+                                  f"{entity.name}: requires_session is {entity.config.requires_session}; "
+                                  f"the receiver {'asked' if wants_session else 'did not ask'} for a session")
+        if not wants_session:
+            link.open()
+            entity.add_consumer(consumer)
+            return
+        requested = filters[SESSION_FILTER]
+        now = now_ms()
+        session_id = entity.acquire_session(consumer, None if requested is None else str(requested), now)
+        if session_id is not None:
+            self._grant_session(link, entity, consumer, session_id)
+            return
+        wait_ms = int((link.remote_properties or {}).get(LINK_TIMEOUT, DEFAULT_SESSION_WAIT_MS))
+
+        def granted(session: Optional[str]) -> None:
+            if session is None:
+                link.open()
+                _close_with_error(link, TIMEOUT, "No unlocked session with messages became available.")
+            else:
+                self._grant_session(link, entity, consumer, session)
+
+        entity.wait_for_session(consumer, now + wait_ms, granted)
+
+    def _grant_session(self, link: Link, entity: Queue, consumer: _Consumer, session_id: str) -> None:
+        link.source.filter.clear()
+        link.source.filter.put_dict({SESSION_FILTER: session_id})
+        until = entity.session_locks[session_id].until_ms
+        link.properties = {LOCKED_UNTIL_UTC: until * 10_000 + DATETIMEOFFSET_EPOCH}
+        link.open()
+        entity.add_consumer(consumer)
+
+    def on_link_remote_close(self, event: Any) -> None:
+        self._forget_link(event.link)
+        event.link.close()
+
+    def _forget_link(self, link: Link) -> None:
+        consumer = getattr(link, "consumer", None)
+        if consumer is not None:
+            link.entity.remove_consumer(consumer)
+            link.consumer = None
+
+    def on_link_flow(self, event: Any) -> None:
+        link = event.link
+        consumer = getattr(link, "consumer", None)
+        if link.is_sender and consumer is not None:
+            link.entity.pump()
+            if link.drain_mode and link.credit > 0:
+                link.drained()
+
+    # ------------------------------------------------------------- deliveries
+
+    def on_delivery(self, event: Any) -> None:
+        delivery = event.delivery
+        link = event.link
+        if link.is_receiver:
+            if delivery.readable and not delivery.partial:
+                payload = link.recv(delivery.pending)
+                link.advance()
+                self._on_transfer(link, delivery, payload)
+                if link.credit < INCOMING_CREDIT // 2:
+                    link.flow(INCOMING_CREDIT - link.credit)
+        elif delivery.updated and not delivery.settled and delivery.local_state == 0:
+            self._on_disposition(link, delivery)
+
+    def _on_transfer(self, link: Link, delivery: Delivery, payload: bytes) -> None:
+        try:
+            if getattr(link, "request_node", None):
+                self._on_request(link, payload)
+            else:
+                self._store(link.entity, payload)
+            delivery.update(Delivery.ACCEPTED)
+        except (ServiceBusError, ValueError) as exc:
+            condition = getattr(exc, "condition", "amqp:decode-error")
+            delivery.local.condition = Condition(condition, str(exc))
+            delivery.update(Delivery.REJECTED)
+        delivery.settle()
+
+    def _store(self, entity: Any, payload: bytes) -> List[Optional[int]]:
+        now = now_ms()
+        messages = [StoredMessage(sections) for sections in unpack_transfer(payload)]
+        for message in messages:
+            entity.check_sendable(message)
+        return [entity.enqueue(message, now) for message in messages]
+
+    def _on_disposition(self, link: Link, delivery: Delivery) -> None:
+        state = delivery.remote_state
+        remote = delivery.remote
+        reason = description = None
+        if state == Delivery.ACCEPTED:
+            outcome = "complete"
+        elif state == Delivery.RELEASED:
+            outcome = "release"
+        elif state == Delivery.MODIFIED:
+            outcome = "defer" if remote.undeliverable else "abandon"
+        elif state == Delivery.REJECTED:
+            outcome = "dead-letter"
+            condition = remote.condition
+            info = (condition.info if condition else None) or {}
+            reason = info.get("DeadLetterReason")
+            description = info.get("DeadLetterErrorDescription")
+        else:
+            return
+        try:
+            link.entity.settle(delivery.lock_token, outcome, reason, description)
+            delivery.update(state)
+        except ServiceBusError as exc:
+            delivery.local.condition = Condition(exc.condition, exc.description)
+            delivery.update(Delivery.REJECTED)
+        delivery.settle()
+
+    # ------------------------------------------------------- request/response
+
+    def _on_request(self, link: Link, payload: bytes) -> None:
+        request = Message()
+        request.decode(payload)
+        node = link.request_node
+        properties = request.properties or {}
+        operation = str(properties.get("operation", ""))
+        if node.lower() == CBS_NODE:
+            reply = _Reply(202, None, "Accepted")  # any token is fine
+        else:
+            try:
+                if node.lower() == CONTROL_NODE:
+                    reply = self._control(operation, request.body or {})
+                else:
+                    reply = self._management(node, operation, request.body or {})
+            except ServiceBusError as exc:
+                reply = _Reply(exc.status, None, exc.description, exc.condition)
+        self._send_reply(link, request, reply)
+
+    def _send_reply(self, link: Link, request: Message, reply: _Reply) -> None:
+        node = link.request_node
+        reply_links = link.connection.reply_links
+        target = reply_links.get(entity_path(request.reply_to or "").lower()) or reply_links.get(node.lower())
+        if target is None:
+            log.warning("no reply link for %s on this connection; dropping the reply", node)
+            return
+        code_key, description_key = ("status-code", "status-description") if node.lower() == CBS_NODE \
+            else ("statusCode", "statusDescription")
+        properties = {code_key: int32(reply.status), description_key: reply.description}
+        if reply.condition:
+            properties["errorCondition"] = symbol(reply.condition)
+        response = Message(id=uuid.uuid4(), correlation_id=request.id, properties=properties, body=reply.body)
+        delivery = target.delivery(str(next(_reply_tags)).encode())
+        target.stream(response.encode())
+        target.advance()
+        delivery.settle()
+
+    def _management(self, node: str, operation: str, body: Dict[str, Any]) -> _Reply:
+        entity = self.broker.for_management(node)
+        now = now_ms()
+        op = operation.split(":", 1)[-1]
+        session_id = body.get("session-id")
+        if op == "schedule-message":
+            numbers = []
+            for item in _as_list(body.get("messages")):
+                message = StoredMessage(split_sections(bytes(item["message"])))
+                entity.check_sendable(message)
+                numbers.append(entity.enqueue(message, now, dedup=False))
+            return _Reply(body={"sequence-numbers": Array(Data.LONG, *numbers)})
+        if op == "cancel-scheduled-message":
+            entity.cancel_scheduled([int(n) for n in _as_list(body.get("sequence-numbers"))])
+            return _Reply(body={})
+        if isinstance(entity, Topic):
+            raise ServiceBusError(ARGUMENT_ERROR, f"{op} is not supported on topic {entity.name}")
+        if op == "renew-lock":
+            tokens = [_as_uuid(t) for t in _as_list(body.get("lock-tokens"))]
+            expirations = entity.renew_locks(tokens, now)
+            return _Reply(body={"expirations": Array(Data.TIMESTAMP, *[timestamp(e) for e in expirations])})
+        if op == "peek-message":
+            encoded = entity.peek(int(body.get("from-sequence-number", 1)), int(body.get("message-count", 1)),
+                                  session_id, now)
+            if not encoded:
+                return _Reply(204, None, "No messages")
+            return _Reply(body={"messages": [{"message": raw} for raw in encoded]})
+        if op == "receive-by-sequence-number":
+            peek_lock = int(body.get("receiver-settle-mode", 1)) == Link.RCV_SECOND
+            found = entity.receive_deferred([int(n) for n in _as_list(body.get("sequence-numbers"))], peek_lock, now)
+            items = [{"message": raw, **({"lock-token": token} if token else {})} for raw, token in found]
+            return _Reply(body={"messages": items})
+        if op == "update-disposition":
+            outcome = DISPOSITION_STATUS.get(str(body.get("disposition-status")))
+            if outcome is None:
+                raise ServiceBusError(ARGUMENT_ERROR, f"unknown disposition-status {body.get('disposition-status')}")
+            for token in _as_list(body.get("lock-tokens")):
+                entity.settle(_as_uuid(token), outcome, body.get("deadletter-reason"),
+                              body.get("deadletter-description"))
+            return _Reply(body={})
+        if op == "renew-session-lock":
+            return _Reply(body={"expiration": timestamp(entity.renew_session(str(session_id), now))})
+        if op == "get-session-state":
+            return _Reply(body={"session-state": entity.session_state.get(str(session_id))})
+        if op == "set-session-state":
+            entity.session_state[str(session_id)] = body.get("session-state")
+            return _Reply(body={})
+        if op == "get-message-sessions":
+            return _Reply(body={"skip": int32(0), "sessions-ids": Array(Data.STRING, *entity.session_ids())})
+        raise ServiceBusError("amqp:not-implemented", f"operation {operation!r} is not supported by the double", 501)
+
+    def _control(self, operation: str, body: Dict[str, Any]) -> _Reply:
+        """The ``$unimq-control`` node: provisioning and inspection for other processes."""
+        options = dict(body.get("options") or {})
+        name = body.get("name")
+        if operation == "create-queue":
+            return _Reply(body=_jsonable(self.broker.create_queue(str(name), **options).stats()))
+        if operation == "create-topic":
+            return _Reply(body=_jsonable(self.broker.create_topic(str(name), **options).stats()))
+        if operation == "create-subscription":
+            sub = self.broker.create_subscription(str(body.get("topic")), str(name), **options)
+            return _Reply(body=_jsonable(sub.stats()))
+        if operation == "delete":
+            self.broker.delete(str(name))
+            return _Reply(body={})
+        if operation == "list":
+            return _Reply(body={"entities": [_jsonable(e) for e in self.broker.list()]})
+        if operation == "stats":
+            return _Reply(body=_jsonable(self.broker.stats(str(name))))
+        raise ServiceBusError(ARGUMENT_ERROR, f"unknown control operation {operation!r}")
+
+
+def _is_request_node(address: str) -> bool:
+    lowered = address.lower()
+    return lowered in (CBS_NODE, CONTROL_NODE) or lowered.endswith(MANAGEMENT_SUFFIX)
+
+
+def _read_filter(terminus: Terminus) -> Dict[Any, Any]:
+    data = terminus.filter
+    data.rewind()
+    if not data.next():
+        return {}
+    value = data.get_object()
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def _jsonable(value: Any) -> Any:
+    """Stats and lists go out as AMQP maps: keep them to str/int/float/bool/None/list/dict."""
+    return json.loads(json.dumps(value, default=str))
+
+
+class ServiceBusDouble:
+    """An in-process Service Bus test double that the real azure-servicebus SDK can talk to.
+
+    ``start()`` runs the reactor in a daemon thread; ``stop()`` shuts it down. Use ``port=0`` for
+    an ephemeral port (read it back from ``.port``). All state changes go through the reactor
+    thread, so ``configure_entity`` and ``stats`` are safe to call from tests at any time.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 5673, config: Optional[Dict[str, Any]] = None):
+        self.host = host
+        self.broker = Broker()
+        if config:
+            self.broker.load_config(config)
+        self._listening = threading.Event()
+        self._handler = _Handler(self.broker, host, port, self._listening)
+        self._thread: Optional[threading.Thread] = None
+        self._container: Optional[Container] = None
+        self._stopped = threading.Event()
+
+    @classmethod
+    def from_config_file(cls, path: str, host: str = "127.0.0.1", port: int = 5673) -> "ServiceBusDouble":
+        with open(path, encoding="utf-8") as handle:
+            return cls(host, port, json.load(handle))
+
+    @property
+    def port(self) -> int:
+        return self._handler.port
+
+    @property
+    def url(self) -> str:
+        return f"sb://{self.host}:{self.port}"
+
+    @property
+    def connection_string(self) -> str:
+        return (f"Endpoint=sb://{self.host}:{self.port};SharedAccessKeyName=RootManageSharedAccessKey;"
+                "SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true")
+
+    def run(self) -> None:
+        """Serve in the calling thread until ``stop()``."""
+        self._container = Container(self._handler)
+        try:
+            self._container.run()
+        finally:
+            self._stopped.set()
+
+    def start(self, timeout: float = 10.0) -> "ServiceBusDouble":
+        self._thread = threading.Thread(target=self.run, name="servicebus-double", daemon=True)
+        self._thread.start()
+        if not self._listening.wait(timeout):
+            raise RuntimeError("the Service Bus double did not start listening")
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._container is None or self._stopped.is_set():
+            return
+        self._handler.injector.trigger(ApplicationEvent("stop"))
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> "ServiceBusDouble":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def call(self, function: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """Run ``function`` on the reactor thread (directly if the reactor is not running)."""
+        if not self._listening.is_set() or self._stopped.is_set():
+            return function()
+        future: Future = Future()
+        self._handler.calls.put((function, future))
+        self._handler.injector.trigger(ApplicationEvent("call"))
+        return future.result(timeout)
+
+    def configure_entity(self, name: str, kind: Optional[str] = None, **options: Any) -> Dict[str, Any]:
+        """Set entity options (lock_duration, max_delivery_count, requires_session,
+        duplicate_detection_window, default_ttl, dead_lettering_on_message_expiration).
+
+        ``name`` is ``queue``, ``topic`` or ``topic/Subscriptions/sub``. With ``kind``
+        (``"queue"``/``"topic"``) the entity is created now; otherwise the options apply when it is
+        first used.
+        """
+        return self.call(lambda: self.broker.configure_entity(name, kind, **options))
+
+    def stats(self, name: str) -> Dict[str, Any]:
+        return self.call(lambda: self.broker.stats(name))
+
+    def list_entities(self) -> List[Dict[str, Any]]:
+        return self.call(self.broker.list)
+
+    def delete_entity(self, name: str) -> None:
+        self.call(lambda: self.broker.delete(name))
