@@ -2,10 +2,12 @@
 
     .venv/bin/python scripts/brokers-smoke.py [backend ...]
 
-For each backend (default: all five) publish one message and consume it back:
+For each backend (default: the five real brokers) publish one message and consume it back:
 RabbitMQ via aio-pika, Redis XADD/XREADGROUP, NATS JetStream pull consumer, Kafka via aiokafka
 with a consumer group, ElasticMQ via boto3 (a standard and a FIFO queue with content-based
-deduplication). URLs come from UNIMQ_TEST_<BACKEND>_URL or the scripts/brokers defaults.
+deduplication); on request also `servicebus` via azure-servicebus (send, peek-lock receive,
+complete on queue unimq-q1). URLs come from UNIMQ_TEST_<BACKEND>_URL (Service Bus:
+UNIMQ_TEST_SERVICEBUS_CONNECTION_STRING) or the scripts/brokers defaults.
 Prints one line per backend and exits non-zero if any check failed.
 """
 
@@ -30,9 +32,17 @@ DEFAULT_URLS = {
     "kafka": "kafka://127.0.0.1:9092",
     "sqs": "sqs://?endpoint_url=http://127.0.0.1:9324&region=elasticmq",
 }
+SERVICEBUS_CONNECTION_STRING = os.environ.get(
+    "UNIMQ_TEST_SERVICEBUS_CONNECTION_STRING",
+    "Endpoint=sb://127.0.0.1:5673;SharedAccessKeyName=RootManageSharedAccessKey;"
+    "SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true",
+)
+SERVICEBUS_QUEUE = "unimq-q1"  # predeclared in scripts/servicebus-emulator-config.json
 
 
 def url(backend: str) -> str:
+    if backend == "servicebus":
+        return SERVICEBUS_CONNECTION_STRING
     return os.environ.get(f"UNIMQ_TEST_{backend.upper()}_URL", DEFAULT_URLS[backend])
 
 
@@ -146,8 +156,23 @@ async def check_sqs() -> None:
     await asyncio.to_thread(check_sqs_sync)
 
 
+async def check_servicebus() -> None:
+    from azure.servicebus import ServiceBusMessage
+    from azure.servicebus.aio import ServiceBusClient
+
+    async with ServiceBusClient.from_connection_string(SERVICEBUS_CONNECTION_STRING) as client:
+        async with client.get_queue_sender(SERVICEBUS_QUEUE) as sender:
+            await sender.send_messages(ServiceBusMessage(PAYLOAD))
+        async with client.get_queue_receiver(SERVICEBUS_QUEUE, max_wait_time=5) as receiver:
+            msgs = await receiver.receive_messages(max_message_count=1, max_wait_time=5)
+            assert msgs, "servicebus: nothing received"
+            expect(b"".join(msgs[0].body), "servicebus")
+            await receiver.complete_message(msgs[0])
+
+
 CHECKS = {"rabbitmq": check_rabbitmq, "redis": check_redis, "nats": check_nats,
-          "kafka": check_kafka, "sqs": check_sqs}
+          "kafka": check_kafka, "sqs": check_sqs, "servicebus": check_servicebus}
+DEFAULT_CHECKS = ["rabbitmq", "redis", "nats", "kafka", "sqs"]
 
 
 async def main(backends: list[str]) -> int:
@@ -165,8 +190,8 @@ async def main(backends: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)  # expected retries while a topic is created
-    names = sys.argv[1:] or list(CHECKS)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # it logs expected retries on a fresh broker as errors
+    names = sys.argv[1:] or DEFAULT_CHECKS
     unknown = [n for n in names if n not in CHECKS]
     if unknown:
         sys.exit(f"unknown backend(s): {', '.join(unknown)}; choose from {', '.join(CHECKS)}")

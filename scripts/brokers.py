@@ -127,7 +127,8 @@ def apt_install(packages: list[str]) -> None:
     policy = Path("/usr/sbin/policy-rc.d")
     own_policy = not policy.exists()
     if own_policy:
-        subprocess.run(sudo() + ["sh", "-c", f"printf '#!/bin/sh\\nexit 101\\n' > {policy} && chmod 755 {policy}"], check=True)
+        script = f"printf '#!/bin/sh\\nexit 101\\n' > {policy} && chmod 755 {policy}"
+        subprocess.run(sudo() + ["sh", "-c", script], check=True)
     try:
         if not _apt_updated:
             say("apt-get update")
@@ -193,8 +194,8 @@ def tail(path: Path, lines: int = 25) -> str:
 class Broker:
     """One backend: how to install, start, probe and stop it.
 
-    Subclasses set name/port/url/start_timeout and implement install(), command() and ready();
-    they may add env(), prepare() (runs before each start) and startup_error() (early failure).
+    Subclasses set name/port/url/start_timeout and implement command() and ready(); they may
+    add missing_packages() or install(), env(), prepare() (before each start) and booted().
     """
 
     name = ""
@@ -212,6 +213,10 @@ class Broker:
         self.log_offset = 0
 
     # -- to override -------------------------------------------------------------------------
+    def missing_packages(self) -> list[str]:
+        """Debian packages still to install (all brokers' are installed in one apt-get run)."""
+        return []
+
     def install(self) -> None:
         """Make sure the software is present (idempotent, quiet when nothing to do)."""
 
@@ -234,11 +239,19 @@ class Broker:
 
     # -- common machinery --------------------------------------------------------------------
     def pid(self) -> int | None:
+        """The pid from our pid file if that process is alive and ours (it runs inside self.dir)."""
         try:
             pid = int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if pid_alive(pid) else None
+        if not pid_alive(pid):
+            return None
+        try:
+            if not Path(os.readlink(f"/proc/{pid}/cwd")).is_relative_to(self.dir.resolve()):
+                return None  # the pid was reused by an unrelated process
+        except OSError:
+            pass
+        return pid
 
     def is_up(self) -> bool:
         return self.pid() is not None and self.ready()
@@ -250,8 +263,7 @@ class Broker:
                               f"try `scripts/brokers restart {self.name}`\n{tail(self.log)}")
         if port_open(self.port):
             raise BrokerError(f"{self.name}: port {self.port} on {HOST} is held by a process we did "
-                              f"not start (a system service? e.g. `service {self.name}-server stop`, "
-                              f"or `ss -ltnp 'sport = :{self.port}'`)")
+                              f"not start (a system service?); see `ss -ltnp 'sport = :{self.port}'`")
         for d in (self.data, self.logs):
             d.mkdir(parents=True, exist_ok=True)
         self.prepare()
@@ -326,9 +338,8 @@ class RabbitMQ(Broker):
     node = "unimq@localhost"
     bin = Path("/usr/lib/rabbitmq/bin")
 
-    def install(self) -> None:
-        if not (self.bin / "rabbitmq-server").exists():
-            apt_install(["rabbitmq-server"])
+    def missing_packages(self) -> list[str]:
+        return [] if (self.bin / "rabbitmq-server").exists() else ["rabbitmq-server"]
 
     def prepare(self) -> None:
         home = self.dir / "home"
@@ -377,9 +388,8 @@ class Redis(Broker):
     url = f"redis://{HOST}:6379/0"
     start_timeout = 15.0
 
-    def install(self) -> None:
-        if not shutil.which("redis-server"):
-            apt_install(["redis-server"])
+    def missing_packages(self) -> list[str]:
+        return [] if shutil.which("redis-server") else ["redis-server"]
 
     def command(self) -> list[str]:
         return ["redis-server", "--bind", HOST, "--port", str(self.port), "--dir", str(self.data),
@@ -400,9 +410,8 @@ class Nats(Broker):
     url = f"nats://{HOST}:4222"
     start_timeout = 15.0
 
-    def install(self) -> None:
-        if not shutil.which("nats-server"):
-            apt_install(["nats-server"])
+    def missing_packages(self) -> list[str]:
+        return [] if shutil.which("nats-server") else ["nats-server"]
 
     def prepare(self) -> None:
         (self.dir / "nats.conf").write_text(
@@ -587,34 +596,47 @@ def line(broker: Broker, state: str, seconds: float | None = None, note: str = "
 def up(brokers: list[Broker]) -> bool:
     """Install what is missing, start every broker that is not running, then wait for each.
 
-    Brokers start in parallel; each line is printed when that broker answers.
+    Brokers boot in parallel; each line is printed when that broker answers, with the seconds
+    since `up` began (so a first run's times include apt-get and Maven downloads).
     """
     ok = True
-    started: list[tuple[Broker, float]] = []
+    t0 = time.monotonic()
+    down_brokers = []
     for broker in brokers:
-        t0 = time.monotonic()
+        if broker.is_up():
+            line(broker, "up", note="  (already running)")
+        else:
+            down_brokers.append(broker)
+    packages = [p for broker in down_brokers for p in broker.missing_packages()]
+    if packages:
         try:
-            if broker.is_up():
-                line(broker, "up", note="  (already running)")
-                continue
+            apt_install(packages)
+        except BrokerError as exc:
+            say(str(exc))
+            for broker in down_brokers:
+                line(broker, "FAIL")
+            return False
+    started: list[tuple[Broker, float]] = []
+    for broker in down_brokers:
+        try:
             broker.install()
             broker.spawn()
-            started.append((broker, t0))
+            started.append((broker, time.monotonic()))
         except BrokerError as exc:
             line(broker, "FAIL")
             say(str(exc))
             ok = False
     while started:
-        for broker, t0 in list(started):
+        for broker, spawned_at in list(started):
             try:
-                if not broker.startup_done(t0):
+                if not broker.startup_done(spawned_at):
                     continue
                 line(broker, "up", time.monotonic() - t0)
             except BrokerError as exc:
                 line(broker, "FAIL", time.monotonic() - t0)
                 say(str(exc))
                 ok = False
-            started.remove((broker, t0))
+            started.remove((broker, spawned_at))
         time.sleep(0.2)
     return ok
 
@@ -658,7 +680,8 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
-    command, names = argv[0], argv[1:] or DEFAULT_BACKENDS
+    command = argv[0]
+    names = argv[1:] or (ALL_BACKENDS if command == "env" else DEFAULT_BACKENDS)
     unknown = [n for n in names if n not in BROKERS]
     if unknown or command not in ("up", "down", "status", "restart", "env"):
         print(USAGE, file=sys.stderr)
