@@ -108,13 +108,12 @@ class DedupWindow:
         now = time.monotonic() if now is None else now
         ids = self._ids
         horizon = now - self.window
-        while ids:
-            _oldest, stamp = next(iter(ids.items()))
-            if stamp >= horizon and len(ids) < self.max_entries:
-                break
+        while ids and next(iter(ids.values())) < horizon:
             ids.popitem(last=False)
         if message_id in ids:
             return True
+        if len(ids) >= self.max_entries:
+            ids.popitem(last=False)
         ids[message_id] = now
         return False
 
