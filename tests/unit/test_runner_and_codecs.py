@@ -2,8 +2,8 @@
 
 import asyncio
 import uuid
-from pathlib import Path
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
