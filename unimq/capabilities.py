@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from enum import Enum
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -18,7 +18,7 @@ from unimq.errors import CapabilityError, MessageTooLarge
 from unimq.message import Message
 
 
-class Support(str, Enum):
+class Support(StrEnum):
     NATIVE = "native"
     EMULATED = "emulated"
     NONE = "none"

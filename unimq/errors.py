@@ -61,7 +61,7 @@ class CapabilityError(UnimqError):
         )
 
 
-class ConnectionError(UnimqError):  # noqa: A001 - the contract's name; exported as unimq.ConnectionError
+class ConnectionError(UnimqError):
     """The broker cannot be reached or the connection was lost."""
 
     retryable = True
