@@ -1,0 +1,283 @@
+"""Brokers for tests: the conformance targets and how to reach each one.
+
+A target is a named URL (``rabbitmq-quorum`` is RabbitMQ with quorum queues). It runs when the
+adapter for its URL scheme is installed. Each one resolves, in order, to:
+
+1. the URL in ``UNIMQ_TEST_<TARGET>_URL`` (``-`` becomes ``_``), if set;
+2. the broker started by ``scripts/brokers up <backend>`` on its default port (a TCP probe);
+3. a testcontainers container bound to that same default port, when a container engine answers;
+4. otherwise nothing: the plugin fails the target's tests when ``CI=true`` and skips them locally,
+   with the command that starts the broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from unimq import registry
+from unimq.errors import ConfigError
+from unimq.url import parse_url
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds the suite waits for things, per target. Scale them all with ``--unimq-timeout-scale``."""
+
+    lock: float = 2.0  #: lock / visibility timeout used by the lock tests
+    delay: float = 2.0  #: delay used by the delay and nack-delay tests
+    ttl: float = 1.0  #: time-to-live used by the TTL test
+    receive: float = 10.0  #: longest wait for a message that should arrive
+    quiet: float = 1.0  #: how long "nothing arrives" is watched
+    early: float = 0.2  #: how early a delayed message may arrive (clock and polling slack)
+    test: float = 60.0  #: hard bound on one test; a hung test fails instead of hanging
+
+    def scaled(self, factor: float) -> Timing:
+        return Timing(**{f.name: getattr(self, f.name) * factor for f in fields(self)})
+
+
+#: Per-scheme timing: Kafka needs time for group joins; Service Bus locks are at least 5 s.
+TIMING: dict[str, Timing] = {
+    "memory": Timing(receive=5.0, quiet=0.3, test=30.0),
+    "kafka": Timing(receive=30.0, quiet=2.0, test=90.0),
+    "sqs": Timing(quiet=1.5),
+    "servicebus": Timing(lock=5.0, receive=15.0, quiet=1.5, test=90.0),
+}
+
+
+def timing_for(url: str) -> Timing:
+    return TIMING.get(urlsplit(url).scheme, Timing())
+
+
+@dataclass(frozen=True)
+class Target:
+    """A named URL the suite runs against. ``backend`` is the name ``scripts/brokers`` knows."""
+
+    name: str
+    url: str
+    backend: str
+    timing: Timing = field(default_factory=Timing)
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
+
+    @property
+    def env_var(self) -> str:
+        return f"UNIMQ_TEST_{self.name.upper().replace('-', '_')}_URL"
+
+
+def _target(name: str, url: str, backend: str) -> Target:
+    return Target(name, url, backend, timing_for(url))
+
+
+_SQS = "sqs://?endpoint_url=http://127.0.0.1:9324&region=us-east-1"
+
+TARGETS: tuple[Target, ...] = (
+    _target("memory", "memory://conformance", "memory"),
+    _target("rabbitmq", "amqp://guest:guest@127.0.0.1:5672/", "rabbitmq"),
+    _target("rabbitmq-quorum", "amqp://guest:guest@127.0.0.1:5672/?queue_type=quorum", "rabbitmq"),
+    _target("kafka", "kafka://127.0.0.1:9092", "kafka"),
+    _target("redis", "redis://127.0.0.1:6379/0", "redis"),
+    _target("nats", "nats://127.0.0.1:4222", "nats"),
+    _target("nats-core", "nats://127.0.0.1:4222?jetstream=false", "nats"),
+    _target("sqs", _SQS, "sqs"),
+    _target("sqs-fifo", _SQS + "&fifo=true", "sqs"),
+    _target("servicebus", "servicebus://RootManageSharedAccessKey:SAS_KEY_VALUE@127.0.0.1:5673?emulator=true",
+            "servicebus"),
+)
+
+
+def select_targets(names: Iterable[str] = ()) -> list[Target]:
+    """The targets whose adapter is installed, restricted to ``names`` if given.
+
+    A name that is unknown, or whose adapter is not installed, is a ConfigError: asking for a
+    target and silently getting none would hide it.
+    """
+    wanted = list(dict.fromkeys(names))
+    known = {t.name: t for t in TARGETS}
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown conformance target(s) {unknown}; known: {', '.join(known)}")
+    schemes = registry.installed()
+    if not wanted:
+        return [t for t in TARGETS if t.scheme in schemes]
+    missing = [n for n in wanted if known[n].scheme not in schemes]
+    if missing:
+        raise ConfigError(f"target(s) {missing} need their adapter: "
+                          + ", ".join(f'pip install "unimq[{known[n].backend}]"' for n in missing))
+    return [known[n] for n in wanted]
+
+
+def url_targets(urls: Iterable[str]) -> list[Target]:
+    """Targets for explicit ``--unimq-url`` values, named by scheme (``kafka``, ``kafka-2``, …)."""
+    out: list[Target] = []
+    seen: dict[str, int] = {}
+    for url in urls:
+        scheme = urlsplit(url).scheme or "url"
+        seen[scheme] = seen.get(scheme, 0) + 1
+        name = scheme if seen[scheme] == 1 else f"{scheme}-{seen[scheme]}"
+        out.append(Target(name, url, scheme, timing_for(url)))
+    return out
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Where a target was found (``url``, and ``how``), or why it was not (``problem``)."""
+
+    url: str | None
+    how: str
+    problem: str = ""
+
+
+def address(url: str) -> tuple[str, int] | None:
+    """The host and port a URL connects to (SQS: its ``endpoint_url``); None if it has none."""
+    parsed = parse_url(url)
+    endpoint = parsed.query.get("endpoint_url")
+    if endpoint:
+        parts = urlsplit(endpoint)
+        if parts.hostname and parts.port:
+            return parts.hostname, parts.port
+    if parsed.host and parsed.port:
+        return parsed.host, parsed.port
+    return None
+
+
+def reachable(url: str, timeout: float = 1.0) -> bool:
+    """True if the URL's host:port accepts a TCP connection (always true for addressless URLs)."""
+    where = address(url)
+    if where is None:
+        return True
+    try:
+        with socket.create_connection(where, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def container_engine() -> bool:
+    """True when ``docker info`` succeeds."""
+    docker = shutil.which("docker")
+    if docker is None:
+        return False
+    try:
+        return subprocess.run([docker, "info"], capture_output=True, timeout=15, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+_KAFKA_ENV = {
+    "KAFKA_NODE_ID": "1",
+    "KAFKA_PROCESS_ROLES": "broker,controller",
+    "KAFKA_LISTENERS": "PLAINTEXT://:9092,CONTROLLER://localhost:9093",
+    "KAFKA_ADVERTISED_LISTENERS": "PLAINTEXT://127.0.0.1:9092",
+    "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
+    "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@localhost:9093",
+    "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+    "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+    "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+    "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
+    "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+}
+
+#: backend → (image, port, command, environment). Containers bind the default port, so the
+#: target's URL is unchanged.
+IMAGES: dict[str, tuple[str, int, str | None, dict[str, str]]] = {
+    "rabbitmq": ("rabbitmq:3.13", 5672, None, {}),
+    "kafka": ("apache/kafka:3.9.0", 9092, None, _KAFKA_ENV),
+    "redis": ("redis:7", 6379, None, {}),
+    "nats": ("nats:2.10", 4222, "-js", {}),
+    "sqs": ("softwaremill/elasticmq-native", 9324, None, {}),
+}
+
+#: The official Service Bus emulator needs a SQL sidecar and its config: it runs from the repo's
+#: compose.yaml (profile ``servicebus``), and only when the user has accepted its EULA.
+COMPOSE_FILE = Path(__file__).resolve().parents[2] / "compose.yaml"
+
+
+class Provisioner:
+    """Resolves each target once per test session and stops the containers it started."""
+
+    def __init__(self, ready_timeout: float = 180.0) -> None:
+        self._cache: dict[str, Resolution] = {}
+        self._started: dict[str, Any] = {}  # backend → its container (or compose project)
+        self._engine: bool | None = None
+        self._ready_timeout = ready_timeout
+
+    def resolve(self, target: Target) -> Resolution:
+        if target.name not in self._cache:
+            self._cache[target.name] = self._resolve(target)
+        return self._cache[target.name]
+
+    def _resolve(self, target: Target) -> Resolution:
+        override = os.environ.get(target.env_var)
+        url = override or target.url
+        if target.scheme == "memory":
+            return Resolution(url, "in-process")
+        if reachable(url):
+            return Resolution(url, target.env_var if override else "scripts/brokers")
+        problem = (f"backend {target.name} unreachable at {parse_url(url).redacted()}: "
+                   f"start it with `scripts/brokers up {target.backend}`")
+        if override is None:
+            if self._engine is None:
+                self._engine = container_engine()
+            if self._engine:
+                try:
+                    self._start_container(target)
+                except Exception as exc:
+                    return Resolution(None, "testcontainers", f"{problem} (container failed: {exc})")
+                if self._wait_reachable(url):
+                    return Resolution(url, "testcontainers")
+        return Resolution(None, "unreachable", problem)
+
+    def _start_container(self, target: Target) -> None:
+        if target.backend == "servicebus":
+            if os.environ.get("ACCEPT_EULA") != "Y":
+                raise ConfigError("the Service Bus emulator runs only with ACCEPT_EULA=Y (its licence)")
+            from testcontainers.compose import DockerCompose
+
+            compose = DockerCompose(COMPOSE_FILE.parent, compose_file_name=COMPOSE_FILE.name,
+                                    profiles=["servicebus"], services=["sqledge", "servicebus"], wait=False)
+            compose.start()
+            self._started[target.backend] = compose
+            return
+        if target.backend not in IMAGES or target.backend in self._started:
+            return
+        from testcontainers.core.container import DockerContainer
+
+        image, port, command, env = IMAGES[target.backend]
+        container = DockerContainer(image).with_bind_ports(port, port)
+        for key, value in env.items():
+            container = container.with_env(key, value)
+        if command:
+            container = container.with_command(command)
+        container.start()
+        self._started[target.backend] = container
+
+    def _wait_reachable(self, url: str) -> bool:
+        deadline = time.monotonic() + self._ready_timeout
+        while time.monotonic() < deadline:
+            if reachable(url):
+                time.sleep(2.0)  # the port opens a moment before the broker accepts clients
+                return True
+            time.sleep(1.0)
+        return False
+
+    def close(self) -> None:
+        for started in self._started.values():
+            with contextlib.suppress(Exception):
+                started.stop()
+        self._started.clear()
+
+
+def with_timing(target: Target, scale: float) -> Target:
+    return replace(target, timing=target.timing.scaled(scale))
