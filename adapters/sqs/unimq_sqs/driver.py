@@ -1,0 +1,386 @@
+"""``sqs://``: AWS SQS (and ElasticMQ) through boto3.
+
+boto3 is synchronous, so every call runs in a bounded thread pool and the event loop never
+blocks: one pool for long polls (ReceiveMessage), one for everything else, so idle long polls
+cannot starve sends and acks. One boto3 client serves every thread (clients are thread-safe).
+
+A destination is a queue, its URL looked up once and cached. Names ending in ``.fifo`` are FIFO
+queues (with ``fifo=true`` every destination is, ``.fifo`` appended); capabilities differ per
+queue kind, see :meth:`SqsDriver.capabilities_for`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import math
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar, TypeVar
+
+import boto3  # type: ignore[import-untyped]
+import botocore.config  # type: ignore[import-untyped]
+import botocore.exceptions  # type: ignore[import-untyped]
+from pydantic import BaseModel
+
+from unimq.capabilities import Capabilities
+from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Stats, Subscription
+from unimq.errors import (
+    CapabilityError,
+    ConfigError,
+    ConnectionError,
+    MessageTooLarge,
+    NotFound,
+    UnimqError,
+    register_secret,
+    wrap,
+)
+from unimq.message import Message
+from unimq.url import BrokerURL
+from unimq_sqs import mapping
+from unimq_sqs.options import DEDUP_WINDOW, MAX_BATCH, MAX_VISIBILITY, SqsOptions, capabilities
+
+T = TypeVar("T")
+
+_QUEUE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+_NOT_FOUND = frozenset({"QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue"})
+_EXISTS = frozenset({"QueueAlreadyExists", "QueueNameExists"})
+_RETRYABLE = frozenset({
+    "Throttling", "ThrottlingException", "RequestThrottled", "ServiceUnavailable", "InternalError",
+    "InternalFailure", "KmsThrottled", "QueueDeletedRecently", "RequestTimeout", "SlowDown",
+})
+_CREDENTIALS = frozenset({
+    "AccessDenied", "AccessDeniedException", "InvalidClientTokenId", "SignatureDoesNotMatch",
+    "UnrecognizedClientException", "InvalidSecurity", "ExpiredToken", "MissingAuthenticationToken",
+    "IncompleteSignature",
+})
+_TOO_LARGE = frozenset({"MessageTooLong", "BatchRequestTooLong", "AWS.SimpleQueueService.BatchRequestTooLong"})
+#: A receipt handle whose lock was lost: settling it is a no-op, not an error.
+_STALE_HANDLE = frozenset({"ReceiptHandleIsInvalid", "InvalidReceiptHandle", "MessageNotInflight",
+                           "AWS.SimpleQueueService.MessageNotInflight"})
+_RETENTION = 1_209_600  # seconds: 14 days, SQS's maximum, for dead-letter queues
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def entry_error(failed: dict[str, Any], context: str) -> UnimqError:
+    """The unimq error for one ``Failed`` entry of a batch call."""
+    code = str(failed.get("Code", ""))
+    detail = f"{context}: {code}: {failed.get('Message', '')}"
+    if code in _TOO_LARGE:
+        return MessageTooLarge(detail)
+    retryable = code in _RETRYABLE or not failed.get("SenderFault", True)
+    return UnimqError(detail, retryable=retryable)
+
+
+class SqsDriver(Driver):
+    name = "sqs"
+    Options: ClassVar[type[BaseModel]] = SqsOptions
+    options: SqsOptions
+
+    def __init__(self, url: BrokerURL, options: SqsOptions) -> None:
+        super().__init__(url, options)
+        if url.hosts or url.path.strip("/"):
+            raise ConfigError("sqs:// takes no host or path: use sqs://?region=...&endpoint_url=...")
+        register_secret(options.aws_secret_access_key)
+        register_secret(options.aws_session_token)
+        self._standard = capabilities(options, fifo=False)
+        self._fifo = capabilities(options, fifo=True)
+        self._client: Any = None
+        self._urls: dict[str, str] = {}
+        half = max(1, options.max_threads // 2)
+        self._io = ThreadPoolExecutor(half, thread_name_prefix="unimq-sqs")
+        self._polls = ThreadPoolExecutor(half, thread_name_prefix="unimq-sqs-poll")
+
+    # -- declarations -------------------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._fifo if self.options.fifo else self._standard
+
+    def capabilities_for(self, destination: str) -> Capabilities:
+        return self._fifo if self.is_fifo(destination) else self._standard
+
+    @property
+    def native(self) -> Any:
+        """The boto3 SQS client (``botocore.client.SQS``)."""
+        return self._client
+
+    def is_fifo(self, destination: str) -> bool:
+        return self.options.fifo or destination.endswith(".fifo")
+
+    def queue_name(self, destination: str) -> str:
+        """The SQS queue name of ``destination``; a ConfigError when SQS would refuse it."""
+        name = destination
+        if self.options.fifo and not name.endswith(".fifo"):
+            name += ".fifo"
+        stem = name[:-5] if name.endswith(".fifo") else name
+        if not stem or len(name) > 80 or not set(stem) <= _QUEUE_NAME_CHARS:
+            raise ConfigError(
+                f"sqs: {destination!r} is not a valid queue name: 1-80 characters of A-Z a-z 0-9 - _ "
+                "(FIFO queues end in '.fifo', counted in the 80)"
+            )
+        return name
+
+    def dead_letter_destination(self, destination: str) -> str:
+        if self.is_fifo(destination):
+            stem = destination[:-5] if destination.endswith(".fifo") else destination
+            return f"{stem}-dlq.fifo"
+        return f"{destination}-dlq"
+
+    # -- connection ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._client = await asyncio.get_running_loop().run_in_executor(self._io, self._make_client)
+
+    def _make_client(self) -> Any:
+        o = self.options
+        session = boto3.session.Session(
+            profile_name=o.profile, region_name=o.region, aws_access_key_id=o.aws_access_key_id,
+            aws_secret_access_key=o.aws_secret_access_key, aws_session_token=o.aws_session_token,
+        )
+        keys: dict[str, str] = {}
+        if o.endpoint_url and session.get_credentials() is None:
+            # Local SQS-compatible servers (ElasticMQ) accept any signature but botocore needs one.
+            keys = {"aws_access_key_id": "x", "aws_secret_access_key": "x"}
+        region = session.region_name or ("us-east-1" if o.endpoint_url else None)
+        if region is None:
+            raise ConfigError("sqs: no region: add ?region=... to the URL or set AWS_REGION / a profile region")
+        config = botocore.config.Config(
+            max_pool_connections=2 * max(1, o.max_threads // 2),
+            retries={"mode": "standard", "total_max_attempts": o.client_retries},
+            connect_timeout=5, read_timeout=o.wait_time + 30,
+        )
+        return session.client("sqs", region_name=region, endpoint_url=o.endpoint_url, config=config, **keys)
+
+    async def close(self) -> None:
+        self._io.shutdown(wait=False)
+        self._polls.shutdown(wait=False)
+
+    async def call(self, operation: str, /, **kwargs: Any) -> Any:
+        """Run one boto3 client call in the I/O pool."""
+        fn = getattr(self._client, operation)
+        return await asyncio.get_running_loop().run_in_executor(self._io, functools.partial(fn, **kwargs))
+
+    async def poll(self, fn: Callable[[], T]) -> T:
+        """Run a long poll in its own pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._polls, fn)
+
+    # -- queues -------------------------------------------------------------------------------
+
+    async def queue_url(self, destination: str, create: bool | None = None) -> str:
+        """The queue's URL, looked up once. A missing queue is NotFound unless created."""
+        name = self.queue_name(destination)
+        url = self._urls.get(name)
+        if url is not None:
+            return url
+        try:
+            url = (await self.call("get_queue_url", QueueName=name))["QueueUrl"]
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) not in _NOT_FOUND:
+                raise
+            if not (self.options.auto_create if create is None else create):
+                raise NotFound(
+                    f"sqs: queue {name!r} does not exist. Call broker.ensure({destination!r}) first, "
+                    "or connect with ?auto_create=true"
+                ) from exc
+            url = await self._create(name, self._base_attributes(name))
+        self._urls[name] = url
+        return url
+
+    def _base_attributes(self, name: str) -> dict[str, str]:
+        return {"FifoQueue": "true"} if name.endswith(".fifo") else {}
+
+    async def _create(self, name: str, attributes: dict[str, str]) -> str:
+        """CreateQueue, or update the attributes of an existing queue (ensure is idempotent)."""
+        try:
+            url: str = (await self.call("create_queue", QueueName=name, Attributes=attributes))["QueueUrl"]
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) not in _EXISTS:
+                raise
+            url = (await self.call("get_queue_url", QueueName=name))["QueueUrl"]
+            mutable = {k: v for k, v in attributes.items() if k != "FifoQueue"}
+            if mutable:
+                await self.call("set_queue_attributes", QueueUrl=url, Attributes=mutable)
+        self._urls[name] = url
+        return url
+
+    async def ensure(self, destination: str, spec: DestinationSpec) -> None:
+        name = self.queue_name(destination)
+        fifo = name.endswith(".fifo")
+        backend = self.capabilities_for(destination).backend
+        if spec.fifo is not None and spec.fifo != fifo:
+            raise ConfigError(
+                f"sqs: ensure({destination!r}, fifo={spec.fifo}): FIFO queue names end in '.fifo' "
+                "(or connect with ?fifo=true); standard queue names do not"
+            )
+        if spec.groups:
+            raise CapabilityError.unsupported(backend, "groups=", "fanout",
+                                              "Use one queue per subscriber (SNS fan-out is not part of sqs://).")
+        if spec.partitions is not None and spec.partitions > 1:
+            raise CapabilityError(f"{backend} has no partitions (SQS scales a queue by itself); omit partitions=")
+        if spec.sessions and not fifo:
+            raise CapabilityError(f"{backend}: sessions need a FIFO queue (message groups); use a '.fifo' name")
+        if spec.deduplication is not None and spec.deduplication.total_seconds() > DEDUP_WINDOW:
+            raise CapabilityError(
+                f"{backend} de-duplicates for a fixed {DEDUP_WINDOW}s; cannot honour "
+                f"deduplication={spec.deduplication.total_seconds():g}s"
+            )
+        if spec.max_deliveries is not None and not spec.dead_letter:
+            raise ConfigError("sqs: max_deliveries= needs dead_letter=True (SQS moves, it never drops)")
+        attributes = self._base_attributes(name)
+        if spec.lock_timeout is not None:
+            seconds = math.ceil(spec.lock_timeout.total_seconds())
+            if not 0 <= seconds <= MAX_VISIBILITY:
+                raise CapabilityError(f"{backend}: lock_timeout must be 0-{MAX_VISIBILITY}s, got {seconds}s")
+            attributes["VisibilityTimeout"] = str(seconds)
+        if spec.retention is not None:
+            seconds = int(spec.retention.total_seconds())
+            if not 60 <= seconds <= _RETENTION:
+                raise CapabilityError(f"{backend}: retention must be 60s-14 days, got {seconds}s")
+            attributes["MessageRetentionPeriod"] = str(seconds)
+        if spec.dead_letter:
+            dlq_name = self.queue_name(self.dead_letter_destination(destination))
+            dlq_url = await self._create(dlq_name, {**attributes, "MessageRetentionPeriod": str(_RETENTION)})
+            if spec.max_deliveries is not None:
+                arn = (await self.call("get_queue_attributes", QueueUrl=dlq_url,
+                                       AttributeNames=["QueueArn"]))["Attributes"]["QueueArn"]
+                attributes["RedrivePolicy"] = json.dumps(
+                    {"deadLetterTargetArn": arn, "maxReceiveCount": str(spec.max_deliveries)})
+        await self._create(name, attributes)
+
+    async def delete(self, destination: str) -> None:
+        for dest in (destination, self.dead_letter_destination(destination)):
+            name = self.queue_name(dest)
+            try:
+                url = await self.queue_url(dest, create=False)
+                await self.call("delete_queue", QueueUrl=url)
+            except NotFound:
+                pass
+            except botocore.exceptions.ClientError as exc:
+                if error_code(exc) not in _NOT_FOUND:
+                    raise
+            self._urls.pop(name, None)
+
+    async def destinations(self) -> list[str]:
+        names: list[str] = []
+        token: str | None = None
+        while True:
+            page = await self.call("list_queues", MaxResults=1000, **({"NextToken": token} if token else {}))
+            names += [url.rsplit("/", 1)[-1] for url in page.get("QueueUrls", [])]
+            token = page.get("NextToken")
+            if not token:
+                return sorted(names)
+
+    async def stats(self, destination: str, group: str | None) -> Stats:
+        if group is not None:
+            raise NotFound(f"sqs: queues have no groups; stats({destination!r}, group=None)")
+        attrs = await self._depths(await self.queue_url(destination, create=False))
+        try:
+            dlq = await self._depths(await self.queue_url(self.dead_letter_destination(destination), create=False))
+            dead = dlq["ApproximateNumberOfMessages"] + dlq["ApproximateNumberOfMessagesNotVisible"]
+        except NotFound:
+            dead = 0
+        return Stats(
+            destination=destination, depth=attrs["ApproximateNumberOfMessages"]
+            + attrs["ApproximateNumberOfMessagesDelayed"],
+            in_flight=attrs["ApproximateNumberOfMessagesNotVisible"], dead_letter_depth=dead,
+            detail={"approximate": True, **attrs},
+        )
+
+    async def _depths(self, url: str) -> dict[str, int]:
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                 "ApproximateNumberOfMessagesDelayed"]
+        attrs = (await self.call("get_queue_attributes", QueueUrl=url, AttributeNames=names))["Attributes"]
+        return {n: int(attrs.get(n, 0)) for n in names}
+
+    # -- messages -----------------------------------------------------------------------------
+
+    async def publish(self, destination: str, messages: Sequence[Message]) -> Sequence[BaseException | None]:
+        url = await self.queue_url(destination)
+        fifo = self.is_fifo(destination)
+        opts = self.options
+        results: list[BaseException | None] = [None] * len(messages)
+        batches: list[list[tuple[int, dict[str, Any]]]] = []
+        batch: list[tuple[int, dict[str, Any]]] = []
+        batch_bytes = 0
+        for i, message in enumerate(messages):
+            try:
+                entry, size = mapping.encode(message, fifo=fifo, default_group=opts.default_group_id,
+                                             max_bytes=opts.max_message_bytes)
+            except UnimqError as exc:
+                results[i] = exc
+                continue
+            if batch and (len(batch) == MAX_BATCH or batch_bytes + size > opts.max_message_bytes):
+                batches.append(batch)
+                batch, batch_bytes = [], 0
+            entry["Id"] = str(i)
+            batch.append((i, entry))
+            batch_bytes += size
+        if batch:
+            batches.append(batch)
+        if fifo or len(batches) == 1:
+            for b in batches:
+                await self._send_batch(url, destination, b, results)
+        else:
+            await asyncio.gather(*(self._send_batch(url, destination, b, results) for b in batches))
+        return results
+
+    async def _send_batch(
+        self, url: str, destination: str, batch: list[tuple[int, dict[str, Any]]], results: list[BaseException | None]
+    ) -> None:
+        try:
+            response = await self.call("send_message_batch", QueueUrl=url, Entries=[e for _, e in batch])
+        except Exception as exc:
+            error = self.map_error(exc, f"publish to {destination}")
+            for i, _ in batch:
+                results[i] = error
+            return
+        for failed in response.get("Failed", ()):
+            results[int(failed["Id"])] = entry_error(failed, f"publish to {destination}")
+
+    def subscription(self, destination: str, group: str | None, settings: ReceiveSettings) -> Subscription:
+        from unimq_sqs.subscription import SqsSubscription
+
+        return SqsSubscription(self, destination, settings)
+
+    # -- errors -------------------------------------------------------------------------------
+
+    def map_error(self, exc: BaseException, context: str) -> UnimqError:
+        if isinstance(exc, UnimqError):
+            return exc
+        detail = f"{context}: {exc}"
+        if isinstance(exc, botocore.exceptions.ClientError):
+            code = error_code(exc)
+            if code in _NOT_FOUND:
+                return NotFound(detail)
+            if code in _TOO_LARGE:
+                return MessageTooLarge(detail)
+            if code in _CREDENTIALS:
+                return ConfigError(f"{detail} (check the AWS credentials, region and IAM permissions)")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            return UnimqError(detail, retryable=code in _RETRYABLE or status >= 500)
+        if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError,
+                            botocore.exceptions.HTTPClientError)):
+            return ConnectionError(detail)
+        if isinstance(exc, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError,
+                            botocore.exceptions.NoRegionError, botocore.exceptions.ProfileNotFound)):
+            return ConfigError(f"sqs: {exc}")
+        if isinstance(exc, RuntimeError) and "shutdown" in str(exc):
+            return ConnectionError(f"{context}: the sqs broker is closed", retryable=False)
+        return wrap(exc, context)
+
+
+async def release(driver: SqsDriver, url: str, handles: list[str]) -> None:
+    """Make received messages visible again now (visibility 0), in batches; best effort."""
+    for start in range(0, len(handles), MAX_BATCH):
+        entries = [{"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0}
+                   for i, h in enumerate(handles[start:start + MAX_BATCH])]
+        with contextlib.suppress(Exception):
+            await driver.call("change_message_visibility_batch", QueueUrl=url, Entries=entries)
