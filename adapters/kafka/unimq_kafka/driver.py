@@ -1,0 +1,423 @@
+"""``kafka://h1:9092,h2:9092?...``: topics are destinations, consumer groups are groups.
+
+The producer is idempotent with ``acks=all`` by default; a batch is sent without awaiting each
+record (aiokafka batches by partition) and then awaited as a whole. Consumers acknowledge per
+message on top of offsets (:mod:`unimq_kafka.offsets`); nack, delayed send and dead-lettering
+are emulated with retry and dead-letter topics (:mod:`unimq_kafka.subscription`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka import errors as kerr
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic  # type: ignore[import-untyped]
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType  # type: ignore[import-untyped]
+from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
+from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
+from pydantic import BaseModel
+
+from unimq.capabilities import Capabilities, emulated, native, none
+from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Stats, Subscription
+from unimq.errors import (
+    Closed,
+    ConfigError,
+    ConnectionError,
+    MessageTooLarge,
+    NotFound,
+    Timeout,
+    UnimqError,
+    register_secret,
+    wrap,
+)
+from unimq.message import Message
+from unimq.url import BrokerURL
+from unimq_kafka.mapping import from_record, timestamp_ms, to_headers, to_key
+from unimq_kafka.options import KafkaOptions
+from unimq_kafka.subscription import KafkaSubscription
+
+#: Longest emulated delay: retry topics keep records twice as long (RETRY_RETENTION_MS).
+MAX_DELAY = 7 * 24 * 3600.0
+RETRY_RETENTION_MS = int(2 * MAX_DELAY * 1000)
+#: Room left under max_request_size for the record batch, key and headers.
+RECORD_OVERHEAD = 48_576
+_TOPIC_UNSAFE = re.compile(r"[^a-zA-Z0-9._-]")
+_TOPIC_EXISTS = 36
+_UNKNOWN_TOPIC = 3
+
+_CONNECTION_ERRORS = (
+    kerr.KafkaConnectionError, kerr.NodeNotReadyError, kerr.NoBrokersAvailable, kerr.KafkaUnavailableError,
+    kerr.RequestTimedOutError, kerr.NotLeaderForPartitionError, kerr.LeaderNotAvailableError,
+    kerr.GroupCoordinatorNotAvailableError, kerr.NotCoordinatorForGroupError, kerr.BrokerNotAvailableError,
+)
+_TOO_LARGE = (kerr.MessageSizeTooLargeError, kerr.RecordTooLargeError, kerr.RecordListTooLargeError)
+_CONFIG_ERRORS = (
+    kerr.TopicAuthorizationFailedError, kerr.GroupAuthorizationFailedError, kerr.ClusterAuthorizationFailedError,
+    kerr.SaslAuthenticationFailed, kerr.AuthenticationFailedError, kerr.UnsupportedSaslMechanismError,
+    kerr.AuthenticationMethodNotSupported, kerr.KafkaConfigurationError, kerr.InvalidTopicError,
+    kerr.InvalidReplicationFactorError, kerr.InvalidPartitionsError, kerr.PolicyViolationError,
+    kerr.InvalidConfigurationError,
+)
+
+
+class KafkaDriver(Driver):
+    name = "kafka"
+    Options: ClassVar[type[BaseModel]] = KafkaOptions
+    options: KafkaOptions
+
+    def __init__(self, url: BrokerURL, options: KafkaOptions) -> None:
+        if url.username and options.sasl_username is None:
+            options = options.model_copy(update={"sasl_username": url.username, "sasl_password": url.password})
+        register_secret(options.sasl_password)
+        register_secret(options.ssl_password)
+        super().__init__(url, options)
+        self.bootstrap = ",".join(f"{h}:{p or 9092}" for h, p in url.hosts) or "localhost:9092"
+        self._producer: Any = None
+        self._admin: Any = None
+        self._inspector: Any = None
+        self._lock = asyncio.Lock()
+        self._known_topics: set[str] = set()
+        self._defaults: tuple[int, int] | None = None
+        #: max_deliveries given to ensure() in this process, per topic (Kafka has no place to store it).
+        self.max_deliveries: dict[str, int] = {}
+        self._caps = Capabilities(
+            backend="kafka",
+            persistence=native(note="replicated log; acks=all and the idempotent producer by default"),
+            fanout=native(note="one consumer group per group"),
+            competing_consumers=native(note="within a group one consumer per partition: parallelism <= partitions"),
+            ordering="per_key",
+            ordering_note="per partition (key -> partition); a nacked message is redelivered from the retry "
+                          "topic, after later messages of its key",
+            delayed_delivery=emulated(
+                limit=MAX_DELAY,
+                note="not-before header; each group moves a not-yet-due message to <topic>.retry.<group> and "
+                     "holds it there; plain Kafka consumers see it at once",
+            ),
+            nack_delay=emulated(limit=MAX_DELAY, note="redelivery copy to <topic>.retry.<group>, held until due"),
+            dead_letter=emulated(note="<topic>.dlq; reason and original topic/partition/offset in headers"),
+            priority=none("a log has no priorities: use a topic per priority"),
+            message_ttl=emulated(note="x-unimq-expires-at header; unimq consumers drop expired messages"),
+            deduplication=none("the idempotent producer only removes duplicates of its own retries"),
+            replay=native(note="start='earliest'|'latest'|datetime|offset for a group without committed offsets"),
+            lock_extension=none("no locks: a message stays with its consumer until settled or the consumer "
+                                "leaves the group; slow handlers never cost the group membership"),
+            peek=emulated(note="reads from the default group's committed offsets, without joining a group"),
+            batch_send=native(limit=10_000),
+            headers=native(),
+            transactions=none(),
+            max_message_bytes=options.max_request_size - RECORD_OVERHEAD,
+        )
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._caps
+
+    @property
+    def native(self) -> Any:
+        """The AIOKafkaProducer. The admin client is ``await driver.admin()``."""
+        return self._producer
+
+    @property
+    def producer(self) -> Any:
+        if self._producer is None:
+            raise Closed("kafka: the broker is not open")
+        return self._producer
+
+    # Naming.
+
+    @staticmethod
+    def group_id(topic: str, group: str | None) -> str:
+        """The Kafka group id: the group itself, or ``<topic>.default`` for group=None."""
+        return group if group is not None else f"{topic}.default"
+
+    def retry_topic(self, topic: str, group: str | None) -> str:
+        return f"{topic}.retry.{_TOPIC_UNSAFE.sub('_', self.group_id(topic, group))}"
+
+    # Connection.
+
+    def security_kwargs(self) -> dict[str, Any]:
+        opts = self.options
+        kwargs: dict[str, Any] = {"security_protocol": opts.security_protocol}
+        if opts.security_protocol in ("SSL", "SASL_SSL"):
+            kwargs["ssl_context"] = create_ssl_context(
+                cafile=opts.ssl_cafile, certfile=opts.ssl_certfile, keyfile=opts.ssl_keyfile,
+                password=opts.ssl_password,
+            )
+        if opts.security_protocol.startswith("SASL"):
+            kwargs.update(sasl_mechanism=opts.sasl_mechanism, sasl_plain_username=opts.sasl_username,
+                          sasl_plain_password=opts.sasl_password)
+        return kwargs
+
+    async def open(self) -> None:
+        opts = self.options
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            client_id=opts.client_id,
+            acks=opts.producer_acks,
+            enable_idempotence=opts.enable_idempotence,
+            linger_ms=opts.linger_ms,
+            max_batch_size=opts.max_batch_size,
+            compression_type=opts.compression_type,
+            max_request_size=opts.max_request_size,
+            request_timeout_ms=opts.request_timeout_ms,
+            **self.security_kwargs(),
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
+
+    async def close(self) -> None:
+        for name in ("_inspector", "_admin", "_producer"):
+            client = getattr(self, name)
+            setattr(self, name, None)
+            if client is None:
+                continue
+            if name == "_admin":
+                await client.close()
+            else:
+                await client.stop()
+
+    async def admin(self) -> Any:
+        """The AIOKafkaAdminClient, started on first use."""
+        async with self._lock:
+            if self._admin is None:
+                admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=self.options.client_id,
+                                            request_timeout_ms=self.options.request_timeout_ms,
+                                            **self.security_kwargs())
+                await admin.start()
+                self._admin = admin
+            return self._admin
+
+    async def _offsets_client(self) -> Any:
+        """A consumer without a group, for end/beginning offsets."""
+        async with self._lock:
+            if self._inspector is None:
+                inspector = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, client_id=self.options.client_id,
+                                             enable_auto_commit=False, **self.security_kwargs())
+                await inspector.start()
+                self._inspector = inspector
+            return self._inspector
+
+    # Publishing.
+
+    async def publish(self, destination: str, messages: Sequence[Message]) -> Sequence[BaseException | None]:
+        send = self.producer.send
+        sent: list[Any] = []
+        for message in messages:
+            try:
+                sent.append(await send(destination, message.body, key=to_key(message), headers=to_headers(message),
+                                       timestamp_ms=timestamp_ms(message)))
+            except Exception as exc:
+                sent.append(self.map_error(exc, f"publish to {destination}"))
+        futures = [f for f in sent if isinstance(f, asyncio.Future)]
+        if futures:
+            await asyncio.wait(futures)
+        return [f if isinstance(f, BaseException) else self._outcome(f, destination) for f in sent]
+
+    def _outcome(self, future: asyncio.Future[Any], destination: str) -> BaseException | None:
+        if future.cancelled():
+            return Closed(f"kafka: publish to {destination} was cancelled")
+        exc = future.exception()
+        return None if exc is None else self.map_error(exc, f"publish to {destination}")
+
+    def subscription(self, destination: str, group: str | None, settings: ReceiveSettings) -> Subscription:
+        return KafkaSubscription(self, destination, group, settings)
+
+    # Administration.
+
+    async def _partition_count(self, topic: str) -> int | None:
+        """Partitions of ``topic``, None if it does not exist (listed first: describing would auto-create it)."""
+        admin = await self.admin()
+        if topic not in await admin.list_topics():
+            return None
+        described = await admin.describe_topics([topic])
+        for entry in described:
+            if entry["topic"] == topic and entry["error_code"] == 0:
+                return len(entry["partitions"])
+        return None
+
+    async def _create(self, topics: Sequence[NewTopic]) -> None:
+        if not topics:
+            return
+        admin = await self.admin()
+        response = await admin.create_topics(list(topics))
+        for entry in response.topic_errors:
+            name, code = entry[0], entry[1]
+            if code not in (0, _TOPIC_EXISTS):
+                detail = entry[2] if len(entry) > 2 and entry[2] else ""
+                raise kerr.for_code(code)(f"creating topic {name!r}: {detail}")
+        self._known_topics.update(t.name for t in topics)
+
+    async def _topic_defaults(self) -> tuple[int, int]:
+        """(partitions, replication) for new topics: the options, else the broker's defaults."""
+        if self._defaults is None:
+            admin = await self.admin()
+            cluster = await admin.describe_cluster()
+            node = str(cluster["brokers"][0]["node_id"])
+            found = {"num.partitions": "1", "default.replication.factor": "1"}
+            for response in await admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, node)]):
+                for resource in response.resources:
+                    for entry in resource[4]:
+                        if entry[0] in found and entry[1]:
+                            found[entry[0]] = entry[1]
+            self._defaults = (self.options.partitions or int(found["num.partitions"]),
+                              self.options.replication or int(found["default.replication.factor"]))
+        return self._defaults
+
+    async def _new_topic(self, name: str, partitions: int | None, replication: int | None = None,
+                         config: dict[str, str] | None = None) -> NewTopic:
+        default_partitions, default_replication = await self._topic_defaults()
+        return NewTopic(name, partitions or default_partitions, replication or default_replication,
+                        topic_configs=config or {})
+
+    async def prepare_topics(self, topic: str, retry_topic: str) -> None:
+        """Before a consumer subscribes: the topic and its group's retry topic must exist."""
+        if topic in self._known_topics and retry_topic in self._known_topics:
+            return
+        count = await self._partition_count(topic)
+        wanted = []
+        if count is None:
+            if not self.options.auto_create:
+                raise NotFound(f"kafka: topic {topic!r} does not exist (auto_create is off; call ensure())")
+            wanted.append(await self._new_topic(topic, None))
+        wanted.append(await self._new_topic(retry_topic, count, config={"retention.ms": str(RETRY_RETENTION_MS)}))
+        await self._create(wanted)
+
+    async def ensure(self, destination: str, spec: DestinationSpec) -> None:
+        if spec.sessions:
+            raise ConfigError("kafka has no sessions: use key= (messages of a key share a partition, in order)")
+        partitions = spec.partitions or (await self._topic_defaults())[0]
+        config = {"retention.ms": str(int(spec.retention.total_seconds() * 1000))} if spec.retention else {}
+        existing = await self._partition_count(destination)
+        topics = []
+        if existing is None:
+            topics.append(await self._new_topic(destination, partitions, spec.replication, config))
+        if spec.dead_letter:
+            topics.append(await self._new_topic(self.dead_letter_destination(destination), 1, spec.replication))
+        retry = {"retention.ms": str(RETRY_RETENTION_MS)}
+        for group in (None, *spec.groups):
+            name = self.retry_topic(destination, group)
+            topics.append(await self._new_topic(name, max(partitions, existing or 0), spec.replication, retry))
+        await self._create(topics)
+        if existing is not None and existing < partitions:
+            admin = await self.admin()
+            await admin.create_partitions({destination: NewPartitions(partitions)})
+        if spec.max_deliveries:
+            self.max_deliveries[destination] = spec.max_deliveries
+
+    async def _topic_partitions(self, topic: str) -> list[TopicPartition]:
+        count = await self._partition_count(topic)
+        if count is None:
+            raise NotFound(f"kafka: topic {topic!r} does not exist")
+        return [TopicPartition(topic, p) for p in range(count)]
+
+    async def _committed(self, group_id: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        admin = await self.admin()
+        found = await admin.list_consumer_group_offsets(group_id, partitions=tps)
+        return {tp: meta.offset for tp, meta in found.items() if meta.offset >= 0}
+
+    async def stats(self, destination: str, group: str | None) -> Stats:
+        tps = await self._topic_partitions(destination)
+        group_id = self.group_id(destination, group)
+        inspector = await self._offsets_client()
+        end = await inspector.end_offsets(tps)
+        begin = await inspector.beginning_offsets(tps)
+        committed = await self._committed(group_id, tps)
+        lag = {tp.partition: end[tp] - committed.get(tp, begin[tp]) for tp in tps}
+        retry_lag = None
+        retry = self.retry_topic(destination, group)
+        if await self._partition_count(retry) is not None:
+            rtps = await self._topic_partitions(retry)
+            rend = await inspector.end_offsets(rtps)
+            rbegin = await inspector.beginning_offsets(rtps)
+            rcommitted = await self._committed(group_id, rtps)
+            retry_lag = sum(rend[tp] - rcommitted.get(tp, rbegin[tp]) for tp in rtps)
+        dlq_depth = None
+        dlq = self.dead_letter_destination(destination)
+        if await self._partition_count(dlq) is not None:
+            dtps = await self._topic_partitions(dlq)
+            dend = await inspector.end_offsets(dtps)
+            dbegin = await inspector.beginning_offsets(dtps)
+            dlq_depth = sum(dend[tp] - dbegin[tp] for tp in dtps)
+        total = sum(lag.values())
+        return Stats(
+            destination=destination, group=group, depth=total + (retry_lag or 0), lag=total,
+            dead_letter_depth=dlq_depth,
+            detail={"group_id": group_id, "lag_per_partition": lag, "retry_lag": retry_lag,
+                    "end_offsets": {tp.partition: end[tp] for tp in tps},
+                    "committed": {tp.partition: o for tp, o in committed.items()}},
+        )
+
+    async def peek(self, destination: str, count: int) -> list[Message]:
+        """Read from the default group's committed offsets (or the beginning) without joining a group."""
+        tps = await self._topic_partitions(destination)
+        committed = await self._committed(self.group_id(destination, None), tps)
+        reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, client_id=self.options.client_id,
+                                  enable_auto_commit=False, **self.security_kwargs())
+        await reader.start()
+        try:
+            reader.assign(tps)
+            end = await reader.end_offsets(tps)
+            begin = await reader.beginning_offsets(tps)
+            todo = {}
+            for tp in tps:
+                start = max(committed.get(tp, begin[tp]), begin[tp])
+                if start < end[tp]:
+                    reader.seek(tp, start)
+                    todo[tp] = end[tp]
+            out: list[Message] = []
+            while todo and len(out) < count:
+                batch = await reader.getmany(*todo, timeout_ms=1000, max_records=count - len(out))
+                if not batch:
+                    break
+                for tp, records in batch.items():
+                    out += [from_record(r) for r in records if r.offset < todo[tp]]
+                    if records and records[-1].offset + 1 >= todo[tp]:
+                        del todo[tp]
+            return out[:count]
+        finally:
+            await reader.stop()
+
+    async def destinations(self) -> list[str]:
+        admin = await self.admin()
+        return sorted(t for t in await admin.list_topics() if not t.startswith("__"))
+
+    async def delete(self, destination: str) -> None:
+        admin = await self.admin()
+        dlq = self.dead_letter_destination(destination)
+        prefixes = (f"{destination}.retry.", f"{dlq}.retry.")
+        doomed = [t for t in await admin.list_topics() if t in (destination, dlq) or t.startswith(prefixes)]
+        if doomed:
+            response = await admin.delete_topics(doomed)
+            for name, code, *_ in response.topic_error_codes:
+                if code not in (0, _UNKNOWN_TOPIC):
+                    raise kerr.for_code(code)(f"deleting topic {name!r}")
+        self._known_topics.difference_update(doomed)
+        self.max_deliveries.pop(destination, None)
+
+    def map_error(self, exc: BaseException, context: str) -> UnimqError:
+        if isinstance(exc, UnimqError):
+            return exc
+        detail = f"{context}: {type(exc).__name__}: {exc}"
+        if isinstance(exc, _CONNECTION_ERRORS):
+            return ConnectionError(detail)
+        if isinstance(exc, kerr.KafkaTimeoutError):
+            return Timeout(detail)
+        if isinstance(exc, kerr.UnknownTopicOrPartitionError):
+            return NotFound(detail)
+        if isinstance(exc, _TOO_LARGE):
+            return MessageTooLarge(detail)
+        if isinstance(exc, _CONFIG_ERRORS):
+            return ConfigError(detail)
+        if isinstance(exc, (kerr.ProducerClosed, kerr.ConsumerStoppedError)):
+            return Closed(detail)
+        if isinstance(exc, kerr.KafkaError):
+            return UnimqError(detail, retryable=bool(getattr(exc, "retriable", False)))
+        return wrap(exc, context)

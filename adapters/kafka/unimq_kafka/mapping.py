@@ -1,0 +1,100 @@
+"""Message ↔ Kafka record: the value is the body, untouched; metadata travels in Kafka headers.
+
+Header names are plain, lower-case and hyphenated (like the core's ``content-encoding``), so
+non-unimq applications can read and write them: ``message-id``, ``correlation-id``,
+``reply-to``, ``content-type``. Header values are UTF-8; undecodable bytes round-trip through
+``surrogateescape``. A record without ``message-id`` gets the stable id ``<topic>-<partition>-<offset>``.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from unimq.message import Message
+from unimq.reliability import NOT_BEFORE
+
+MESSAGE_ID = "message-id"
+CORRELATION_ID = "correlation-id"
+REPLY_TO = "reply-to"
+CONTENT_TYPE = "content-type"
+#: Emulated TTL: epoch milliseconds after which unimq consumers drop the message.
+EXPIRES_AT = "x-unimq-expires-at"
+#: Where a dead-lettered record came from (in addition to the core's reason/source/group headers).
+DEAD_LETTER_TOPIC = "x-unimq-dead-letter-topic"
+DEAD_LETTER_PARTITION = "x-unimq-dead-letter-partition"
+DEAD_LETTER_OFFSET = "x-unimq-dead-letter-offset"
+
+MAPPED = frozenset((MESSAGE_ID, CORRELATION_ID, REPLY_TO, CONTENT_TYPE))
+_ENC = "utf-8"
+_ERR = "surrogateescape"
+
+RecordHeaders = list[tuple[str, bytes]]
+
+
+def to_headers(message: Message) -> RecordHeaders:
+    """Kafka headers for ``message``: mapped fields first, then the application's headers."""
+    out: RecordHeaders = [(MESSAGE_ID, message.message_id.encode(_ENC, _ERR))]
+    if message.correlation_id is not None:
+        out.append((CORRELATION_ID, message.correlation_id.encode(_ENC, _ERR)))
+    if message.reply_to is not None:
+        out.append((REPLY_TO, message.reply_to.encode(_ENC, _ERR)))
+    if message.content_type is not None:
+        out.append((CONTENT_TYPE, message.content_type.encode(_ENC, _ERR)))
+    if message.headers:
+        out += [(k, v.encode(_ENC, _ERR)) for k, v in message.headers.items() if k not in MAPPED]
+    if message.delay is not None and message.delay.total_seconds() > 0:
+        out.append((NOT_BEFORE, str(int((time.time() + message.delay.total_seconds()) * 1000)).encode()))
+    if message.ttl is not None:
+        out.append((EXPIRES_AT, str(int((time.time() + message.ttl.total_seconds()) * 1000)).encode()))
+    return out
+
+
+def to_key(message: Message) -> bytes | None:
+    return None if message.key is None else message.key.encode(_ENC, _ERR)
+
+
+def timestamp_ms(message: Message) -> int | None:
+    return None if message.timestamp is None else int(message.timestamp.timestamp() * 1000)
+
+
+def from_record(record: Any) -> Message:
+    """A Message from an aiokafka ConsumerRecord. Duplicate header keys: the last one wins."""
+    headers: dict[str, str] = {}
+    message_id = correlation_id = reply_to = content_type = None
+    for name, raw in record.headers:
+        value = raw.decode(_ENC, _ERR) if raw is not None else ""
+        if name in MAPPED:
+            if name == MESSAGE_ID:
+                message_id = value
+            elif name == CORRELATION_ID:
+                correlation_id = value
+            elif name == REPLY_TO:
+                reply_to = value
+            else:
+                content_type = value
+        else:
+            headers[name] = value
+    key = record.key
+    return Message(
+        body=record.value if record.value is not None else b"",
+        key=key.decode(_ENC, _ERR) if key is not None else None,
+        headers=headers,
+        message_id=message_id or f"{record.topic}-{record.partition}-{record.offset}",
+        correlation_id=correlation_id,
+        reply_to=reply_to,
+        content_type=content_type,
+        timestamp=datetime.fromtimestamp(record.timestamp / 1000, UTC) if record.timestamp is not None else None,
+    )
+
+
+def epoch_ms_header(message: Message, name: str) -> int:
+    """An epoch-milliseconds header as int (0 when absent or malformed)."""
+    raw = message.headers.get(name)
+    if not raw:
+        return 0
+    try:
+        return int(raw)
+    except ValueError:
+        return 0

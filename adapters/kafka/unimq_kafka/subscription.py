@@ -1,0 +1,391 @@
+"""A consumer-group reader of one topic and its group's retry topic.
+
+A background task polls aiokafka independently of the handlers, so a slow handler never makes
+the consumer miss ``max_poll_interval`` and leave its group: when the prefetch bound is reached
+it pauses every partition and keeps polling (empty) instead of stopping. Records become
+deliveries in an internal buffer that ``receive`` drains.
+
+Emulations, all on the group's retry topic ``<topic>.retry.<group>`` (subscribed alongside the
+topic): ``nack(delay)`` republishes a redelivery copy there and acknowledges the original; a
+main-topic record whose ``x-unimq-not-before`` is in the future (delayed send) is moved there by
+each group; a retry record not yet due makes its partition seek back and pause until it is due,
+so other partitions keep flowing. Expired records (``x-unimq-expires-at``) are acknowledged
+without delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener  # type: ignore[import-untyped]
+from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
+
+from unimq.driver import ReceiveSettings, Subscription
+from unimq.errors import PublishError
+from unimq.message import Delivery
+from unimq.reliability import ATTEMPT, NOT_BEFORE, dead_letter_copy, redelivery_copy
+from unimq_kafka.mapping import (
+    DEAD_LETTER_OFFSET,
+    DEAD_LETTER_PARTITION,
+    DEAD_LETTER_TOPIC,
+    EXPIRES_AT,
+    epoch_ms_header,
+    from_record,
+)
+from unimq_kafka.offsets import OffsetTracker
+
+if TYPE_CHECKING:
+    from unimq_kafka.driver import KafkaDriver
+
+log = logging.getLogger("unimq.kafka")
+
+#: How long one poll waits for records; bounds the latency of pause/resume and commits.
+POLL_MS = 100
+#: How long open() waits for the group to assign partitions before it returns anyway.
+JOIN_TIMEOUT = 30.0
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, sub: KafkaSubscription) -> None:
+        self._sub = sub
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._sub._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._sub._on_assigned(assigned)
+
+
+class KafkaSubscription(Subscription):
+    def __init__(self, driver: KafkaDriver, topic: str, group: str | None, settings: ReceiveSettings) -> None:
+        self._driver = driver
+        self._topic = topic
+        self._group = group
+        self.group_id = driver.group_id(topic, group)
+        self.retry_topic = driver.retry_topic(topic, group)
+        self._start = settings.start
+        self._prefetch = settings.prefetch
+        self._consumer: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._buffer: deque[Delivery] = deque()
+        self._outstanding = 0
+        self._trackers: dict[TopicPartition, OffsetTracker] = {}
+        self._held: dict[TopicPartition, asyncio.TimerHandle] = {}
+        self._data = asyncio.Event()
+        self._room = asyncio.Event()
+        self._assigned = asyncio.Event()
+        self._error: BaseException | None = None
+        self._dirty = False
+
+    @property
+    def native(self) -> Any:
+        """The AIOKafkaConsumer (after open)."""
+        return self._consumer
+
+    async def open(self) -> None:
+        driver = self._driver
+        opts = driver.options
+        await driver.prepare_topics(self._topic, self.retry_topic)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=driver.bootstrap,
+            client_id=opts.client_id,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=opts.session_timeout_ms,
+            heartbeat_interval_ms=opts.heartbeat_interval_ms,
+            max_poll_interval_ms=opts.max_poll_interval_ms,
+            fetch_max_wait_ms=opts.fetch_max_wait_ms,
+            request_timeout_ms=max(opts.request_timeout_ms, opts.session_timeout_ms + 5000),
+            **driver.security_kwargs(),
+        )
+        self._consumer.subscribe([self._topic, self.retry_topic], listener=_Listener(self))
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._poll(), name=f"unimq-kafka-poll-{self._topic}")
+        try:
+            await asyncio.wait_for(self._assigned.wait(), JOIN_TIMEOUT)
+        except TimeoutError:
+            log.warning("kafka: group %r got no assignment within %.0fs; continuing", self.group_id, JOIN_TIMEOUT)
+
+    # Rebalance callbacks (awaited by aiokafka's coordinator during the rebalance).
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for tp in revoked:
+            tracker = self._trackers.pop(tp, None)
+            if tracker is not None:
+                tracker.revoked = True
+                offset = tracker.committable()
+                if offset is not None:
+                    offsets[tp] = offset
+            handle = self._held.pop(tp, None)
+            if handle is not None:
+                handle.cancel()
+        if self._buffer:
+            self._buffer = deque(d for d in self._buffer if not d.token[0].revoked)
+        if offsets:
+            try:
+                await self._consumer.commit(offsets)
+            except Exception as exc:
+                log.warning("kafka: commit on revoke for group %r failed: %s", self.group_id, exc)
+
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        for tp in assigned:
+            self._trackers[tp] = OffsetTracker()
+        try:
+            await self._apply_start([tp for tp in assigned if tp.topic == self._topic])
+        finally:
+            self._assigned.set()
+
+    async def _apply_start(self, partitions: list[TopicPartition]) -> None:
+        """Position partitions the group has no committed offset for, and anchor them with a commit."""
+        start = self._start if self._start is not None else self._driver.options.auto_offset_reset
+        if start == "earliest" or not partitions:
+            return
+        consumer = self._consumer
+        fresh = [tp for tp in partitions if await consumer.committed(tp) is None]
+        if not fresh:
+            return
+        if start == "latest":
+            await consumer.seek_to_end(*fresh)
+        elif isinstance(start, datetime):
+            found = await consumer.offsets_for_times({tp: int(start.timestamp() * 1000) for tp in fresh})
+            late = [tp for tp in fresh if found.get(tp) is None]
+            for tp in fresh:
+                if found.get(tp) is not None:
+                    consumer.seek(tp, found[tp].offset)
+            if late:
+                await consumer.seek_to_end(*late)
+        elif isinstance(start, int):
+            for tp in fresh:
+                consumer.seek(tp, start)
+        await consumer.commit({tp: await consumer.position(tp) for tp in fresh})
+
+    # The poll loop.
+
+    async def _poll(self) -> None:
+        consumer = self._consumer
+        interval = self._driver.options.commit_interval_ms / 1000
+        last_commit = time.monotonic()
+        paused = False
+        while True:
+            try:
+                room = self._prefetch - len(self._buffer) - self._outstanding
+                if room <= 0:
+                    consumer.pause(*consumer.assignment())
+                    paused = True
+                    self._room.clear()
+                    await consumer.getmany(timeout_ms=0)  # keeps the poll clock fresh
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._room.wait(), interval)
+                else:
+                    if paused:
+                        consumer.resume(*(tp for tp in consumer.assignment() if tp not in self._held))
+                        paused = False
+                    batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=room)
+                    if batch:
+                        await self._accept(batch)
+                if self._dirty and time.monotonic() - last_commit >= interval:
+                    last_commit = time.monotonic()
+                    await self._commit()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                mapped = self._driver.map_error(exc, f"consuming {self._topic}")
+                if not mapped.retryable:
+                    self._error = mapped
+                    self._data.set()
+                    return
+                log.warning("kafka: poll of %r failed, retrying: %s", self._topic, mapped)
+                await asyncio.sleep(1.0)
+
+    async def _accept(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        now_ms = time.time() * 1000
+        buffer = self._buffer
+        retry_topic = self.retry_topic
+        for tp, records in batch.items():
+            tracker = self._trackers.get(tp)
+            if tracker is None:
+                continue
+            for record in records:
+                message = from_record(record)
+                headers = message.headers
+                if headers:
+                    due = epoch_ms_header(message, NOT_BEFORE)
+                    if due > now_ms:
+                        if tp.topic == retry_topic:
+                            self._hold(tp, record.offset, (due - now_ms) / 1000)
+                            break
+                        tracker.track(record.offset)
+                        await self._defer(record, tracker, tp)
+                        continue
+                    expires = epoch_ms_header(message, EXPIRES_AT)
+                    if expires and expires <= now_ms:
+                        tracker.track(record.offset)
+                        tracker.ack(record.offset)
+                        self._dirty = True
+                        continue
+                    attempt = _attempt(headers)
+                else:
+                    attempt = 1
+                tracker.track(record.offset)
+                buffer.append(Delivery(message, attempt, record, (tracker, record.offset)))
+        if buffer:
+            self._data.set()
+
+    def _hold(self, tp: TopicPartition, offset: int, seconds: float) -> None:
+        """A retry record is not due: rewind to it and pause its partition until it is."""
+        consumer = self._consumer
+        consumer.seek(tp, offset)
+        consumer.pause(tp)
+        previous = self._held.pop(tp, None)
+        if previous is not None:
+            previous.cancel()
+        self._held[tp] = asyncio.get_running_loop().call_later(seconds, self._release, tp)
+
+    def _release(self, tp: TopicPartition) -> None:
+        self._held.pop(tp, None)
+        if tp in self._trackers and self._outstanding + len(self._buffer) < self._prefetch:
+            self._consumer.resume(tp)
+
+    async def _defer(self, record: Any, tracker: OffsetTracker, tp: TopicPartition) -> None:
+        """A delayed send reached the topic: move it, bytes and headers as they are, to the retry topic."""
+        future = await self._driver.producer.send(
+            self.retry_topic, record.value, key=record.key, headers=list(record.headers)
+        )
+
+        def moved(fut: asyncio.Future[Any]) -> None:
+            if fut.cancelled() or fut.exception() is not None:
+                log.warning("kafka: could not defer a delayed message of %r; delivering it now", self._topic)
+                message = from_record(record)
+                self._buffer.append(Delivery(message, _attempt(message.headers), record, (tracker, record.offset)))
+                self._data.set()
+            else:
+                tracker.ack(record.offset)
+                self._dirty = True
+
+        future.add_done_callback(moved)
+
+    async def _commit(self) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for tp, tracker in self._trackers.items():
+            offset = tracker.committable()
+            if offset is not None:
+                offsets[tp] = offset
+        self._dirty = False
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except Exception as exc:
+            self._dirty = True
+            mapped = self._driver.map_error(exc, f"commit for group {self.group_id}")
+            log.warning("kafka: %s; will retry", mapped)
+            return
+        for tp, offset in offsets.items():
+            current = self._trackers.get(tp)
+            if current is not None:
+                current.committed(offset)
+
+    # The Subscription interface.
+
+    async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
+        buffer = self._buffer
+        if not buffer:
+            if self._error is not None:
+                raise self._error
+            self._data.clear()
+            if timeout > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._data.wait(), timeout)
+            if not buffer:
+                if self._error is not None:
+                    raise self._error
+                return []
+        if len(buffer) <= max_messages:
+            out = list(buffer)
+            buffer.clear()
+        else:
+            out = [buffer.popleft() for _ in range(max_messages)]
+        self._outstanding += len(out)
+        return out
+
+    def _settled(self) -> None:
+        self._outstanding -= 1
+        self._room.set()
+
+    async def ack(self, delivery: Delivery) -> None:
+        tracker, offset = delivery.token
+        tracker.ack(offset)
+        self._dirty = True
+        self._outstanding -= 1
+        if self._outstanding + len(self._buffer) < self._prefetch:
+            self._room.set()
+
+    async def nack(self, delivery: Delivery, delay: float | None) -> None:
+        tracker = delivery.token[0]
+        if tracker.revoked:
+            self._settled()  # the partition's new owner redelivers it
+            return
+        limit = self._driver.max_deliveries.get(self._topic)
+        if limit is not None and delivery.attempt >= limit:
+            await self.reject(delivery, f"delivered {limit} times without an ack (max_deliveries)")
+            return
+        copy = redelivery_copy(delivery.message, delivery.attempt + 1, delay)
+        await self._republish(self.retry_topic, copy, delivery)
+
+    async def reject(self, delivery: Delivery, reason: str) -> None:
+        tracker = delivery.token[0]
+        if tracker.revoked:
+            self._settled()
+            return
+        record = delivery.native
+        copy = dead_letter_copy(delivery.message, reason, self._topic, self._group)
+        copy.headers.pop(NOT_BEFORE, None)
+        copy.headers[DEAD_LETTER_TOPIC] = record.topic
+        copy.headers[DEAD_LETTER_PARTITION] = str(record.partition)
+        copy.headers[DEAD_LETTER_OFFSET] = str(record.offset)
+        await self._republish(self._driver.dead_letter_destination(self._topic), copy, delivery)
+
+    async def _republish(self, topic: str, copy: Any, delivery: Delivery) -> None:
+        try:
+            results = await self._driver.publish(topic, [copy])
+        except BaseException:
+            self._settled()
+            raise
+        if results[0] is not None:
+            self._settled()
+            raise PublishError(f"could not republish {copy.message_id} to {topic!r}: {results[0]}",
+                               messages=[copy], results=list(results)) from results[0]
+        await self.ack(delivery)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        for handle in self._held.values():
+            handle.cancel()
+        self._held.clear()
+        self._buffer.clear()
+        if self._consumer is not None:
+            try:
+                await self._commit()
+            finally:
+                await self._consumer.stop()
+
+
+def _attempt(headers: dict[str, str]) -> int:
+    raw = headers.get(ATTEMPT)
+    if raw is None:
+        return 1
+    try:
+        return max(1, int(raw))
+    except ValueError:
+        return 1
