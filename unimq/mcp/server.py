@@ -1,0 +1,234 @@
+"""``unimq mcp URL``: queue tools for AI assistants, on any backend, over the official MCP SDK.
+
+The tools are thin wrappers of :mod:`unimq.inspect`. A :class:`Policy` decides what they may do:
+read-only unless ``allow_write``, an allow-list of destination globs, and limits on body size,
+counts and waits. Every failure is a tool error (``is_error``) with a one-line, scrubbed message.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal, TypeVar
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel, Field
+
+from unimq import __version__, inspect
+from unimq.broker import Broker, connect
+from unimq.errors import scrub
+from unimq.inspect import DestinationProperties, JsonBody, MessageView, SendResult, SettleAction, SettleResult
+
+T = TypeVar("T")
+
+WRITE_TOOLS = ("send_message", "receive_messages", "settle_message", "request_reply")
+
+
+class Policy(BaseModel):
+    """What the tools may do. The defaults are safe: read-only, small bodies, short waits."""
+
+    allow_write: bool = Field(False, description="enable send_message, receive_messages, settle_message, request_reply")
+    allow_destinations: tuple[str, ...] = Field((), description="glob patterns; empty = every destination")
+    max_body_bytes: int = Field(256 * 1024, ge=1, description="largest body sent, and shown per message")
+    max_count: int = Field(50, ge=1, description="most messages per peek or receive")
+    max_wait: float = Field(60.0, gt=0, description="longest wait of receive_messages and request_reply, seconds")
+    lock_seconds: float = Field(60.0, gt=0, description="how long a lock handle of receive_messages lives")
+    max_held: int = Field(100, ge=1, description="most messages held for settle_message at once")
+
+
+class ReplyResult(BaseModel):
+    request: SendResult
+    reply: MessageView
+
+
+class Tools:
+    """The tool implementations: policy checks, then :mod:`unimq.inspect`, errors as ToolError."""
+
+    def __init__(self, broker: Broker, policy: Policy) -> None:
+        self.broker = broker
+        self.policy = policy
+        self.receiver = inspect.Receiver(broker, policy.lock_seconds, policy.max_held)
+
+    async def send_message(
+        self,
+        destination: Annotated[str, Field(description="destination (queue / topic / stream) name")],
+        body: Annotated[JsonBody, Field(description="text is sent as UTF-8; an object or array as JSON")],
+        key: Annotated[str | None, Field(description="partition / session / ordering key")] = None,
+        headers: Annotated[dict[str, str] | None, Field(description="application headers (user properties)")] = None,
+        correlation_id: str | None = None,
+        reply_to: Annotated[str | None, Field(description="destination the receiver should reply to")] = None,
+        ttl: Annotated[float | None, Field(gt=0, description="seconds before the message expires")] = None,
+        delay: Annotated[float | None, Field(gt=0, description="seconds before the message is delivered")] = None,
+        priority: Annotated[int | None, Field(ge=0)] = None,
+    ) -> SendResult:
+        """Send one message to a destination. Returns its message_id."""
+        self._writable("send_message")
+        self._allowed(destination, reply_to)
+        data, content_type = self._body(body)
+        return await self._run(inspect.send(
+            self.broker, destination, data, content_type=content_type, key=key, headers=headers,
+            correlation_id=correlation_id, reply_to=reply_to, ttl=ttl, delay=delay, priority=priority,
+        ))
+
+    async def peek_messages(
+        self,
+        destination: str,
+        count: Annotated[int, Field(ge=1, description="how many messages, from the head")] = 10,
+    ) -> list[MessageView]:
+        """Read waiting messages without consuming them (where the backend can peek)."""
+        self._allowed(destination)
+        self._count(count)
+        return await self._run(inspect.peek(self.broker, destination, count, max_bytes=self.policy.max_body_bytes))
+
+    async def receive_messages(
+        self,
+        destination: str,
+        group: Annotated[str | None, Field(description="consumer group / subscription; omit for the default")] = None,
+        count: Annotated[int, Field(ge=1)] = 1,
+        wait: Annotated[float, Field(ge=0, description="seconds to wait for messages")] = 5.0,
+        settle: Annotated[Literal["ack", "later"], Field(
+            description="'ack' removes the messages now; 'later' returns lock handles for settle_message")] = "ack",
+    ) -> list[MessageView]:
+        """Receive (consume) messages. With settle='later', settle each handle before its lock expires."""
+        self._writable("receive_messages")
+        self._allowed(destination)
+        self._count(count)
+        self._wait(wait)
+        return await self._run(self.receiver.receive(destination, group, count, wait, settle,
+                                                     max_bytes=self.policy.max_body_bytes))
+
+    async def settle_message(
+        self,
+        handle: Annotated[str, Field(description="a handle from receive_messages(settle='later')")],
+        action: Annotated[SettleAction, Field(
+            description="complete: done, remove it; abandon: redeliver it; dead_letter: move it to the DLQ")],
+        reason: Annotated[str, Field(description="why, for dead_letter")] = "",
+    ) -> SettleResult:
+        """Settle a message held by receive_messages(settle='later')."""
+        self._writable("settle_message")
+        return await self._run(self.receiver.settle(handle, action, reason))
+
+    async def request_reply(
+        self,
+        destination: str,
+        body: Annotated[JsonBody, Field(description="text is sent as UTF-8; an object or array as JSON")],
+        reply_to: Annotated[str, Field(description="destination the reply will arrive on")],
+        wait: Annotated[float, Field(gt=0, description="seconds to wait for the reply")] = 30.0,
+        correlation_id: Annotated[str | None, Field(description="generated when omitted")] = None,
+        reply_group: Annotated[str | None, Field(description="group to read reply_to in; omit for the default")] = None,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+        ttl: Annotated[float | None, Field(gt=0)] = None,
+    ) -> ReplyResult:
+        """Send a request with correlation_id and reply_to, and wait for the correlated reply."""
+        self._writable("request_reply")
+        self._allowed(destination, reply_to)
+        self._wait(wait)
+        data, content_type = self._body(body)
+        request, reply = await self._run(inspect.request_reply(
+            self.broker, destination, data, reply_to=reply_to, wait=wait, reply_group=reply_group,
+            content_type=content_type, correlation_id=correlation_id, key=key, headers=headers, ttl=ttl,
+            max_held=self.policy.max_held, max_bytes=self.policy.max_body_bytes,
+        ))
+        return ReplyResult(request=request, reply=reply)
+
+    async def destination_properties(self, destination: str, group: str | None = None) -> DestinationProperties:
+        """Depth, in-flight, dead-letter depth, lag and capabilities of a destination."""
+        self._allowed(destination)
+        return await self._run(inspect.destination_properties(self.broker, destination, group))
+
+    async def list_destinations(self) -> list[str]:
+        """The destinations on this broker (those the server's allow-list permits)."""
+        names = await self._run(inspect.list_destinations(self.broker))
+        return [n for n in names if self._permits(n)]
+
+    async def close(self) -> None:
+        await self.receiver.close()
+
+    def _writable(self, tool: str) -> None:
+        if not self.policy.allow_write:
+            raise ToolError(f"{tool} is disabled: this MCP server is read-only (start it with --allow-write)")
+
+    def _permits(self, destination: str) -> bool:
+        patterns = self.policy.allow_destinations
+        return not patterns or any(fnmatch.fnmatchcase(destination, p) for p in patterns)
+
+    def _allowed(self, *destinations: str | None) -> None:
+        for name in destinations:
+            if name is not None and not self._permits(name):
+                raise ToolError(f"destination {name!r} is not in this server's allow-list "
+                                f"({', '.join(self.policy.allow_destinations)})")
+
+    def _count(self, count: int) -> None:
+        if count > self.policy.max_count:
+            raise ToolError(f"count {count} is over this server's limit of {self.policy.max_count} (--max-count)")
+
+    def _wait(self, wait: float) -> None:
+        if wait > self.policy.max_wait:
+            raise ToolError(f"wait {wait:g}s is over this server's limit of {self.policy.max_wait:g}s (--max-wait)")
+
+    def _body(self, body: JsonBody) -> tuple[bytes, str]:
+        data, content_type = inspect.encode_body(body)
+        if len(data) > self.policy.max_body_bytes:
+            raise ToolError(f"body is {len(data)} bytes; this server accepts at most "
+                            f"{self.policy.max_body_bytes} (--max-body-bytes)")
+        return data, content_type
+
+    @staticmethod
+    async def _run(operation: Awaitable[T]) -> T:
+        """Await ``operation``; any failure becomes a one-line, credential-free tool error."""
+        try:
+            return await operation
+        except ToolError:
+            raise
+        except Exception as exc:
+            raise ToolError(scrub(f"{type(exc).__name__}: {exc}")) from exc
+
+
+_READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=True)
+_WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=True)
+
+
+def build_server(broker: Broker, policy: Policy | None = None) -> MCPServer[Any]:
+    """An MCP server exposing the queue tools over ``broker``; it closes the held consumers on exit."""
+    tools = Tools(broker, policy or Policy())
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[Any]) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await tools.close()
+
+    server: MCPServer[Any] = MCPServer(
+        "unimq", version=__version__, log_level="WARNING", lifespan=lifespan,
+        instructions=(f"Message queue tools on {broker.backend} ({broker.url}). "
+                      "Use list_destinations and destination_properties first; capabilities say what the "
+                      "backend supports. Write tools are "
+                      + ("enabled." if tools.policy.allow_write else "disabled (read-only server).")),
+    )
+    registered: list[tuple[Callable[..., Awaitable[Any]], bool]] = [
+        (tools.list_destinations, False), (tools.destination_properties, False), (tools.peek_messages, False),
+        (tools.send_message, True), (tools.receive_messages, True), (tools.settle_message, True),
+        (tools.request_reply, True),
+    ]
+    for fn, writes in registered:
+        description = (fn.__doc__ or "").strip()
+        if writes and not tools.policy.allow_write:
+            description += " Disabled on this server: it was started without --allow-write."
+        server.add_tool(fn, description=description, annotations=_WRITE if writes else _READ_ONLY)
+    return server
+
+
+async def serve(url: str | None, policy: Policy, *, http: bool = False, host: str = "127.0.0.1",
+                port: int = 8765) -> None:
+    """Connect to ``url`` and serve the tools on stdio, or on streamable HTTP at ``http://host:port/mcp``."""
+    async with connect(url) as broker:
+        server = build_server(broker, policy)
+        if http:
+            await server.run_streamable_http_async(host=host, port=port)
+        else:
+            await server.run_stdio_async()
