@@ -1,0 +1,393 @@
+"""The RabbitMQ driver: topology, publishing with pipelined publisher confirms, error mapping.
+
+Topology (see docs/backends/rabbitmq.md):
+
+- destination ``d`` = durable topic exchange ``d``; a message's key is its routing key;
+- group ``g`` = durable queue ``d.g`` bound to ``d`` with ``#`` (every group gets every message);
+- group None = the queue named ``d`` (an existing one is used as is), also bound to ``d``, so
+  plain AMQP publishers to the default exchange with routing key ``d`` reach it too;
+- dead letters go to exchange + queue ``d.dlq``; delays wait in TTL queues ``<queue>.delay.<ms>``
+  that dead-letter back into the exchange (delayed send) or the origin queue (nack with delay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+from urllib.parse import unquote
+
+import aio_pika
+import aiormq.exceptions as amqp_errors
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection, ExchangeType
+from aiormq.abc import ConfirmationFrameType
+from pamqp.commands import Basic
+from pydantic import BaseModel
+
+from unimq.capabilities import Capabilities, emulated, native, none
+from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Stats, Subscription
+from unimq.errors import (
+    CapabilityError,
+    ConfigError,
+    ConnectionError,
+    NotFound,
+    PublishError,
+    Timeout,
+    UnimqError,
+    register_secret,
+    wrap,
+)
+from unimq.message import Message
+from unimq.url import BrokerURL
+from unimq_rabbitmq import mapping
+from unimq_rabbitmq.options import RabbitMQOptions
+
+#: Longest delay or ttl: RabbitMQ TTLs are 32-bit millisecond timers.
+MAX_DELAY_SECONDS = (2**32 - 1) / 1000
+#: A delay queue is re-declared at least this often while used, so x-expires never removes it
+#: while it still holds messages (x-expires = ttl + DELAY_QUEUE_GRACE_MS).
+REDECLARE_EVERY = 30.0
+DELAY_QUEUE_GRACE_MS = 300_000
+BIND_ALL = "#"
+
+
+class RabbitMQDriver(Driver):
+    name = "rabbitmq"
+    Options: ClassVar[type[BaseModel]] = RabbitMQOptions
+    options: RabbitMQOptions
+
+    def __init__(self, url: BrokerURL, options: RabbitMQOptions) -> None:
+        super().__init__(url, options)
+        if url.scheme != "amqps" and options.tls_options_given:
+            raise ConfigError("rabbitmq: ca_file, cert_file, key_file and verify apply to amqps:// URLs only")
+        register_secret(url.password)
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchanges: set[str] = set()
+        self._queues: set[str] = set()
+        self._delay_queues: dict[str, float] = {}
+        self._specs: dict[str, DestinationSpec] = {}
+        self._groups: dict[str, set[str | None]] = {}
+        self._topology_lock = asyncio.Lock()
+        self._caps = self._declare_capabilities()
+
+    def _declare_capabilities(self) -> Capabilities:
+        quorum = self.options.queue_type == "quorum"
+        levels = self.options.priority_levels
+        delay_note = "per-delay TTL queues <queue>.delay.<ms> dead-lettering back; delay rounded up to 2 digits of ms"
+        return Capabilities(
+            backend="rabbitmq",
+            persistence=native(note="durable exchanges and queues, persistent messages, publisher confirms"),
+            fanout=native(note="topic exchange <dest>; one durable queue <dest>.<group> per group"),
+            competing_consumers=native(),
+            ordering="global",
+            ordering_note="per queue, in publish order of one channel, for one consumer; redeliveries and "
+                          "competing consumers reorder",
+            delayed_delivery=emulated(limit=MAX_DELAY_SECONDS, note=delay_note),
+            nack_delay=emulated(limit=MAX_DELAY_SECONDS, note=delay_note),
+            dead_letter=emulated(
+                note="copy with reason published (confirmed) to exchange+queue <dest>.dlq, then ack"
+                     + ("; max_deliveries also enforced by the broker (x-delivery-limit)" if quorum else "")
+            ),
+            priority=(none("quorum queues have no priorities on RabbitMQ 3.x; use queue_type=classic")
+                      if not levels else native(limit=levels, note="x-max-priority on classic queues unimq declares")),
+            message_ttl=native(limit=MAX_DELAY_SECONDS, note="per-message expiration"),
+            deduplication=none("RabbitMQ has no de-duplication; de-duplicate by message_id in the consumer"),
+            replay=none("queues forget acked messages; streams are not mapped by this adapter"),
+            lock_extension=none("an unacked message stays with its consumer until settled or the channel closes"),
+            peek=none("basic.get + requeue would redeliver and reorder; use the management UI"),
+            batch_send=native(limit=1000, note="pipelined basic.publish, confirms awaited together; not atomic"),
+            headers=native(),
+            transactions=none(),
+            max_message_bytes=self.options.max_message_bytes,
+        )
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._caps
+
+    def capabilities_for(self, destination: str) -> Capabilities:
+        spec = self._specs.get(destination)
+        if spec is not None and spec.max_priority and self.options.queue_type == "classic":
+            return self._caps.model_copy(update={"priority": native(limit=spec.max_priority)})
+        return self._caps
+
+    @property
+    def native(self) -> AbstractRobustConnection | None:
+        """The aio_pika RobustConnection."""
+        return self._connection
+
+    # Connection
+
+    async def open(self) -> None:
+        options = self.options
+        vhost = unquote(self.url.path[1:]) if len(self.url.path) > 1 else "/"
+        tls = self.url.scheme == "amqps"
+        kwargs: dict[str, Any] = {
+            "host": self.url.host or "localhost",
+            "port": self.url.port or (5671 if tls else 5672),
+            "login": self.url.username or "guest",
+            "password": self.url.password if self.url.password is not None else "guest",
+            "virtualhost": vhost,
+            "timeout": options.connect_timeout,
+            "heartbeat": options.heartbeat,
+            "reconnect_interval": options.reconnect_interval,
+        }
+        if options.connection_name:
+            kwargs["client_properties"] = {"connection_name": options.connection_name}
+        if tls:
+            kwargs["ssl"] = True
+            kwargs["ssl_context"] = self._ssl_context()
+        self._connection = await aio_pika.connect_robust(**kwargs)
+        self._channel = await self._connection.channel(publisher_confirms=options.confirm, on_return_raises=True)
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        options = self.options
+        try:
+            context = ssl.create_default_context(cafile=options.ca_file)
+            if options.cert_file:
+                context.load_cert_chain(options.cert_file, options.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"rabbitmq: cannot load TLS files: {exc}") from exc
+        if not options.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    def _conn(self) -> AbstractRobustConnection:
+        if self._connection is None:
+            raise ConnectionError("rabbitmq: the driver is not connected")
+        return self._connection
+
+    # Topology
+
+    def _queue_args(self, destination: str, spec: DestinationSpec | None) -> dict[str, Any]:
+        args: dict[str, Any] = {}
+        if self.options.queue_type == "quorum":
+            args["x-queue-type"] = "quorum"
+            if spec is not None and spec.max_deliveries:
+                args["x-delivery-limit"] = spec.max_deliveries - 1
+                args["x-dead-letter-exchange"] = self.dead_letter_destination(destination)
+            if spec is not None and spec.replication:
+                args["x-quorum-initial-group-size"] = spec.replication
+        else:
+            levels = spec.max_priority if spec is not None and spec.max_priority else self.options.priority_levels
+            if levels:
+                args["x-max-priority"] = levels
+        if spec is not None and spec.retention:
+            args["x-message-ttl"] = int(spec.retention.total_seconds() * 1000)
+        return args
+
+    async def _declare(self, kind: str, name: str, **kwargs: Any) -> bool:
+        """Declare on a throw-away channel; False if it exists with other settings (kept as is)."""
+        async with self._conn().channel(publisher_confirms=False) as channel:
+            try:
+                if kind == "exchange":
+                    await channel.declare_exchange(name, ExchangeType.TOPIC, durable=True, **kwargs)
+                else:
+                    await channel.declare_queue(name, durable=True, **kwargs)
+                return True
+            except amqp_errors.ChannelPreconditionFailed:
+                pass
+        async with self._conn().channel(publisher_confirms=False) as channel:
+            if kind == "exchange":
+                await channel.get_exchange(name, ensure=True)
+            else:
+                await channel.declare_queue(name, passive=True)
+        return False
+
+    async def _bind(self, queue: str, exchange: str) -> None:
+        async with self._conn().channel(publisher_confirms=False) as channel:
+            declared = await channel.declare_queue(queue, passive=True)
+            await declared.bind(exchange, BIND_ALL)
+
+    async def declare_exchange(self, name: str) -> None:
+        if name not in self._exchanges:
+            await self._declare("exchange", name)
+            self._exchanges.add(name)
+
+    def spec(self, destination: str) -> DestinationSpec | None:
+        """What ensure() provisioned for ``destination`` in this process, if anything."""
+        return self._specs.get(destination)
+
+    def group_queue(self, destination: str, group: str | None) -> str:
+        return destination if group is None else f"{destination}.{group}"
+
+    async def declare_group(self, destination: str, group: str | None) -> str:
+        """Exchange, queue and binding of one group; returns the queue name."""
+        queue = self.group_queue(destination, group)
+        self._groups.setdefault(destination, set()).add(group)
+        if queue in self._queues:
+            return queue
+        async with self._topology_lock:
+            await self.declare_exchange(destination)
+            spec = self._specs.get(destination)
+            await self._declare("queue", queue, arguments=self._queue_args(destination, spec))
+            await self._bind(queue, destination)
+            self._queues.add(queue)
+        return queue
+
+    async def declare_dead_letter(self, destination: str) -> str:
+        """The dead-letter exchange and queue of ``destination``; returns the exchange name."""
+        target = self.dead_letter_destination(destination)
+        if target not in self._queues:
+            await self.declare_exchange(target)
+            await self._declare("queue", target, arguments=self._queue_args(target, None))
+            await self._bind(target, target)
+            self._queues.add(target)
+        return target
+
+    async def declare_delay_queue(self, origin: str, ms: int, into_exchange: bool) -> str:
+        """A TTL queue that dead-letters after ``ms`` into exchange ``origin`` or queue ``origin``."""
+        name = mapping.delay_queue(origin, ms)
+        now = time.monotonic()
+        if now - self._delay_queues.get(name, -REDECLARE_EVERY) >= REDECLARE_EVERY:
+            args: dict[str, Any] = {
+                "x-message-ttl": ms,
+                "x-expires": ms + DELAY_QUEUE_GRACE_MS,
+                "x-dead-letter-exchange": origin if into_exchange else "",
+            }
+            if not into_exchange:
+                args["x-dead-letter-routing-key"] = origin
+            await self._declare("queue", name, arguments=args)
+            self._delay_queues[name] = now
+        return name
+
+    async def ensure(self, destination: str, spec: DestinationSpec) -> None:
+        if spec.partitions and spec.partitions > 1:
+            raise CapabilityError("rabbitmq cannot honour partitions=: a queue is not partitioned. Use competing "
+                                  "consumers of one group, or one destination per partition.")
+        if spec.sessions:
+            raise CapabilityError.unsupported("rabbitmq", "sessions=True", "ordering",
+                                              "Use one destination per session, or per-key ordering elsewhere.")
+        if spec.replication and self.options.queue_type != "quorum":
+            raise CapabilityError("rabbitmq cannot honour replication= on classic queues; use queue_type=quorum")
+        if spec.max_priority and self.options.queue_type == "quorum":
+            raise CapabilityError.unsupported("rabbitmq (quorum)", "max_priority=", "priority",
+                                              "Use queue_type=classic, or a destination per priority.")
+        self._specs[destination] = spec
+        await self.declare_group(destination, None)
+        for group in spec.groups:
+            await self.declare_group(destination, group)
+        if spec.dead_letter or spec.max_deliveries:
+            await self.declare_dead_letter(destination)
+
+    # Publishing
+
+    def publish_channel(self) -> AbstractChannel:
+        if self._channel is None:
+            raise ConnectionError("rabbitmq: the driver is not connected")
+        return self._channel
+
+    async def publish(self, destination: str, messages: Sequence[Message]) -> Sequence[BaseException | None]:
+        await self.declare_exchange(destination)
+        persistent = self.options.persistent
+        sends = []
+        for message in messages:
+            if message.delay is not None and message.delay.total_seconds() > 0:
+                ms = mapping.delay_bucket(message.delay.total_seconds())
+                queue = await self.declare_delay_queue(destination, ms, into_exchange=True)
+                props = mapping.properties(message, persistent, {mapping.KEY: message.key or ""})
+                sends.append(("", queue, message.body, props))
+            else:
+                sends.append((destination, message.key or "", message.body, mapping.properties(message, persistent)))
+        return await self.send_raw(sends)
+
+    async def send_raw(self, sends: list[tuple[str, str, bytes, Basic.Properties]]) -> list[BaseException | None]:
+        """Publish (exchange, routing key, body, properties) tuples pipelined; await all confirms."""
+        channel = await self.publish_channel().get_underlay_channel()
+        timeout = self.options.publish_timeout
+        results = await asyncio.gather(
+            *(channel.basic_publish(body, exchange=exchange, routing_key=key, properties=props, mandatory=True,
+                                    timeout=timeout)
+              for exchange, key, body, props in sends),
+            return_exceptions=True,
+        )
+        return [self._result(r, exchange, key) for r, (exchange, key, _, _) in zip(results, sends, strict=True)]
+
+    def _result(
+        self, result: ConfirmationFrameType | BaseException | None, exchange: str, key: str
+    ) -> BaseException | None:
+        if result is None or isinstance(result, Basic.Ack):
+            return None
+        if isinstance(result, amqp_errors.PublishError):
+            return NotFound(f"rabbitmq: message unroutable: no queue is bound to exchange {exchange!r} for routing "
+                            f"key {key!r}; call broker.ensure() or start a consumer first")
+        if isinstance(result, BaseException):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            return self.map_error(result, f"publish to {exchange or key!r}")
+        return PublishError(f"rabbitmq: broker refused message on exchange {exchange!r} ({type(result).__name__})",
+                            retryable=True)
+
+    # Consuming and inspection
+
+    def subscription(self, destination: str, group: str | None, settings: ReceiveSettings) -> Subscription:
+        from unimq_rabbitmq.subscription import RabbitMQSubscription
+
+        return RabbitMQSubscription(self, destination, group, settings)
+
+    async def stats(self, destination: str, group: str | None) -> Stats:
+        queue = self.group_queue(destination, group)
+        async with self._conn().channel(publisher_confirms=False) as channel:
+            try:
+                declared = await channel.declare_queue(queue, passive=True)
+            except amqp_errors.ChannelNotFoundEntity:
+                raise NotFound(f"rabbitmq: no queue {queue!r} for destination {destination!r}") from None
+        depth = declared.declaration_result.message_count
+        consumers = declared.declaration_result.consumer_count
+        dead = None
+        async with self._conn().channel(publisher_confirms=False) as channel:
+            try:
+                dlq = await channel.declare_queue(self.dead_letter_destination(destination), passive=True)
+                dead = dlq.declaration_result.message_count
+            except amqp_errors.ChannelNotFoundEntity:
+                dead = 0
+        return Stats(destination=destination, group=group, depth=depth, dead_letter_depth=dead,
+                     detail={"queue": queue, "consumers": consumers})
+
+    async def delete(self, destination: str) -> None:
+        """Delete the exchange, the queues of the groups this process knows, the DLQ and delay queues."""
+        spec = self._specs.pop(destination, None)
+        groups = self._groups.pop(destination, set()) | {None} | set(spec.groups if spec else ())
+        queues = {self.group_queue(destination, g) for g in groups}
+        dlq = self.dead_letter_destination(destination)
+        queues.add(dlq)
+        delays = {q for q in self._delay_queues if any(q.startswith(f"{p}.delay.") for p in queues)}
+        async with self._conn().channel(publisher_confirms=False) as channel:
+            underlay = await channel.get_underlay_channel()
+            for queue in sorted(queues | delays):
+                await underlay.queue_delete(queue)
+                self._queues.discard(queue)
+                self._delay_queues.pop(queue, None)
+            for exchange in (destination, dlq):
+                await underlay.exchange_delete(exchange)
+                self._exchanges.discard(exchange)
+
+    def map_error(self, exc: BaseException, context: str) -> UnimqError:
+        detail = f"{context}: {type(exc).__name__}: {exc}"
+        if isinstance(exc, UnimqError):
+            return exc
+        if isinstance(exc, amqp_errors.ProbableAuthenticationError | amqp_errors.AuthenticationError):
+            return ConfigError(f"{detail} (check the user, password and vhost in the URL)")
+        if isinstance(exc, amqp_errors.ChannelNotFoundEntity):
+            return NotFound(detail)
+        if isinstance(exc, amqp_errors.ChannelPreconditionFailed | amqp_errors.ChannelAccessRefused):
+            return ConfigError(detail)
+        if isinstance(exc, amqp_errors.DeliveryError):
+            return PublishError(detail, retryable=True)
+        if isinstance(exc, amqp_errors.AMQPConnectionError | amqp_errors.ChannelInvalidStateError
+                      | amqp_errors.ChannelClosed | ConnectionResetError):
+            return ConnectionError(detail)
+        if isinstance(exc, TimeoutError):
+            return Timeout(detail)
+        if isinstance(exc, ValueError):
+            return ConfigError(detail)
+        return wrap(exc, context)

@@ -1,0 +1,149 @@
+"""Message ↔ AMQP 0-9-1: properties, headers, routing key, delivery attempt.
+
+The body travels untouched. ``message_id``, ``correlation_id``, ``reply_to``, ``content_type``,
+``timestamp`` (whole seconds), ``priority`` and ``ttl`` (``expiration``) are AMQP properties;
+``headers`` are the AMQP headers table; ``key`` is the routing key. The few ``x-unimq-*`` headers
+below exist only on copies that the emulations republish, and are removed again on receipt.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+from pamqp.commands import Basic
+
+from unimq.message import Message, new_message_id
+from unimq.reliability import ATTEMPT, DEAD_LETTER_REASON
+
+#: The routing key of a copy republished through the default exchange (delay, classic nack).
+KEY = "x-unimq-key"
+#: Absolute expiry (epoch ms) of a delayed message that also has a ttl: expiration cannot
+#: survive the dead-lettering that ends the delay, so the consumer checks this instead.
+EXPIRES_AT = "x-unimq-expires-at"
+DELIVERY_COUNT = "x-delivery-count"
+_DEATH = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
+          "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason")
+_TRANSPORT = (KEY, ATTEMPT, EXPIRES_AT, DELIVERY_COUNT)
+_DELAY_QUEUE = re.compile(r"\.delay\.\d+$")
+
+
+def delay_bucket(seconds: float) -> int:
+    """Milliseconds, rounded up to two significant digits, so that jittered backoffs share queues."""
+    ms = max(1, math.ceil(seconds * 1000))
+    if ms >= 100:
+        step = 10 ** (len(str(ms)) - 2)
+        ms = -(-ms // step) * step
+    return ms
+
+
+def delay_queue(queue: str, ms: int) -> str:
+    return f"{queue}.delay.{ms}"
+
+
+def properties(message: Message, persistent: bool, extra: dict[str, str] | None = None) -> Basic.Properties:
+    """AMQP properties of ``message``; ``extra`` adds transport headers for emulated copies."""
+    headers: dict[str, Any] = dict(message.headers)
+    if extra:
+        headers.update(extra)
+    expiration = None
+    if message.ttl is not None:
+        ttl_ms = max(0, math.ceil(message.ttl.total_seconds() * 1000))
+        if message.delay is not None and message.delay.total_seconds() > 0:
+            headers[EXPIRES_AT] = str(int(time.time() * 1000) + ttl_ms)
+        else:
+            expiration = str(ttl_ms)
+    return Basic.Properties(
+        content_type=message.content_type,
+        headers=headers or None,
+        delivery_mode=2 if persistent else 1,
+        priority=message.priority,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        expiration=expiration,
+        message_id=message.message_id,
+        timestamp=message.timestamp or datetime.now(UTC),
+    )
+
+
+def header_text(value: Any) -> str:
+    """An AMQP table value as the string unimq headers are."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str, separators=(",", ":"))
+    return str(value)
+
+
+def _from_delay_queue(raw: dict[str, Any]) -> bool:
+    queue = raw.get("x-first-death-queue")
+    return isinstance(queue, str | bytes) and bool(_DELAY_QUEUE.search(header_text(queue)))
+
+
+def to_message(incoming: AbstractIncomingMessage) -> Message:
+    """The unimq view of a received AMQP message (transport headers removed)."""
+    raw = incoming.headers or {}
+    strip = _TRANSPORT + _DEATH if _from_delay_queue(raw) else _TRANSPORT
+    headers = {k: header_text(v) for k, v in raw.items() if k not in strip}
+    if DEAD_LETTER_REASON not in headers and "x-first-death-reason" in raw and "x-death" not in strip:
+        queue = header_text(raw.get("x-first-death-queue", "?"))
+        headers[DEAD_LETTER_REASON] = f"dead-lettered by RabbitMQ from queue {queue}: " + header_text(
+            raw["x-first-death-reason"])
+    # A copy that went through the default exchange carries its key in a header; otherwise the
+    # routing key is the key, unless the message came straight through the default exchange.
+    key = incoming.routing_key if incoming.exchange else None
+    if KEY in raw:
+        key = header_text(raw[KEY])
+    timestamp = incoming.timestamp
+    if timestamp is not None and timestamp.tzinfo is None:
+        timestamp = timestamp.replace(tzinfo=UTC)
+    return Message(
+        body=incoming.body,
+        key=key or None,
+        headers=headers,
+        message_id=incoming.message_id or new_message_id(),
+        correlation_id=incoming.correlation_id,
+        reply_to=incoming.reply_to,
+        content_type=incoming.content_type,
+        timestamp=timestamp,
+        priority=incoming.priority or None,
+    )
+
+
+def attempt(incoming: AbstractIncomingMessage) -> int:
+    """Delivery attempt: unimq's republish count plus the broker's own redelivery count.
+
+    Quorum queues count returns exactly (``x-delivery-count``); classic queues only say whether
+    the message was delivered before (``redelivered``), so a classic redelivery after a lost
+    connection counts as one more attempt however many times it happened.
+    """
+    raw = incoming.headers or {}
+    try:
+        base = int(header_text(raw.get(ATTEMPT, 1)))
+    except ValueError:
+        base = 1
+    count = raw.get(DELIVERY_COUNT)
+    if isinstance(count, int):
+        return base + count
+    return base + (1 if incoming.redelivered else 0)
+
+
+def expired(incoming: AbstractIncomingMessage) -> bool:
+    """Whether a delayed message's emulated ttl ran out while it waited."""
+    raw = incoming.headers or {}
+    due = raw.get(EXPIRES_AT)
+    if due is None:
+        return False
+    try:
+        return int(header_text(due)) <= time.time() * 1000
+    except ValueError:
+        return False
