@@ -1,0 +1,487 @@
+"""``nats://`` and ``tls://``: NATS JetStream (default) or core NATS (``?jetstream=false``) via nats-py.
+
+A destination is a subject. By default each destination has its own stream (``UNIMQ_<subject>``,
+subjects ``[<subject>]``, limits retention), created by ``ensure()`` or on first use; ``?stream=NAME``
+uses one existing stream instead. A group is a durable pull consumer filtered on the subject;
+group None is the durable ``default``. See docs/backends/nats.md for the whole mapping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections import OrderedDict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+from pydantic import BaseModel
+
+from unimq.capabilities import Capabilities
+from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Start, Stats, Subscription
+from unimq.errors import (
+    CapabilityError,
+    ConfigError,
+    ConnectionError,
+    MessageTooLarge,
+    NotFound,
+    Timeout,
+    UnimqError,
+    wrap,
+)
+from unimq.message import Message
+from unimq.reliability import NOT_BEFORE
+from unimq.url import BrokerURL
+from unimq_nats.core import CoreSubscription
+from unimq_nats.jetstream import JetStreamSubscription
+from unimq_nats.mapping import (
+    DEFAULT_DURABLE,
+    EXPIRES,
+    check_subject,
+    core_capabilities,
+    describe,
+    described,
+    durable_name,
+    jetstream_capabilities,
+    seconds_until,
+    stream_name,
+    to_headers,
+    to_message,
+)
+from unimq_nats.options import NatsOptions
+
+log = logging.getLogger("unimq.nats")
+
+
+class Deferrals:
+    """How many times this process deferred a message (emulated delay), so ``attempt`` excludes them.
+
+    Bounded: the oldest entries are forgotten first. A deferral made by another process is not
+    known here, so such a message may arrive with ``attempt`` one higher.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._counts: OrderedDict[tuple[str, str, int], int] = OrderedDict()
+        self._max = max_entries
+
+    def defer(self, stream: str, durable: str, seq: int) -> None:
+        key = (stream, durable, seq)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        if len(self._counts) > self._max:
+            self._counts.popitem(last=False)
+
+    def count(self, stream: str, durable: str, seq: int) -> int:
+        return self._counts.get((stream, durable, seq), 0) if self._counts else 0
+
+    def forget(self, stream: str, durable: str, seq: int) -> None:
+        if self._counts:
+            self._counts.pop((stream, durable, seq), None)
+
+
+class NatsDriver(Driver):
+    name = "nats"
+    Options: ClassVar[type[BaseModel]] = NatsOptions
+    options: NatsOptions
+
+    def __init__(self, url: BrokerURL, options: NatsOptions) -> None:
+        super().__init__(url, options)
+        build = jetstream_capabilities if options.jetstream else core_capabilities
+        self._caps = build(options.max_message_bytes, options.max_batch)
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._streams: dict[str, str] = {}
+        self._stream_locks: dict[str, asyncio.Lock] = {}
+        self.deferrals = Deferrals()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._caps
+
+    @property
+    def native(self) -> Client | None:
+        """The nats-py ``nats.aio.client.Client``; ``broker.native.jetstream()`` gives JetStream."""
+        return self._nc
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None:
+            raise ConnectionError("nats: not connected")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise CapabilityError("nats: JetStream is off (?jetstream=false)")
+        return self._js
+
+    @property
+    def js_prefix(self) -> str:
+        return self.js._prefix
+
+    # Connection
+
+    async def open(self) -> None:
+        opts = self.options
+        url = self.url
+        scheme = "tls" if url.scheme == "tls" else "nats"
+        servers = [f"{scheme}://{host}:{port or 4222}" for host, port in url.hosts] or [f"{scheme}://127.0.0.1:4222"]
+        kwargs: dict[str, Any] = {
+            "servers": servers, "name": opts.name, "connect_timeout": opts.connect_timeout,
+            "max_reconnect_attempts": opts.max_reconnect_attempts, "error_cb": _log_error,
+            "disconnected_cb": _log_disconnect, "reconnected_cb": _log_reconnect,
+        }
+        if url.username is not None:
+            kwargs["user"] = url.username
+            kwargs["password"] = url.password or ""
+        if opts.token:
+            kwargs["token"] = opts.token
+        if opts.nkey_seed:
+            kwargs["nkeys_seed_str"] = opts.nkey_seed
+        if opts.creds:
+            kwargs["user_credentials"] = opts.creds
+        if url.scheme == "tls" or opts.ca or opts.cert:
+            kwargs["tls"] = self._tls_context()
+            if opts.tls_hostname:
+                kwargs["tls_hostname"] = opts.tls_hostname
+        self._nc = await nats.connect(**kwargs)
+        if opts.jetstream:
+            self._js = self._nc.jetstream(timeout=opts.api_timeout)
+            try:
+                await self._js.account_info()
+            except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError,
+                    nats.errors.TimeoutError) as exc:
+                await self._nc.close()
+                raise ConfigError(
+                    f"nats: JetStream is not enabled for this account on {url.redacted()} ({type(exc).__name__}); "
+                    "enable it on the server (-js) or connect with ?jetstream=false"
+                ) from exc
+
+    def _tls_context(self) -> ssl.SSLContext:
+        opts = self.options
+        try:
+            context = ssl.create_default_context(cafile=opts.ca)
+            if opts.cert:
+                context.load_cert_chain(opts.cert, opts.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"nats: TLS options ca/cert/key: {exc}") from exc
+        return context
+
+    async def close(self) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(nats.errors.Error):
+                await self._nc.drain()
+            if not self._nc.is_closed:
+                await self._nc.close()
+
+    # Publishing
+
+    async def publish(self, destination: str, messages: Sequence[Message]) -> Sequence[BaseException | None]:
+        check_subject(destination)
+        if self._js is None:
+            return await self._publish_core(destination, messages)
+        await self.stream_ready(destination)
+        results = await self._publish_js(destination, messages)
+        if any(isinstance(r, nats.js.errors.NoStreamResponseError) for r in results):
+            # The stream was deleted behind our back: create it again and resend those messages once.
+            self._streams.pop(destination, None)
+            await self.stream_ready(destination)
+            again = [i for i, r in enumerate(results) if isinstance(r, nats.js.errors.NoStreamResponseError)]
+            retried = await self._publish_js(destination, [messages[i] for i in again])
+            results = list(results)
+            for i, result in zip(again, retried, strict=True):
+                results[i] = result
+        return [None if r is None else self.map_error(r, f"publish to {destination}") for r in results]
+
+    async def _publish_js(self, destination: str, messages: Sequence[Message]) -> list[BaseException | None]:
+        """Pipelined: every publish written at once, then all acks awaited within api_timeout."""
+        js = self.js
+        timeout = self.options.api_timeout
+        futures = [
+            await js.publish_async(destination, m.body, wait_stall=timeout, headers=to_headers(m))
+            for m in messages
+        ]
+        _, pending = await asyncio.wait(futures, timeout=timeout)
+        for future in pending:
+            future.cancel()
+        results: list[BaseException | None] = []
+        for future in futures:
+            if future.cancelled():
+                results.append(Timeout(f"nats: no publish ack from JetStream within {timeout:g}s"))
+            else:
+                results.append(future.exception())
+        return results
+
+    async def _publish_core(self, destination: str, messages: Sequence[Message]) -> list[BaseException | None]:
+        nc = self.nc
+        for m in messages:
+            await nc.publish(destination, m.body, headers=to_headers(m))
+        await nc.flush(timeout=int(max(1, self.options.api_timeout)))
+        return [None] * len(messages)
+
+    # Streams and durables
+
+    async def stream_ready(self, destination: str) -> str:
+        """The stream holding ``destination``, created (per-destination mode) if missing."""
+        name = self._streams.get(destination)
+        if name is not None:
+            return name
+        lock = self._stream_locks.setdefault(destination, asyncio.Lock())
+        async with lock:
+            name = self._streams.get(destination)
+            if name is None:
+                name = await self._find_or_create_stream(destination, None)
+                self._streams[destination] = name
+        return name
+
+    async def _find_or_create_stream(self, destination: str, spec: DestinationSpec | None) -> str:
+        check_subject(destination)
+        js = self.js
+        if self.options.stream:
+            info = await js.stream_info(self.options.stream)
+            if spec is not None:
+                await self._update_stream(info, spec)
+            return info.config.name or self.options.stream
+        name = stream_name(destination)
+        try:
+            info = await js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            config = api.StreamConfig(
+                name=name, subjects=[destination], retention=api.RetentionPolicy.LIMITS,
+                storage=api.StorageType(self.options.storage), num_replicas=self.options.replicas,
+                description=describe({}),
+            )
+            if spec is not None:
+                config = _apply_spec(config, spec)
+            try:
+                await js.add_stream(config)
+                return name
+            except nats.js.errors.BadRequestError:
+                info = await js.stream_info(name)  # created concurrently by someone else
+        if destination not in (info.config.subjects or []):
+            raise ConfigError(
+                f"nats: stream {name!r} already exists for subjects {info.config.subjects}, not {destination!r}; "
+                "pass ?stream=NAME to use a stream of your own"
+            )
+        if spec is not None:
+            await self._update_stream(info, spec)
+        return name
+
+    async def _update_stream(self, info: api.StreamInfo, spec: DestinationSpec) -> None:
+        config = _apply_spec(info.config, spec)
+        if config != info.config:
+            await self.js.update_stream(config)
+
+    async def durable(
+        self, stream: str, destination: str, durable: str, lock_timeout: float | None, start: Start,
+        max_deliveries: int | None = None,
+    ) -> api.ConsumerInfo:
+        """Find or create the durable of a group; a different lock_timeout updates its ack_wait."""
+        js = self.js
+        info: api.ConsumerInfo
+        try:
+            info = await js.consumer_info(stream, durable)
+        except nats.js.errors.NotFoundError:
+            settings = described((await js.stream_info(stream)).config.description)
+            ack_wait = lock_timeout or settings.get("lock_timeout") or self.options.lock_timeout
+            limit = max_deliveries or settings.get("max_deliveries")
+            config = api.ConsumerConfig(
+                durable_name=durable, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=float(ack_wait),
+                filter_subject=destination, description=describe({"max_deliveries": limit} if limit else {}),
+                **_deliver_policy(start),
+            )
+            try:
+                return await js.add_consumer(stream, config)
+            except nats.js.errors.BadRequestError:
+                info = await js.consumer_info(stream, durable)  # created concurrently
+        config = info.config
+        if config.filter_subject not in (destination, None, "", ">"):
+            raise ConfigError(
+                f"nats: durable {durable!r} of stream {stream!r} filters {config.filter_subject!r}, "
+                f"not {destination!r}; use another group name"
+            )
+        changes: dict[str, Any] = {}
+        if lock_timeout and abs((config.ack_wait or 0) - lock_timeout) > 1e-3:
+            changes["ack_wait"] = float(lock_timeout)
+        if max_deliveries and described(config.description).get("max_deliveries") != max_deliveries:
+            changes["description"] = describe({**described(config.description), "max_deliveries": max_deliveries})
+        if changes:
+            info = await js.add_consumer(stream, config.evolve(**changes))
+        return info
+
+    # The rest of the driver interface
+
+    def subscription(self, destination: str, group: str | None, settings: ReceiveSettings) -> Subscription:
+        check_subject(destination)
+        if self._js is None:
+            return CoreSubscription(self, destination, group, settings)
+        return JetStreamSubscription(self, destination, group, settings)
+
+    async def ensure(self, destination: str, spec: DestinationSpec) -> None:
+        check_subject(destination)
+        if spec.partitions and spec.partitions > 1:
+            raise CapabilityError.unsupported(self._caps.backend, "partitions=", "partitions",
+                                              "NATS has no partitions: competing consumers of a group scale out.")
+        if spec.sessions:
+            raise CapabilityError.unsupported(self._caps.backend, "sessions=", "sessions",
+                                              "Use a destination (subject) per session.")
+        if self._js is None:
+            for option, value in (("max_deliveries", spec.max_deliveries), ("lock_timeout", spec.lock_timeout),
+                                  ("retention", spec.retention)):
+                if value:
+                    raise CapabilityError(f"nats-core cannot honour {option}=: nothing is stored or redelivered")
+            return
+        async with self._stream_locks.setdefault(destination, asyncio.Lock()):
+            stream = await self._find_or_create_stream(destination, spec)
+            self._streams[destination] = stream
+        lock = spec.lock_timeout.total_seconds() if spec.lock_timeout else None
+        for group in spec.groups or (None,):
+            await self.durable(stream, destination, durable_name(group), lock, None, spec.max_deliveries)
+        if spec.dead_letter:
+            await self.stream_ready(self.dead_letter_destination(destination))
+
+    async def peek(self, destination: str, count: int) -> list[Message]:
+        js = self.js
+        stream = self._streams.get(destination) or self.options.stream or stream_name(destination)
+        info = await js.stream_info(stream)
+        seq = info.state.first_seq
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            floor = (await js.consumer_info(stream, DEFAULT_DURABLE)).ack_floor
+            seq = max(seq, (floor.stream_seq if floor else 0) + 1)
+        out: list[Message] = []
+        while len(out) < count and seq <= info.state.last_seq:
+            try:
+                raw = await js.get_msg(stream, seq, subject=destination, next=True)
+            except nats.js.errors.NotFoundError:
+                break
+            seq = (raw.seq or seq) + 1
+            headers = raw.headers
+            if seconds_until(headers, EXPIRES) <= 0 or 0 < seconds_until(headers, NOT_BEFORE) < float("inf"):
+                continue
+            out.append(to_message(raw.data or b"", headers, f"{stream}-{raw.seq}", raw.time))
+        return out
+
+    async def stats(self, destination: str, group: str | None) -> Stats:
+        if self._js is None:
+            return Stats(destination=destination, group=group, detail={"mode": "core"})
+        js = self.js
+        stream = self._streams.get(destination) or self.options.stream or stream_name(destination)
+        state = (await js.stream_info(stream)).state
+        detail: dict[str, Any] = {"stream": stream, "stream_messages": state.messages}
+        depth: int | None = state.messages
+        in_flight = None
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            info = await js.consumer_info(stream, durable_name(group))
+            depth, in_flight = info.num_pending, info.num_ack_pending
+            detail.update(durable=info.name, num_redelivered=info.num_redelivered, num_waiting=info.num_waiting)
+        dead = None
+        dlq = self.dead_letter_destination(destination)
+        dlq_stream = self._streams.get(dlq) or (None if self.options.stream else stream_name(dlq))
+        if dlq_stream:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                dead = (await js.stream_info(dlq_stream)).state.messages
+                dlq_durable = await js.consumer_info(dlq_stream, DEFAULT_DURABLE)
+                dead = (dlq_durable.num_pending or 0) + (dlq_durable.num_ack_pending or 0)
+        return Stats(destination=destination, group=group, depth=depth, in_flight=in_flight,
+                     dead_letter_depth=dead, lag=depth, detail=detail)
+
+    async def destinations(self) -> list[str]:
+        js = self.js
+        names: set[str] = set()
+        offset = 0
+        while True:
+            page = await js.streams_info(offset)
+            for info in page:
+                names.update(s for s in info.config.subjects or [] if "*" not in s and ">" not in s)
+            offset += len(page)
+            if len(page) < 256:
+                return sorted(names)
+
+    async def delete(self, destination: str) -> None:
+        if self._js is None:
+            return
+        js = self.js
+        for name in (destination, self.dead_letter_destination(destination)):
+            self._streams.pop(name, None)
+            if self.options.stream:
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    for info in await js.consumers_info(self.options.stream):
+                        if info.config.filter_subject == name:
+                            await js.delete_consumer(self.options.stream, info.name)
+                    await js.purge_stream(self.options.stream, subject=name)
+            else:
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await js.delete_stream(stream_name(name))
+
+    def map_error(self, exc: BaseException, context: str) -> UnimqError:
+        if isinstance(exc, UnimqError):
+            return exc
+        detail = f"{context}: {type(exc).__name__}: {exc}"
+        if isinstance(exc, nats.errors.MaxPayloadError):
+            return MessageTooLarge(detail)
+        if isinstance(exc, nats.errors.AuthorizationError | nats.errors.InvalidUserCredentialsError):
+            return ConnectionError(detail, retryable=False)
+        if isinstance(exc, (nats.errors.NoServersError, nats.errors.ConnectionClosedError,
+                            nats.errors.ConnectionReconnectingError, nats.errors.StaleConnectionError,
+                            nats.errors.OutboundBufferLimitError, nats.errors.ConnectionDrainingError,
+                            nats.js.errors.ServiceUnavailableError)):
+            return ConnectionError(detail)
+        if isinstance(exc, nats.js.errors.NoStreamResponseError | nats.errors.NoRespondersError):
+            return NotFound(f"{detail} (no stream for this subject)", retryable=True)
+        if isinstance(exc, nats.js.errors.NotFoundError):
+            return NotFound(detail)
+        if isinstance(exc, nats.js.errors.BadRequestError):
+            return ConfigError(detail)
+        if isinstance(exc, nats.errors.TimeoutError | nats.js.errors.TooManyStalledMsgsError):
+            return Timeout(detail)
+        return wrap(exc, context)
+
+
+def _apply_spec(config: api.StreamConfig, spec: DestinationSpec) -> api.StreamConfig:
+    changes: dict[str, Any] = {}
+    settings = described(config.description)
+    if spec.deduplication:
+        changes["duplicate_window"] = spec.deduplication.total_seconds()
+    if spec.retention:
+        changes["max_age"] = spec.retention.total_seconds()
+    if spec.replication:
+        changes["num_replicas"] = spec.replication
+    if spec.max_deliveries:
+        settings["max_deliveries"] = spec.max_deliveries
+    if spec.lock_timeout:
+        settings["lock_timeout"] = spec.lock_timeout.total_seconds()
+    if settings != described(config.description):
+        changes["description"] = describe(settings)
+    return config.evolve(**changes) if changes else config
+
+
+def _deliver_policy(start: Start) -> dict[str, Any]:
+    """A new durable starts at: everything (default and 'earliest'), new messages, a time or a sequence."""
+    if start == "latest":
+        return {"deliver_policy": api.DeliverPolicy.NEW}
+    if isinstance(start, datetime):
+        return {
+            "deliver_policy": api.DeliverPolicy.BY_START_TIME, "opt_start_time": start.astimezone(UTC).isoformat(),
+        }
+    if isinstance(start, int) and not isinstance(start, bool):
+        return {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": start}
+    return {"deliver_policy": api.DeliverPolicy.ALL}
+
+
+async def _log_error(exc: Exception) -> None:
+    log.debug("nats client error: %s: %s", type(exc).__name__, exc)
+
+
+async def _log_disconnect() -> None:
+    log.info("nats: disconnected, reconnecting")
+
+
+async def _log_reconnect() -> None:
+    log.info("nats: reconnected")
+

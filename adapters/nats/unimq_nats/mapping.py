@@ -1,0 +1,169 @@
+"""The NATS mapping: names, headers ↔ :class:`~unimq.message.Message`, capability declarations."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+from unimq.capabilities import Capabilities, emulated, native, none
+from unimq.errors import ConfigError
+from unimq.message import Message
+from unimq.reliability import NOT_BEFORE
+
+#: Header names unimq's fields travel in (``Nats-Msg-Id`` is JetStream's own de-duplication header).
+MSG_ID = "Nats-Msg-Id"
+CONTENT_TYPE = "Content-Type"
+CORRELATION_ID = "Correlation-Id"
+REPLY_TO = "Reply-To"
+KEY = "Message-Key"
+#: Emulated per-message TTL: absolute expiry, epoch milliseconds (server 2.11's Nats-TTL is not used).
+EXPIRES = "x-unimq-expires"
+#: Prefix of the stream/durable description where unimq records what ensure() asked for.
+MARKER = "unimq "
+DEFAULT_DURABLE = "default"
+
+_SUBJECT = re.compile(r"^[^\s*>.]+(\.[^\s*>.]+)*$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def check_subject(destination: str) -> str:
+    """A destination is a literal subject: no wildcards, no empty tokens, no whitespace."""
+    if not _SUBJECT.match(destination):
+        raise ConfigError(
+            f"nats: destination {destination!r} is not a literal NATS subject "
+            "(dot-separated tokens without spaces, '*' or '>')"
+        )
+    return destination
+
+
+def stream_name(destination: str) -> str:
+    """The stream unimq creates for a destination: ``UNIMQ_`` + the subject with ``.`` etc. → ``_``."""
+    return "UNIMQ_" + _UNSAFE.sub("_", destination)
+
+
+def durable_name(group: str | None) -> str:
+    """The durable pull consumer of a group (consumer names cannot hold ``.``, ``*``, ``>``, spaces)."""
+    return _UNSAFE.sub("_", group) if group else DEFAULT_DURABLE
+
+
+def describe(settings: dict[str, Any]) -> str:
+    return MARKER + json.dumps(settings, sort_keys=True)
+
+
+def described(description: str | None) -> dict[str, Any]:
+    """What ensure() recorded in a stream or durable description (empty if not unimq's)."""
+    if not description or not description.startswith(MARKER):
+        return {}
+    try:
+        value = json.loads(description[len(MARKER):])
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def to_headers(message: Message) -> dict[str, str]:
+    headers = dict(message.headers)
+    headers[MSG_ID] = message.message_id
+    if message.content_type:
+        headers[CONTENT_TYPE] = message.content_type
+    if message.correlation_id:
+        headers[CORRELATION_ID] = message.correlation_id
+    if message.reply_to:
+        headers[REPLY_TO] = message.reply_to
+    if message.key is not None:
+        headers[KEY] = message.key
+    now = time.time()
+    if message.delay is not None and message.delay.total_seconds() > 0:
+        headers[NOT_BEFORE] = str(int((now + message.delay.total_seconds()) * 1000))
+    if message.ttl is not None:
+        headers[EXPIRES] = str(int((now + message.ttl.total_seconds()) * 1000))
+    return headers
+
+
+def to_message(data: bytes, headers: dict[str, str] | None, fallback_id: str, timestamp: datetime | None) -> Message:
+    """Rebuild a Message; a message from a plain client without ``Nats-Msg-Id`` gets ``fallback_id``."""
+    if not headers:
+        return Message(body=data, message_id=fallback_id, timestamp=timestamp)
+    headers = dict(headers)
+    message_id = headers.pop(MSG_ID, None) or fallback_id
+    ttl = None
+    expires = headers.pop(EXPIRES, None)
+    if expires and timestamp is not None:
+        ttl = timedelta(milliseconds=max(0, _int(expires) - int(timestamp.timestamp() * 1000)))
+    return Message(
+        body=data, headers=headers, message_id=message_id, key=headers.pop(KEY, None),
+        correlation_id=headers.pop(CORRELATION_ID, None), reply_to=headers.pop(REPLY_TO, None),
+        content_type=headers.pop(CONTENT_TYPE, None), timestamp=timestamp, ttl=ttl,
+    )
+
+
+def seconds_until(headers: dict[str, str] | None, name: str) -> float:
+    """Seconds until the epoch-milliseconds time in header ``name`` (negative if past, inf if absent)."""
+    value = headers.get(name) if headers else None
+    if not value:
+        return float("inf")
+    return _int(value) / 1000 - time.time()
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return 0
+
+
+def jetstream_capabilities(max_message_bytes: int, max_batch: int) -> Capabilities:
+    return Capabilities(
+        backend="nats",
+        persistence=native(note="JetStream stream, file storage by default (?storage=memory)"),
+        fanout=native(note="one durable pull consumer per group"),
+        competing_consumers=native(note="consumers of a group share its durable"),
+        ordering="global",
+        ordering_note="stream order of one destination, for one consumer of a group; competing consumers "
+                      "and redeliveries interleave",
+        delayed_delivery=emulated(note="x-unimq-not-before header; a consumer that receives the message early "
+                                       "naks it with the remaining delay (server 2.12 scheduling not used)"),
+        nack_delay=native(note="nak with delay"),
+        dead_letter=emulated(note="reject = copy to <destination>.dlq (reason in x-unimq-dead-letter-reason) "
+                                  "then term; past max_deliveries the copy is made on the next receipt"),
+        priority=none("JetStream has no priorities; use a destination per priority"),
+        message_ttl=emulated(note="x-unimq-expires header; an expired message is acked and dropped on receipt "
+                                  "and stays in the stream until its retention removes it"),
+        deduplication=native(note="Nats-Msg-Id = message_id within the stream's duplicate_window "
+                                  "(server default 2 min; ensure(deduplication=) sets it)"),
+        replay=native(note="start= maps to the durable's deliver policy (all/new/by time/by sequence)"),
+        lock_extension=native(note="in_progress resets ack_wait; longer extensions are renewed every "
+                                   "ack_wait/2 until settled"),
+        peek=native(note="stream reads from the default durable's ack floor"),
+        batch_send=native(limit=max_batch, note="pipelined publishes, acks awaited together; not atomic"),
+        headers=native(),
+        transactions=none(),
+        max_message_bytes=max_message_bytes,
+    )
+
+
+def core_capabilities(max_message_bytes: int, max_batch: int) -> Capabilities:
+    return Capabilities(
+        backend="nats-core",
+        persistence=none("at-most-once: a message with no subscriber, or one lost with a connection, is gone"),
+        fanout=native(note="one queue group per group"),
+        competing_consumers=native(note="queue group members"),
+        ordering="global",
+        ordering_note="publish order of one connection, for one subscriber",
+        delayed_delivery=none(),
+        nack_delay=none(),
+        dead_letter=none(),
+        priority=none(),
+        message_ttl=none(),
+        deduplication=none(),
+        replay=none(),
+        lock_extension=none(),
+        peek=none(),
+        batch_send=native(limit=max_batch, note="written then flushed once; 'accepted' = the server read them"),
+        headers=native(),
+        transactions=none(),
+        max_message_bytes=max_message_bytes,
+    )

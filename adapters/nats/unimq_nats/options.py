@@ -1,0 +1,41 @@
+"""Query parameters of ``nats://`` and ``tls://`` URLs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from unimq.errors import register_secret
+
+
+class NatsOptions(BaseModel):
+    """``nats://user:pass@host:4222,host2:4222?jetstream=true&stream=...``; see docs/backends/nats.md."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jetstream: bool = Field(True, description="false = core NATS: at-most-once, no persistence")
+    stream: str | None = Field(None, description="use this existing stream for every destination")
+    token: str | None = Field(None, description="token authentication")
+    nkey_seed: str | None = Field(None, description="NKey seed (SU...) for nkey authentication")
+    creds: str | None = Field(None, description="path of a .creds file (JWT + NKey)")
+    ca: str | None = Field(None, description="CA bundle path for TLS")
+    cert: str | None = Field(None, description="client certificate path (mutual TLS)")
+    key: str | None = Field(None, description="client key path (mutual TLS)")
+    tls_hostname: str | None = None
+    name: str | None = Field(None, description="client connection name shown by the server")
+    connect_timeout: float = Field(2.0, gt=0)
+    max_reconnect_attempts: int = Field(-1, description="-1 = reconnect forever")
+    api_timeout: float = Field(5.0, gt=0, description="seconds to wait for a JetStream API or publish ack")
+    lock_timeout: float = Field(30.0, gt=0, description="ack_wait of durables unimq creates, seconds")
+    max_message_bytes: int = Field(1024 * 1024, ge=1, description="the server's max_payload")
+    max_batch: int = Field(1000, ge=1, description="messages per pipelined publish")
+    storage: Literal["file", "memory"] = "file"
+    replicas: int = Field(1, ge=1, le=5)
+    core_pending_limit: int = Field(65536, ge=1, description="core mode: buffered messages before drops")
+
+    @field_validator("token", "nkey_seed")
+    @classmethod
+    def _secret(cls, value: str | None) -> str | None:
+        register_secret(value)
+        return value
