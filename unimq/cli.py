@@ -1,4 +1,4 @@
-"""The ``unimq`` command line: demo, send, consume, capabilities, backends.
+"""The ``unimq`` command line: demo, send, consume, capabilities, backends, peek, stats, ls, mcp.
 
 Every command takes a broker URL (default ``$UNIMQ_URL``, else ``memory://``). Errors print as
 one line naming the problem, with no traceback and no secret, and exit with status 2.
@@ -17,7 +17,7 @@ from typing import Any
 
 import unimq
 from unimq import registry
-from unimq.errors import UnimqError
+from unimq.errors import ConfigError, UnimqError
 from unimq.message import Delivery
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
@@ -88,6 +88,63 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     return await run_demo(_url(args), args.orders)
 
 
+async def cmd_peek(args: argparse.Namespace) -> int:
+    from unimq import inspect
+
+    async with unimq.connect(_url(args)) as broker:
+        for view in await inspect.peek(broker, args.destination, args.count):
+            if args.json:
+                print(view.model_dump_json())
+            else:
+                meta = {k: v for k, v in view.model_dump(exclude={"body", "body_bytes", "truncated"}).items() if v}
+                print(" ".join(f"{k}={v}" for k, v in meta.items()))
+                print(f"  {view.body}")
+    return 0
+
+
+async def cmd_stats(args: argparse.Namespace) -> int:
+    from unimq import inspect
+
+    async with unimq.connect(_url(args)) as broker:
+        props = await inspect.destination_properties(broker, args.destination, args.group)
+    if args.json:
+        print(props.model_dump_json(indent=2))
+        return 0
+    for name in ("destination", "group", "backend", "depth", "in_flight", "dead_letter_depth",
+                 "dead_letter_destination", "lag"):
+        value = getattr(props, name)
+        print(f"{name:<24} {'-' if value is None else value}")
+    for name, value in props.detail.items():
+        print(f"{name:<24} {value}")
+    return 0
+
+
+async def cmd_ls(args: argparse.Namespace) -> int:
+    from unimq import inspect
+
+    async with unimq.connect(_url(args)) as broker:
+        names = await inspect.list_destinations(broker)
+    print(json.dumps(names) if args.json else "\n".join(names))
+    return 0
+
+
+async def cmd_mcp(args: argparse.Namespace) -> int:
+    try:
+        from unimq.mcp import Policy, serve
+    except ImportError as exc:
+        raise ConfigError(f'the MCP server needs the MCP SDK: pip install "unimq[mcp]" ({exc})') from None
+    try:
+        policy = Policy(
+            allow_write=args.allow_write, allow_destinations=tuple(args.allow_destination),
+            max_body_bytes=args.max_body_bytes, max_count=args.max_count, max_wait=args.max_wait,
+            lock_seconds=args.lock_seconds,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"mcp options: {exc}") from None
+    await serve(_url(args), policy, http=args.http, host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unimq", description="One interface over many message brokers.")
     parser.add_argument("--version", action="version", version=f"unimq {unimq.__version__}")
@@ -126,6 +183,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--destination", help="capabilities of one destination, where they differ")
 
     command("backends", cmd_backends, "list installed adapters and their URL schemes", url=False)
+
+    p = command("peek", cmd_peek, "show waiting messages without consuming them", url=False)
+    p.add_argument("url")
+    p.add_argument("destination")
+    p.add_argument("--count", type=int, default=10)
+    p.add_argument("--json", action="store_true", help="print one JSON object per message")
+
+    p = command("stats", cmd_stats, "show depth, in-flight, dead-letter depth and lag of a destination", url=False)
+    p.add_argument("url")
+    p.add_argument("destination")
+    p.add_argument("--group")
+    p.add_argument("--json", action="store_true")
+
+    p = command("ls", cmd_ls, "list destinations")
+    p.add_argument("--json", action="store_true")
+
+    p = command("mcp", cmd_mcp, "serve queue tools to AI assistants (Model Context Protocol); see docs/mcp.md")
+    p.add_argument("--http", action="store_true", help="serve streamable HTTP at http://HOST:PORT/mcp, not stdio")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--allow-write", action="store_true",
+                   help="enable send_message, receive_messages, settle_message and request_reply")
+    p.add_argument("--allow-destination", action="append", default=[], metavar="GLOB",
+                   help="only these destinations (repeatable, glob patterns); default: all")
+    p.add_argument("--max-body-bytes", type=int, default=256 * 1024, help="largest body sent or shown")
+    p.add_argument("--max-count", type=int, default=50, help="most messages per peek or receive")
+    p.add_argument("--max-wait", type=float, default=60.0, help="longest wait in seconds")
+    p.add_argument("--lock-seconds", type=float, default=60.0, help="how long receive lock handles live")
     return parser
 
 
