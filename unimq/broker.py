@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from unimq import registry
+from unimq import registry, telemetry
 from unimq.capabilities import Capabilities, check_message
 from unimq.codecs import CONTENT_ENCODING, Codec, RawCodec, codec_for, decompress
 from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Start, Stats, Subscription
@@ -341,6 +341,15 @@ class Producer:
 
     async def _publish(self, messages: list[Message], checked: bool = False) -> list[tuple[Message, UnimqError]]:
         """Publish, retrying retryable failures; return the (message, error) pairs that finally failed."""
+        tel = telemetry.current
+        if tel is None:
+            return await self._publish_with_retry(messages, checked)
+        with tel.publishing(self._broker.backend, self.destination, messages, bool(self._caps.headers)) as record:
+            failed = await self._publish_with_retry(messages, checked)
+            record.extend(failed)
+        return failed
+
+    async def _publish_with_retry(self, messages: list[Message], checked: bool) -> list[tuple[Message, UnimqError]]:
         if self._closed or self._broker._closed:
             raise Closed(f"producer for {self.destination!r} is closed")
         if not checked:
@@ -483,6 +492,8 @@ class Consumer:
                 if needs_decoding and not await self._decode_payload(delivery):
                     continue
                 self._unsettled += 1
+                if telemetry.current is not None:
+                    telemetry.current.received(self._broker.backend, self.destination, self.group, delivery)
                 return delivery
             if self._closed:
                 return None
@@ -505,7 +516,9 @@ class Consumer:
             await asyncio.wait_for(self._room, timeout)
         self._room = None
 
-    def _settled(self) -> None:
+    def _settled(self, delivery: Delivery, outcome: str) -> None:
+        if telemetry.current is not None:
+            telemetry.current.settled(self._broker.backend, self.destination, self.group, delivery, outcome)
         self._unsettled -= 1
         room = self._room
         if room is not None and not room.done():
@@ -547,13 +560,13 @@ class Consumer:
         try:
             await self._broker._guard(self._sub.ack(delivery), f"ack on {self.destination}")
         finally:
-            self._settled()
+            self._settled(delivery, "ack")
 
     async def _nack(self, delivery: Delivery, delay: float | None) -> None:
         try:
             await self._broker._guard(self._sub.nack(delivery, delay), f"nack on {self.destination}")
         finally:
-            self._settled()
+            self._settled(delivery, "nack")
 
     async def _reject(self, delivery: Delivery, reason: str) -> None:
         try:
@@ -562,7 +575,7 @@ class Consumer:
             except NotImplementedError:
                 await self._emulate_reject(delivery, reason)
         finally:
-            self._settled()
+            self._settled(delivery, "reject")
 
     async def _emulate_reject(self, delivery: Delivery, reason: str) -> None:
         """Dead-letter emulation: publish a copy to the dead-letter destination, then ack."""

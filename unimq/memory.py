@@ -7,7 +7,7 @@ a de-duplication window and a dead-letter destination (``<destination>.dlq``).
 
 Per-key ordering: while one consumer of a group holds messages of a key, the other consumers of
 that group do not receive that key (as a Kafka partition or a Service Bus session would behave).
-Nothing is persisted: a process exit loses every message (``persistence: none``).
+Messages are kept until consumed, in process memory: a process exit loses them.
 """
 
 from __future__ import annotations
@@ -339,7 +339,7 @@ class MemoryDriver(Driver):
         self.server = _SERVERS.setdefault(name, _Server(name))
         self._caps = Capabilities(
             backend="memory",
-            persistence=none("in-process only: messages are lost when the process exits"),
+            persistence=native(note="kept in process memory until consumed; lost when the process exits"),
             fanout=native(),
             competing_consumers=native(),
             ordering="per_key",

@@ -49,7 +49,7 @@ class Delivery:
     ``native`` is the backend's raw message; ``token`` is what the driver needs to settle it.
     """
 
-    __slots__ = ("_consumer", "attempt", "message", "native", "payload", "settled", "token")
+    __slots__ = ("_consumer", "attempt", "message", "native", "payload", "settled", "span", "token")
 
     def __init__(self, message: Message, attempt: int = 1, native: Any = None, token: Any = None) -> None:
         self.message = message
@@ -58,6 +58,7 @@ class Delivery:
         self.token = token
         self.payload: Any = message.body
         self.settled = False
+        self.span: Any = None  # the OpenTelemetry span, when unimq.telemetry is enabled
         self._consumer: Consumer | None = None
 
     def __repr__(self) -> str:

@@ -17,6 +17,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from unimq import telemetry
 from unimq.broker import Consumer
 from unimq.message import Delivery
 from unimq.reliability import Retry
@@ -49,9 +50,16 @@ async def run(
 
     async def process(delivery: Delivery) -> None:
         try:
-            result = handler(delivery)
-            if inspect.isawaitable(result):
-                await result
+            tel = telemetry.current
+            if tel is None:
+                result = handler(delivery)
+                if inspect.isawaitable(result):
+                    await result
+            else:
+                with tel.handling(consumer._broker.backend, consumer.destination, consumer.group, delivery):
+                    result = handler(delivery)
+                    if inspect.isawaitable(result):
+                        await result
         except asyncio.CancelledError:
             await delivery.nack()
             raise
@@ -116,6 +124,8 @@ async def _failed(delivery: Delivery, exc: Exception, retry: Retry, nack_delay: 
         await delivery.reject(reason=reason)
         return
     delay = retry.backoff(delivery.attempt)
+    if telemetry.current is not None:
+        telemetry.current.retried.add(1, {"messaging.destination.name": delivery._bound().destination})
     log.info("message %s failed (attempt %d), retrying in %.2fs: %s: %s", message.message_id, delivery.attempt,
              delay, type(exc).__name__, exc,
              extra={"message_id": message.message_id, "correlation_id": message.correlation_id})

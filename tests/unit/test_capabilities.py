@@ -99,8 +99,8 @@ async def test_settlement_options(broker: Broker) -> None:
 
 
 async def test_require_fails_at_connect() -> None:
-    with pytest.raises(unimq.CapabilityError, match=r"lacks required capabilities \['persistence'\]"):
-        await unimq.connect("memory://", require={"persistence", "dead_letter"})
+    with pytest.raises(unimq.CapabilityError, match=r"lacks required capabilities \['replay'\]"):
+        await unimq.connect("memory://", require={"replay", "dead_letter"})
     with pytest.raises(unimq.ConfigError, match="unknown capability"):
         await unimq.connect("memory://", require={"teleport"})
 
