@@ -1,0 +1,211 @@
+"""SQS limits and options give clear errors before anything is sent; nothing is lost because of them."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+import unimq
+from unimq.reliability import DEAD_LETTER_REASON, DEAD_LETTER_SOURCE
+
+
+async def assert_empty(boto: Any, name: str) -> None:
+    url = boto.get_queue_url(QueueName=name)["QueueUrl"]
+    assert boto.receive_message(QueueUrl=url, WaitTimeSeconds=0).get("Messages", []) == []
+
+
+async def test_too_many_headers(broker: unimq.Broker, boto: Any, name: str) -> None:
+    await broker.ensure(name)
+    producer = broker.producer(name)
+    await producer.send(b"nine fit", headers={f"h{i}": "v" for i in range(9)})
+    with pytest.raises(unimq.PublishError, match="at most 9 headers fit") as info:
+        await producer.send(b"ten do not", headers={f"h{i}": "v" for i in range(10)})
+    assert isinstance(info.value.results[0], unimq.CapabilityError)
+    async with broker.consumer(name) as consumer:
+        got = await consumer.receive(timeout=5)
+        assert got is not None and len(got.message.headers) == 9
+        await got.ack()
+    await assert_empty(boto, name)
+
+
+@pytest.mark.parametrize(("headers", "why"), [
+    ({"bad name": "v"}, "names are 1-256 characters"),
+    ({"AWS.trace": "v"}, "cannot start with 'AWS.'"),
+    ({"unimq": "v"}, "reserved"),
+    ({"empty": ""}, "empty attribute values"),
+    ({"ctl": "a\x00b"}, "control characters"),
+])
+async def test_headers_sqs_refuses(broker: unimq.Broker, name: str, headers: dict[str, str], why: str) -> None:
+    await broker.ensure(name)
+    with pytest.raises(unimq.PublishError, match=why):
+        await broker.producer(name).send(b"x", headers=headers)
+
+
+async def test_size_limit_counts_attributes(broker: unimq.Broker, name: str) -> None:
+    await broker.ensure(name)
+    producer = broker.producer(name)
+    with pytest.raises(unimq.MessageTooLarge):
+        await producer.send(b"x" * 262_145)
+    with pytest.raises(unimq.PublishError, match="on the wire") as info:
+        await producer.send(b"x" * 262_000, headers={"big": "y" * 500})
+    assert isinstance(info.value.results[0], unimq.MessageTooLarge)
+    await producer.send(b"x" * 200_000)
+
+
+async def test_send_many_reports_per_message_failures(broker: unimq.Broker, boto: Any, name: str) -> None:
+    await broker.ensure(name)
+    items = [unimq.Message(body=f"m{i}".encode(), headers={"ok": "1"}) for i in range(12)]
+    items[3].headers = {"": "bad"}
+    items[11].headers = {f"h{i}": "v" for i in range(10)}
+    with pytest.raises(unimq.PublishError) as info:
+        await broker.producer(name).send_many(items)
+    failed = [i for i, r in enumerate(info.value.results) if r is not None]
+    assert failed == [3, 11]
+    async with broker.consumer(name) as consumer:
+        got = await consumer.receive_many(10, 5)
+        for d in got:
+            await d.ack()
+    assert sorted(d.message.body for d in got) == sorted(m.body for i, m in enumerate(items) if i not in failed)
+
+
+async def test_big_batches_are_split_by_size(broker: unimq.Broker, name: str) -> None:
+    await broker.ensure(name)
+    sent = await broker.producer(name).send_many([bytes([65 + i]) * 100_000 for i in range(5)])
+    assert len(sent) == 5
+    assert (await broker.stats(name)).depth == 5
+
+
+async def test_delay_limit_and_native_delay(broker: unimq.Broker, name: str) -> None:
+    await broker.ensure(name)
+    producer = broker.producer(name)
+    with pytest.raises(unimq.CapabilityError, match="900"):
+        await producer.send(b"x", delay=timedelta(seconds=901))
+    await producer.send(b"later", delay=timedelta(seconds=2))
+    async with broker.consumer(name) as consumer:
+        assert await consumer.receive(timeout=1) is None
+        got = await consumer.receive(timeout=5)
+        assert got is not None and got.message.body == b"later"
+        await got.ack()
+
+
+async def test_ttl_is_emulated(broker: unimq.Broker, name: str) -> None:
+    await broker.ensure(name)
+    producer = broker.producer(name)
+    await producer.send(b"stale", ttl=timedelta(seconds=1))
+    await producer.send(b"fresh", ttl=timedelta(minutes=5))
+    await asyncio.sleep(1.2)
+    async with broker.consumer(name) as consumer:
+        got = await consumer.receive(timeout=5)
+        assert got is not None and got.message.body == b"fresh"
+        assert got.message.ttl is not None and got.message.ttl > timedelta(minutes=4)
+        await got.ack()
+        assert await consumer.receive(timeout=1) is None
+    assert (await broker.stats(name)).depth == 0
+
+
+async def test_no_groups_no_peek_no_priority(broker: unimq.Broker, name: str) -> None:
+    await broker.ensure(name)
+    with pytest.raises(unimq.CapabilityError, match="fanout"):
+        broker.consumer(name, group="billing")
+    with pytest.raises(unimq.CapabilityError, match="fanout"):
+        await broker.ensure(name, groups=("billing",))
+    with pytest.raises(unimq.CapabilityError, match="peek"):
+        await broker.peek(name)
+    with pytest.raises(unimq.CapabilityError, match="priority"):
+        await broker.producer(name).send(b"x", priority=3)
+
+
+async def test_missing_queue_and_auto_create(name: str, sqs_url: str) -> None:
+    async with unimq.connect(sqs_url) as broker:
+        with pytest.raises(unimq.PublishError, match="does not exist") as info:
+            await broker.producer(name).send(b"x")
+        assert isinstance(info.value.results[0], unimq.NotFound)
+        with pytest.raises(unimq.NotFound):
+            await broker.consumer(name).open()
+        with pytest.raises(unimq.ConfigError, match="not a valid queue name"):
+            await broker.ensure("orders.created")
+    async with unimq.connect(sqs_url, auto_create=True) as broker:
+        await broker.producer(name).send(b"x")
+        assert name in await broker.destinations()
+        await broker.delete(name)
+        assert name not in await broker.destinations()
+
+
+async def test_options_are_validated_and_secrets_hidden(sqs_url: str) -> None:
+    with pytest.raises(unimq.ConfigError, match="unknown option 'regoin'"):
+        await unimq.connect(sqs_url + "&regoin=x")
+    with pytest.raises(unimq.ConfigError, match="wait_time"):
+        await unimq.connect(sqs_url + "&wait_time=30")
+    secret = "S3cr3tValueNotToLeak"
+    async with unimq.connect(sqs_url + f"&aws_access_key_id=AKIDEXAMPLE&aws_secret_access_key={secret}") as b:
+        assert secret not in repr(b) and secret not in b.url
+        with pytest.raises(unimq.UnimqError) as info:
+            await b.stats(f"missing-{secret}")
+        assert secret not in str(info.value)
+
+
+async def test_unreachable_endpoint_is_a_retryable_connection_error() -> None:
+    async with unimq.connect("sqs://?endpoint_url=http://127.0.0.1:9&region=us-east-1") as b:
+        with pytest.raises(unimq.PublishError) as info:
+            await b.producer("nowhere").send(b"x")
+        assert isinstance(info.value.results[0], unimq.ConnectionError)
+        assert info.value.retryable
+
+
+async def test_redrive_policy_and_reason(broker: unimq.Broker, name: str) -> None:
+    await broker.ensure(name, max_deliveries=1, lock_timeout=timedelta(seconds=30))
+    await broker.producer(name).send(b"poison", headers={"k": "v"})
+    async with broker.consumer(name) as consumer:
+        first = await consumer.receive(timeout=5)
+        assert first is not None and first.attempt == 1
+        await first.nack()
+        assert await consumer.receive(timeout=1.5) is None  # moved by SQS on the next receive
+    dlq = broker._driver.dead_letter_destination(name)
+    async with broker.consumer(dlq) as consumer:
+        dead = await consumer.receive(timeout=5)
+        assert dead is not None and dead.message.body == b"poison"
+        assert dead.message.headers["k"] == "v"
+        assert "maxReceiveCount" in dead.message.headers[DEAD_LETTER_REASON]
+        assert dead.message.headers[DEAD_LETTER_SOURCE] == name
+        await dead.ack()
+    assert (await broker.stats(name)).dead_letter_depth == 0
+
+
+async def test_reject_sends_then_deletes(broker: unimq.Broker, name: str) -> None:
+    await broker.ensure(name, dead_letter=False)
+    sent = await broker.producer(name).send(b"bad", correlation_id="c")
+    async with broker.consumer(name) as consumer:
+        got = await consumer.receive(timeout=5)
+        assert got is not None
+        await got.reject("unparseable")
+    stats = await broker.stats(name)
+    assert (stats.depth, stats.in_flight, stats.dead_letter_depth) == (0, 0, 1)
+    async with broker.consumer(broker._driver.dead_letter_destination(name)) as consumer:
+        dead = await consumer.receive(timeout=5)
+        assert dead is not None
+        assert (dead.message.message_id, dead.message.correlation_id) == (sent.message_id, "c")
+        assert dead.message.headers[DEAD_LETTER_REASON] == "unparseable"
+        await dead.ack()
+
+
+async def test_lock_is_visibility(broker: unimq.Broker, name: str) -> None:
+    await broker.ensure(name)
+    await broker.producer(name).send(b"slow")
+    async with broker.consumer(name, lock_timeout=2) as consumer:
+        got = await consumer.receive(timeout=5)
+        assert got is not None
+        await got.extend(timedelta(seconds=4))
+        assert await consumer.receive(timeout=2.5) is None  # extended past the 2 s lock
+        again = await consumer.receive(timeout=5)
+        assert again is not None and again.attempt == 2
+        await again.nack(delay=timedelta(seconds=2))
+        assert await consumer.receive(timeout=1) is None
+        third = await consumer.receive(timeout=5)
+        assert third is not None and third.attempt == 3
+        with pytest.raises(unimq.CapabilityError, match="43200"):
+            await third.nack(delay=timedelta(hours=13))
+        await got.ack()  # a stale receipt handle: must not raise
+        await third.ack()
