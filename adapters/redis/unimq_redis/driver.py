@@ -1,0 +1,332 @@
+"""``redis://`` and ``rediss://``: Redis Streams with consumer groups (redis-py asyncio).
+
+A destination is a stream; a group is a consumer group (``group=None`` → ``default_group``).
+Keys a destination owns, after the optional ``prefix``: ``<d>`` (the stream), ``<d>:dlq`` (its
+dead-letter stream), ``<d>:delayed`` (delayed sends), ``<d>:delayed:<group>`` (delayed retries),
+``<d>:config`` (what ``ensure`` set) and ``<d>:dedup:<message_id>`` (the de-duplication window).
+See ``docs/backends/redis.md``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from redis import exceptions as rex
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from unimq.capabilities import Capabilities, emulated, native, none
+from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Stats, Subscription
+from unimq.errors import (
+    CapabilityError,
+    ConfigError,
+    ConnectionError,
+    NotFound,
+    Timeout,
+    UnimqError,
+    register_secret,
+    wrap,
+)
+from unimq.message import Message
+from unimq.url import BrokerURL
+from unimq_redis import scripts
+from unimq_redis.fields import from_entry, now_ms, pack_scheduled, to_fields
+from unimq_redis.subscription import RedisSubscription
+
+#: How long a destination's ``<d>:config`` hash is cached by producers, seconds.
+CONFIG_TTL = 10.0
+MIN_SERVER = (6, 2)
+
+
+class RedisOptions(BaseModel):
+    """Query parameters of ``redis://`` / ``rediss://`` URLs (also accepted as keyword options)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prefix: str = Field("", description="prepended to every key unimq creates or reads")
+    default_group: str = Field("default", min_length=1, description="the consumer group used for group=None")
+    maxlen: int | None = Field(None, ge=1, description="approximate stream length cap (XADD MAXLEN ~)")
+    lock_timeout: float = Field(30.0, gt=0, description="seconds an unacked entry stays with its consumer")
+    maintenance_interval: float = Field(
+        0.5, gt=0, description="seconds between a consumer's reclaim/delayed-move passes"
+    )
+    max_message_bytes: int = Field(8 * 1024 * 1024, ge=1, le=512 * 1024 * 1024)
+    socket_timeout: float = Field(10.0, gt=0, description="seconds; must exceed a blocking read (≤ 1 s)")
+    connect_timeout: float = Field(5.0, gt=0)
+    max_connections: int | None = Field(None, ge=1)
+    client_name: str | None = None
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: str | None = None
+    ssl_cert_reqs: Literal["required", "optional", "none"] = "required"
+    ssl_check_hostname: bool = True
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    """What ``ensure()`` stored in ``<d>:config``."""
+
+    dedup_ms: int = 0
+    max_deliveries: int | None = None
+    lock_timeout: float | None = None
+
+
+class RedisDriver(Driver):
+    name = "redis"
+    Options: ClassVar[type[BaseModel]] = RedisOptions
+    options: RedisOptions
+
+    def __init__(self, url: BrokerURL, options: RedisOptions) -> None:
+        super().__init__(url, options)
+        if len(url.hosts) > 1:
+            raise ConfigError("redis: one host only (Cluster and Sentinel are not supported)")
+        db_text = url.path.strip("/") or "0"
+        if not db_text.isdigit():
+            raise ConfigError(f"redis: the URL path must be a database number, got {db_text!r}")
+        register_secret(options.ssl_password)
+        tls = url.scheme == "rediss"
+        tls_options: dict[str, Any] = {}
+        if tls:
+            tls_options = {
+                "ssl_ca_certs": options.ssl_ca_certs, "ssl_certfile": options.ssl_certfile,
+                "ssl_keyfile": options.ssl_keyfile, "ssl_password": options.ssl_password,
+                "ssl_cert_reqs": options.ssl_cert_reqs, "ssl_check_hostname": options.ssl_check_hostname,
+            }
+        elif any(getattr(options, n) for n in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_password")):
+            raise ConfigError("redis: ssl_* options need a rediss:// URL")
+        self.client = Redis(
+            host=url.host or "127.0.0.1", port=url.port or 6379, db=int(db_text),
+            username=url.username or None, password=url.password, ssl=tls, **tls_options,
+            socket_timeout=options.socket_timeout, socket_connect_timeout=options.connect_timeout,
+            max_connections=options.max_connections, client_name=options.client_name,
+            protocol=2, retry=Retry(NoBackoff(), 0),
+        )
+        self.maintain_script = self.client.register_script(scripts.MAINTAIN)
+        self.claim_own_script = self.client.register_script(scripts.CLAIM_OWN)
+        self.retry_later_script = self.client.register_script(scripts.RETRY_LATER)
+        self.release_all_script = self.client.register_script(scripts.RELEASE_ALL)
+        self.dedup_send_script = self.client.register_script(scripts.DEDUP_SEND)
+        self._configs: dict[str, tuple[float, DestinationConfig]] = {}
+        self._caps = Capabilities(
+            backend="redis",
+            persistence=native(note="as the server's AOF/RDB settings make it (appendfsync everysec loses ≤ 1 s)"),
+            fanout=native(note="one consumer group per group"),
+            competing_consumers=native(note="consumers of a group share its entries"),
+            ordering="global",
+            ordering_note="a group hands out entries in stream order; competing consumers and redeliveries "
+            "(reclaim, nack) process out of order",
+            delayed_delivery=emulated(note="sorted set <d>:delayed, moved into the stream by running consumers "
+                                      "(precision ≈ maintenance_interval)"),
+            nack_delay=emulated(note="XACK + sorted set <d>:delayed:<group>; re-opened in the group's pending "
+                                "list (same entry id, delivery count kept) by running consumers"),
+            dead_letter=emulated(note="stream <d>:dlq; reason in x-unimq-dead-letter-reason, entry id in "
+                                 "x-unimq-dead-letter-original-id"),
+            priority=none("a stream is one ordered log"),
+            message_ttl=emulated(note="expiry field checked on receipt: an expired entry is acked and dropped; "
+                                 "it stays in the stream until trimmed"),
+            deduplication=emulated(note="SET NX PX <d>:dedup:<message_id> per send, window from "
+                                   "ensure(deduplication=...)"),
+            replay=native(note="start= earliest/latest/a time creates the group at that stream id"),
+            lock_extension=native(note="XCLAIM JUSTID resets the idle time; longer than the lock timeout, "
+                                  "the consumer keeps resetting it"),
+            peek=native(note="XRANGE after the default group's last-delivered id"),
+            batch_send=native(limit=1000, note="pipelined XADD, one round trip per batch"),
+            headers=native(note="stream fields h:<name>"),
+            transactions=none(),
+            max_message_bytes=options.max_message_bytes,
+        )
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._caps
+
+    @property
+    def native(self) -> Redis:
+        return self.client
+
+    def key(self, destination: str, suffix: str = "") -> str:
+        return f"{self.options.prefix}{destination}{suffix}"
+
+    def dead_letter_destination(self, destination: str) -> str:
+        return f"{destination}:dlq"
+
+    async def open(self) -> None:
+        info = await self.client.info("server")
+        version = tuple(int(p) for p in str(info.get("redis_version", "0.0")).split(".")[:2])
+        if version < MIN_SERVER:
+            raise ConfigError(f"redis: server {info.get('redis_version')} is too old; Streams need 6.2 or newer")
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def config(self, destination: str, refresh: bool = False) -> DestinationConfig:
+        cached = self._configs.get(destination)
+        now = time.monotonic()
+        if cached is not None and not refresh and cached[0] > now:
+            return cached[1]
+        raw = await self.client.hgetall(self.key(destination, ":config"))
+        values = {_text(k): int(v) for k, v in raw.items()}
+        lock = values.get("lock_timeout_ms")
+        config = DestinationConfig(
+            dedup_ms=values.get("dedup_ms", 0), max_deliveries=values.get("max_deliveries"),
+            lock_timeout=lock / 1000 if lock else None,
+        )
+        self._configs[destination] = (now + CONFIG_TTL, config)
+        return config
+
+    async def publish(self, destination: str, messages: Sequence[Message]) -> Sequence[BaseException | None]:
+        stream = self.key(destination)
+        config = await self.config(destination)
+        maxlen = self.options.maxlen
+        async with self.client.pipeline(transaction=False) as pipe:
+            for message in messages:
+                delay = message.delay.total_seconds() if message.delay is not None else 0.0
+                fields = to_fields(message, stamp=delay > 0)
+                if config.dedup_ms:
+                    target, score = (self.key(destination, ":delayed"), now_ms() + int(delay * 1000)) if delay \
+                        else (stream, 0)
+                    payload = [pack_scheduled(fields)] if delay else [x for kv in fields.items() for x in kv]
+                    await self.dedup_send_script(
+                        keys=[target, self.key(destination, f":dedup:{message.message_id}")],
+                        args=[config.dedup_ms, score, maxlen or 0, *payload], client=pipe,
+                    )
+                elif delay > 0:
+                    pipe.zadd(self.key(destination, ":delayed"), {pack_scheduled(fields): now_ms() + int(delay * 1000)})
+                else:
+                    pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+            results = await pipe.execute(raise_on_error=False)
+        return [r if isinstance(r, BaseException) else None for r in results]
+
+    def subscription(self, destination: str, group: str | None, settings: ReceiveSettings) -> Subscription:
+        return RedisSubscription(self, destination, group, settings)
+
+    async def create_group(self, stream: str, group: str, start: str) -> None:
+        try:
+            await self.client.xgroup_create(stream, group, start, mkstream=True)
+        except rex.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def ensure(self, destination: str, spec: DestinationSpec) -> None:
+        """Create the stream, the default group (at 0), each group (at ``$``), the DLQ, the config."""
+        if spec.sessions:
+            raise CapabilityError.unsupported("redis", "sessions=True", "sessions", "Use key= and one consumer.")
+        if spec.retention:
+            raise CapabilityError("redis cannot honour retention=: trim by length with the maxlen= URL option")
+        stream = self.key(destination)
+        await self.create_group(stream, self.options.default_group, "0")
+        for group in spec.groups:
+            await self.create_group(stream, group, "$")
+        if spec.dead_letter:
+            await self.create_group(self.key(self.dead_letter_destination(destination)),
+                                    self.options.default_group, "0")
+        values: dict[str, int] = {}
+        if spec.deduplication:
+            values["dedup_ms"] = int(spec.deduplication.total_seconds() * 1000)
+        if spec.max_deliveries:
+            values["max_deliveries"] = spec.max_deliveries
+        if spec.lock_timeout:
+            values["lock_timeout_ms"] = int(spec.lock_timeout.total_seconds() * 1000)
+        config_key = self.key(destination, ":config")
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(config_key)
+            if values:
+                pipe.hset(config_key, mapping=values)  # type: ignore[arg-type]
+            await pipe.execute()
+        self._configs.pop(destination, None)
+
+    async def _groups(self, stream: str) -> list[dict[str, Any]]:
+        groups: list[dict[str, Any]] = await self.client.xinfo_groups(stream)
+        return groups
+
+    async def peek(self, destination: str, count: int) -> list[Message]:
+        """The next ``count`` entries the default group has not been handed yet."""
+        stream = self.key(destination)
+        after = "-"
+        for group in await self._groups(stream):
+            if _text(group["name"]) == self.options.default_group:
+                after = "(" + _text(group["last-delivered-id"])
+        entries: Any = await self.client.xrange(stream, after, "+", count=count)
+        return [from_entry(entry_id, fields)[0] for entry_id, fields in entries]
+
+    async def stats(self, destination: str, group: str | None) -> Stats:
+        stream = self.key(destination)
+        name = group or self.options.default_group
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.xinfo_groups(stream)
+            pipe.xlen(stream)
+            pipe.xlen(self.key(self.dead_letter_destination(destination)))
+            pipe.zcard(self.key(destination, ":delayed"))
+            pipe.zcard(self.key(destination, f":delayed:{name}"))
+            groups, length, dlq, delayed, retries = await pipe.execute()
+        info = next((g for g in groups if _text(g["name"]) == name), None)
+        if info is None:
+            raise NotFound(f"redis: stream {destination!r} has no group {name!r}")
+        lag = info.get("lag")
+        return Stats(
+            destination=destination, group=group,
+            depth=None if lag is None else int(lag) + delayed + retries,
+            in_flight=int(info["pending"]), dead_letter_depth=dlq, lag=None if lag is None else int(lag),
+            detail={
+                "length": length, "delayed": delayed, "delayed_retries": retries,
+                "consumers": int(info["consumers"]), "last_delivered_id": _text(info["last-delivered-id"]),
+                "groups": sorted(_text(g["name"]) for g in groups),
+            },
+        )
+
+    async def destinations(self) -> list[str]:
+        prefix = self.options.prefix
+        pattern = _glob_escape(prefix) + "*"
+        names = {_text(k)[len(prefix):] async for k in self.client.scan_iter(match=pattern, count=1000, _type="stream")}
+        return sorted(names)
+
+    async def delete(self, destination: str) -> None:
+        """DEL the stream, its DLQ and every auxiliary key (found with SCAN)."""
+        stream = self.key(destination)
+        dlq = self.key(self.dead_letter_destination(destination))
+        own = re.compile(
+            "^(" + re.escape(stream) + "|" + re.escape(dlq) + r")(:delayed(:.*)?|:config|:dedup:.*)?$", re.DOTALL,
+        )
+        keys = {stream, dlq}
+        async for key in self.client.scan_iter(match=_glob_escape(stream) + ":*", count=1000):
+            text = _text(key)
+            if own.match(text):
+                keys.add(text)
+        await self.client.delete(*keys)
+        self._configs.pop(destination, None)
+
+    def map_error(self, exc: BaseException, context: str) -> UnimqError:
+        text = f"{context}: {type(exc).__name__}: {exc}"
+        if isinstance(exc, (rex.AuthenticationError, rex.AuthorizationError, rex.NoPermissionError)):
+            return ConnectionError(f"{text} (check the URL's user and password)", retryable=False)
+        if isinstance(exc, rex.TimeoutError):
+            return Timeout(text)
+        if isinstance(exc, (rex.ConnectionError, rex.BusyLoadingError, rex.ReadOnlyError, rex.MasterDownError,
+                            rex.TryAgainError)):
+            return ConnectionError(text)
+        if isinstance(exc, rex.ResponseError):
+            message = str(exc)
+            if message.startswith("NOGROUP") or "no such key" in message:
+                return NotFound(text)
+            if message.startswith("WRONGTYPE"):
+                return ConfigError(f"{text} (the key exists and is not a stream)")
+        if isinstance(exc, rex.DataError):
+            return ConfigError(text)
+        return wrap(exc, context)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal SCAN MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text) if text else ""
+
