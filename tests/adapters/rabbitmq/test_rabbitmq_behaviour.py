@@ -1,0 +1,241 @@
+"""RabbitMQ-specific behaviour: confirms and unroutable messages, attempts, emulated delays and
+dead letters, recovery after a dropped connection, and URL options."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+
+import aio_pika
+import pytest
+from rabbitmq_support import URL, FaultProxy, with_query
+from unimq_rabbitmq.mapping import delay_bucket
+
+import unimq
+from unimq.reliability import ATTEMPT, DEAD_LETTER_REASON
+
+pytestmark = pytest.mark.backend("rabbitmq")
+
+
+async def test_unroutable_send_is_an_error_not_a_loss(broker: unimq.Broker, dest: str) -> None:
+    """mandatory publishes: with no queue bound, send() raises instead of dropping the message."""
+    with pytest.raises(unimq.PublishError) as failure:
+        await broker.producer(dest).send(b"nowhere")
+    assert isinstance(failure.value.results[0], unimq.NotFound)
+    assert "unroutable" in str(failure.value)
+
+
+async def test_send_many_pipelined_and_ordered(broker: unimq.Broker, dest: str) -> None:
+    """2500 messages (three batches) are confirmed and arrive in publish order for one consumer."""
+    await broker.ensure(dest)
+    bodies = [str(i).encode() for i in range(2500)]
+    await broker.producer(dest).send_many(bodies)
+    got = []
+    async with broker.consumer(dest, prefetch=500) as consumer:
+        while len(got) < len(bodies):
+            delivery = await consumer.receive(timeout=5)
+            assert delivery is not None, f"only {len(got)} arrived"
+            got.append(delivery.message.body)
+            await delivery.ack()
+    assert got == bodies
+
+
+async def test_nack_counts_attempts(broker: unimq.Broker, dest: str) -> None:
+    """nack redelivers with attempt 1, 2, 3 (quorum: x-delivery-count; classic: republished copy)."""
+    await broker.ensure(dest)
+    await broker.producer(dest).send(b"again", headers={"h": "v"}, key="k")
+    attempts = []
+    async with broker.consumer(dest) as consumer:
+        for _ in range(3):
+            delivery = await consumer.receive(timeout=5)
+            assert delivery is not None
+            attempts.append(delivery.attempt)
+            assert delivery.message.headers == {"h": "v"}, "transport headers stay hidden"
+            assert delivery.message.key == "k"
+            if len(attempts) < 3:
+                await delivery.nack()
+            else:
+                await delivery.ack()
+    assert attempts == [1, 2, 3]
+
+
+async def test_quorum_attempt_is_the_native_delivery_count(dest: str) -> None:
+    """On quorum queues a plain nack is basic.nack(requeue); the broker's count is the attempt."""
+    async with unimq.connect(with_query(URL, "queue_type=quorum")) as broker:
+        try:
+            await broker.ensure(dest)
+            await broker.producer(dest).send(b"q")
+            async with broker.consumer(dest) as consumer:
+                first = await consumer.receive(timeout=5)
+                assert first is not None
+                await first.nack()
+                second = await consumer.receive(timeout=5)
+                assert second is not None
+                assert second.native.headers.get("x-delivery-count") == 1
+                assert ATTEMPT not in (second.native.headers or {}), "no republish on quorum"
+                assert second.attempt == 2
+                await second.ack()
+        finally:
+            await broker.delete(dest)
+
+
+async def test_nack_delay_waits_in_a_ttl_queue(broker: unimq.Broker, dest: str) -> None:
+    await broker.ensure(dest)
+    await broker.producer(dest).send(b"later")
+    async with broker.consumer(dest) as consumer:
+        first = await consumer.receive(timeout=5)
+        assert first is not None
+        started = time.monotonic()
+        await first.nack(delay=timedelta(milliseconds=700))
+        assert await consumer.receive(timeout=0.4) is None, "redelivered before the delay"
+        second = await consumer.receive(timeout=5)
+        assert second is not None
+        assert time.monotonic() - started >= 0.69
+        assert second.attempt == 2
+        await second.ack()
+
+
+async def test_delayed_send_with_ttl(broker: unimq.Broker, dest: str) -> None:
+    """A delayed message arrives after its delay; one whose ttl ends during the delay never does."""
+    await broker.ensure(dest, groups=("g",))
+    producer = broker.producer(dest)
+    await producer.send(b"keep", delay=timedelta(milliseconds=500), ttl=timedelta(seconds=30), key="k1")
+    await producer.send(b"expire", delay=timedelta(milliseconds=500), ttl=timedelta(milliseconds=100))
+    async with broker.consumer(dest, "g") as consumer:
+        delivery = await consumer.receive(timeout=5)
+        assert delivery is not None and delivery.message.body == b"keep"
+        assert delivery.message.key == "k1", "the key survives the delay queue"
+        await delivery.ack()
+        assert await consumer.receive(timeout=1) is None
+
+
+async def test_reject_dead_letters_with_reason(broker: unimq.Broker, dest: str) -> None:
+    await broker.ensure(dest, groups=("g",))
+    sent = await broker.producer(dest).send(b"poison", key="k9", headers={"a": "b"})
+    async with broker.consumer(dest, "g") as consumer:
+        delivery = await consumer.receive(timeout=5)
+        assert delivery is not None
+        await delivery.reject("cannot parse")
+    async with broker.consumer(broker.dead_letter_destination(dest)) as dlq:
+        dead = await dlq.receive(timeout=5)
+        assert dead is not None
+        await dead.ack()
+    assert dead.message.message_id == sent.message_id
+    assert dead.message.headers[DEAD_LETTER_REASON] == "cannot parse"
+    assert dead.message.headers["a"] == "b"
+    assert dead.message.key == "k9"
+
+
+async def test_max_deliveries_dead_letters(broker: unimq.Broker, dest: str) -> None:
+    await broker.ensure(dest, max_deliveries=2)
+    await broker.producer(dest).send(b"crashy")
+    async with broker.consumer(dest) as consumer:
+        for _ in range(2):
+            delivery = await consumer.receive(timeout=5)
+            assert delivery is not None
+            await delivery.nack()
+        assert await consumer.receive(timeout=1) is None
+    async with broker.consumer(broker.dead_letter_destination(dest)) as dlq:
+        dead = await dlq.receive(timeout=5)
+        assert dead is not None
+        await dead.ack()
+    assert DEAD_LETTER_REASON in dead.message.headers
+
+
+async def test_native_dead_letter_reason_is_surfaced(raw: aio_pika.abc.AbstractChannel, dest: str) -> None:
+    """A message dead-lettered by RabbitMQ itself (here: expired) shows x-death's reason via unimq."""
+    async with unimq.connect(URL) as broker:
+        try:
+            await broker.ensure(dest)
+            dlq = broker.dead_letter_destination(dest)
+            source = await raw.declare_queue(f"{dest}.src", arguments={
+                "x-dead-letter-exchange": dlq, "x-message-ttl": 1, "x-expires": 60_000})
+            await raw.default_exchange.publish(aio_pika.Message(b"old"), routing_key=source.name)
+            async with broker.consumer(dlq) as consumer:
+                dead = await consumer.receive(timeout=5)
+                assert dead is not None
+                await dead.ack()
+            assert "expired" in dead.message.headers[DEAD_LETTER_REASON]
+        finally:
+            await broker.delete(dest)
+
+
+async def test_priority_on_classic_queues(dest: str) -> None:
+    async with unimq.connect(URL) as broker:
+        try:
+            await broker.ensure(dest, max_priority=5)
+            assert broker.capabilities_for(dest).priority.limit == 5
+            producer = broker.producer(dest)
+            for priority in (1, 5, 3):
+                await producer.send(str(priority).encode(), priority=priority)
+            with pytest.raises(unimq.CapabilityError):
+                await producer.send(b"too high", priority=6)
+            async with broker.consumer(dest) as consumer:
+                got = [await consumer.receive(timeout=5) for _ in range(3)]
+            assert [d.message.body for d in got if d] == [b"5", b"3", b"1"]
+        finally:
+            await broker.delete(dest)
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+async def test_reconnect_redelivers_unacked_with_higher_attempt(queue_type: str, proxy: FaultProxy,
+                                                                dest: str) -> None:
+    """A dropped connection loses nothing: the unacked message comes back through the recovered
+    channel with a higher attempt, and acking the stale delivery does not raise."""
+    query = f"queue_type={queue_type}&reconnect_interval=0.2"
+    async with unimq.connect(with_query(URL, f"queue_type={queue_type}")) as broker:
+        try:
+            await broker.ensure(dest)
+            await broker.producer(dest).send(b"survivor")
+            flaky_url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/?{query}"
+            async with unimq.connect(flaky_url) as flaky, flaky.consumer(dest) as consumer:
+                first = await consumer.receive(timeout=5)
+                assert first is not None and first.attempt == 1
+                proxy.sever()
+                await asyncio.sleep(0.5)
+                await first.ack()  # its channel is gone: no error, the broker redelivers
+                second = await consumer.receive(timeout=10)
+                assert second is not None, "not redelivered after reconnect"
+                assert second.message.body == b"survivor"
+                assert second.attempt == 2
+                await second.ack()
+                await flaky.producer(dest).send(b"after")
+                third = await consumer.receive(timeout=5)
+                assert third is not None and third.message.body == b"after"
+                await third.ack()
+        finally:
+            await broker.delete(dest)
+
+
+async def test_close_requeues_buffered_messages(broker: unimq.Broker, dest: str) -> None:
+    await broker.ensure(dest)
+    await broker.producer(dest).send_many([b"1", b"2", b"3"])
+    async with broker.consumer(dest, prefetch=3) as consumer:
+        first = await consumer.receive(timeout=5)
+        assert first is not None
+    async with broker.consumer(dest) as consumer:
+        got = [await consumer.receive(timeout=5) for _ in range(3)]
+    assert sorted(d.message.body for d in got if d) == [b"1", b"2", b"3"]
+
+
+def test_delay_buckets_round_up_to_two_digits() -> None:
+    assert [delay_bucket(s) for s in (0.0001, 0.057, 0.1234, 1.0, 12.345)] == [1, 57, 130, 1000, 13000]
+
+
+@pytest.mark.parametrize(("query", "word"), [
+    ("bogus=1", "bogus"),
+    ("queue_type=stream", "queue_type"),
+    ("queue_type=quorum&max_priority=5", "max_priority"),
+    ("ca_file=/x.pem", "amqps"),
+])
+async def test_bad_options_are_config_errors(query: str, word: str) -> None:
+    with pytest.raises(unimq.ConfigError, match=word):
+        await unimq.connect(with_query("amqp://guest:guest@127.0.0.1:5672/", query))
+
+
+async def test_password_never_shown() -> None:
+    with pytest.raises(unimq.UnimqError) as failure:
+        await unimq.connect("amqp://guest:s3cr3t-pw@127.0.0.1:5672/?connect_timeout=3")
+    assert "s3cr3t-pw" not in str(failure.value)
+    assert "s3cr3t-pw" not in repr(failure.value)
