@@ -167,7 +167,7 @@ def timing(unimq_target: Target) -> Timing:
     return unimq_target.timing
 
 
-@pytest_asyncio.fixture
+@pytest_asyncio.fixture(loop_scope="function")
 async def broker(unimq_url: str, timing: Timing) -> AsyncIterator[unimq.Broker]:
     async with asyncio.timeout(timing.receive):
         connected = await unimq.connect(unimq_url)
@@ -198,7 +198,7 @@ class Names:
         return f"g-{RUN_ID}-{next(_COUNTER)}"
 
 
-@pytest_asyncio.fixture
+@pytest_asyncio.fixture(loop_scope="function")
 async def names(broker: unimq.Broker, timing: Timing) -> AsyncIterator[Names]:
     made = Names()
     yield made
