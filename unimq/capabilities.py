@@ -186,3 +186,26 @@ def _check_limit(caps: Capabilities, option: str, flag: str, value: float, inste
         raise CapabilityError(
             f"{caps.backend} cannot honour {option}={value:g}: its '{flag}' limit is {feature.limit:g}. {instead}"
         )
+
+
+_STRENGTH = {Support.NONE: 0, Support.EMULATED: 1, Support.NATIVE: 2}
+_ORDER_STRENGTH = {"none": 0, "per_key": 1, "global": 2}
+
+
+def intersect(a: Capabilities, b: Capabilities) -> Capabilities:
+    """What two backends can both honour: the weaker support and the tighter limit of each flag.
+
+    Used by dual-publishing, where an option must hold on the old and the new backend alike.
+    """
+    fields: dict[str, object] = {"backend": f"{a.backend}+{b.backend}"}
+    for name in Capabilities.flag_names():
+        x, y = getattr(a, name), getattr(b, name)
+        if name == "ordering":
+            fields[name] = min(x, y, key=_ORDER_STRENGTH.__getitem__)
+            continue
+        weaker = min(x, y, key=lambda f: _STRENGTH[f.support])
+        limits = [f.limit for f in (x, y) if f.limit is not None]
+        note = f"{a.backend}: {x.note or x.support.value}; {b.backend}: {y.note or y.support.value}"
+        fields[name] = Feature(support=weaker.support, limit=min(limits) if limits else None, note=note)
+    fields["max_message_bytes"] = min(a.max_message_bytes, b.max_message_bytes)
+    return Capabilities.model_validate(fields)

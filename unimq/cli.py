@@ -19,6 +19,7 @@ import unimq
 from unimq import registry
 from unimq.errors import ConfigError, UnimqError
 from unimq.message import Delivery
+from unimq.migrate import cli as migrate_cli
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -211,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-count", type=int, default=50, help="most messages per peek or receive")
     p.add_argument("--max-wait", type=float, default=60.0, help="longest wait in seconds")
     p.add_argument("--lock-seconds", type=float, default=60.0, help="how long receive lock handles live")
+
+    migrate_cli.register(sub)
     return parser
 
 

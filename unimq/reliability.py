@@ -117,5 +117,9 @@ class DedupWindow:
         ids[message_id] = now
         return False
 
+    def __contains__(self, message_id: object) -> bool:
+        stamp = self._ids.get(message_id) if isinstance(message_id, str) else None
+        return stamp is not None and stamp >= time.monotonic() - self.window
+
     def __len__(self) -> int:
         return len(self._ids)
