@@ -1,6 +1,7 @@
 """Brokers for migration tests, found the way the conformance plugin finds them."""
 
 import os
+from collections.abc import Callable
 
 import pytest
 
@@ -10,7 +11,13 @@ from unimq.testing.brokers import Provisioner, select_targets
 _provisioner = Provisioner()
 
 
-def broker_url(target: str) -> str:
+@pytest.fixture(scope="session")
+def broker_url() -> Callable[[str], str]:
+    """``broker_url(target)``: the URL of a running broker for that conformance target."""
+    return _resolve
+
+
+def _resolve(target: str) -> str:
     """The URL of a running broker for ``target``; in CI an unreachable one fails the test."""
     try:
         (chosen,) = select_targets([target])
