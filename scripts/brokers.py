@@ -671,7 +671,8 @@ def env(brokers: list[Broker]) -> bool:
     return True
 
 
-USAGE = f"""usage: scripts/brokers up|down|status|restart|env [backend ...]
+USAGE = f"""usage: scripts/brokers up|down|stop|status|restart|env [backend ...]
+  down: stop and wipe data; stop: stop and keep data (up starts it again with its data)
 backends: {', '.join(ALL_BACKENDS)} (default: {', '.join(DEFAULT_BACKENDS)})
 state, data and logs: {STATE}/<backend>/"""
 
@@ -683,7 +684,7 @@ def main(argv: list[str]) -> int:
     command = argv[0]
     names = argv[1:] or (ALL_BACKENDS if command == "env" else DEFAULT_BACKENDS)
     unknown = [n for n in names if n not in BROKERS]
-    if unknown or command not in ("up", "down", "status", "restart", "env"):
+    if unknown or command not in ("up", "down", "stop", "status", "restart", "env"):
         print(USAGE, file=sys.stderr)
         return 2
     brokers = [BROKERS[n]() for n in dict.fromkeys(names)]
@@ -691,6 +692,8 @@ def main(argv: list[str]) -> int:
         ok = up(brokers)
     elif command == "down":
         ok = down(brokers)
+    elif command == "stop":
+        ok = down(brokers, wipe=False)
     elif command == "restart":
         ok = down(brokers, wipe=False) and up(brokers)
     elif command == "status":
