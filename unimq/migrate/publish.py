@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -52,7 +53,7 @@ class DualProducer:
         old: Producer,
         new: Producer,
         policy: Policy | str = Policy.BOTH,
-        journal: Journal | str | None = None,
+        journal: Journal | str | os.PathLike[str] | None = None,
         replay_every: float = 1.0,
     ) -> None:
         self.old = old
@@ -60,7 +61,7 @@ class DualProducer:
         self.policy = Policy(policy)
         if self.policy is Policy.PRIMARY and journal is None:
             raise ValueError("policy 'primary' needs journal=<directory> so new-side failures survive a restart")
-        self.journal = Journal(journal) if isinstance(journal, str) else journal
+        self.journal = journal if journal is None or isinstance(journal, Journal) else Journal(journal)
         self.capabilities: Capabilities = intersect(old._caps, new._caps)
         self.stats = DualStats()
         self._replay_every = replay_every
