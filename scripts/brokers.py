@@ -17,6 +17,7 @@ Python standard library only.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import os
@@ -37,7 +38,7 @@ JARS = ROOT / "scripts" / "jars"
 HOST = "127.0.0.1"
 
 DEFAULT_BACKENDS = ["rabbitmq", "redis", "nats", "kafka", "sqs"]
-ALL_BACKENDS = DEFAULT_BACKENDS + ["servicebus"]
+ALL_BACKENDS = [*DEFAULT_BACKENDS, "servicebus"]
 
 SERVICEBUS_CONNECTION_STRING = (
     f"Endpoint=sb://{HOST}:5673;SharedAccessKeyName=RootManageSharedAccessKey;"
@@ -122,30 +123,30 @@ def apt_install(packages: list[str]) -> None:
     already exists (as in container images) is left alone. On a systemd host the units are also
     disabled so they do not come back at boot.
     """
-    global _apt_updated
+    global _apt_updated  # noqa: PLW0603 - one apt-get update per run
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     policy = Path("/usr/sbin/policy-rc.d")
     own_policy = not policy.exists()
     if own_policy:
         script = f"printf '#!/bin/sh\\nexit 101\\n' > {policy} && chmod 755 {policy}"
-        subprocess.run(sudo() + ["sh", "-c", script], check=True)
+        subprocess.run([*sudo(), "sh", "-c", script], check=True)
     try:
         if not _apt_updated:
             say("apt-get update")
-            subprocess.run(sudo() + ["apt-get", "update", "-qq"], check=True, env=env)
+            subprocess.run([*sudo(), "apt-get", "update", "-qq"], check=True, env=env)
             _apt_updated = True
         say(f"apt-get install {' '.join(packages)}")
-        subprocess.run(sudo() + ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+        subprocess.run([*sudo(), "apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
                        check=True, env=env, stdout=subprocess.DEVNULL)
     except subprocess.CalledProcessError as exc:
         raise BrokerError(f"apt-get failed for {' '.join(packages)}: {exc}") from exc
     finally:
         if own_policy:
-            subprocess.run(sudo() + ["rm", "-f", str(policy)], check=False)
+            subprocess.run([*sudo(), "rm", "-f", str(policy)], check=False)
     if Path("/run/systemd/system").is_dir():
         for unit in ("rabbitmq-server", "redis-server", "nats-server"):
             if unit in packages:
-                subprocess.run(sudo() + ["systemctl", "disable", "--now", unit],
+                subprocess.run([*sudo(), "systemctl", "disable", "--now", unit],
                                check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -168,7 +169,7 @@ def maven_libs(name: str, libs: Path) -> None:
     result = subprocess.run(
         ["mvn", "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
          "-DincludeScope=runtime", f"-DoutputDirectory={tmp}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     if result.returncode != 0:
         raise BrokerError(f"mvn failed for {pom}:\n{result.stdout[-3000:]}")
@@ -305,10 +306,8 @@ class Broker:
                 time.sleep(0.1)
             if pid_alive(pid):
                 say(f"{self.name}: pid {pid} ignored SIGTERM for {self.stop_timeout:.0f}s, sending SIGKILL")
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             self.wait_port_closed()
         self.pidfile.unlink(missing_ok=True)
 
@@ -489,7 +488,7 @@ class Kafka(Broker):
                 cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
             result = subprocess.run(
                 self.java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config)),
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             )
             if result.returncode != 0:
                 raise BrokerError(f"kafka: storage format failed:\n{result.stdout[-3000:]}")
@@ -563,7 +562,7 @@ class ServiceBusDouble(Broker):
 
     def install(self) -> None:
         probe = f"import importlib.util, sys; sys.exit(0 if importlib.util.find_spec({self.module!r}) else 1)"
-        found = subprocess.run([self.python(), "-c", probe], env=self.env(),
+        found = subprocess.run([self.python(), "-c", probe], check=False, env=self.env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
         if not found:
             raise BrokerError(f"servicebus: module {self.module} not found for {self.python()} "
