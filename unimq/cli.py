@@ -83,6 +83,19 @@ async def cmd_backends(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_bench(args: argparse.Namespace) -> int:
+    from unimq import bench
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    results = await bench.run(_url(args), bench.workloads(args.quick, sizes), args.repeat, args.rate,
+                              args.latency_seconds)
+    print(bench.table(results))
+    if args.json:
+        with open(args.json, "w") as f:  # noqa: ASYNC230 - once, after the measurements
+            json.dump(bench.as_json(results), f, indent=2)
+    return 0
+
+
 async def cmd_demo(args: argparse.Namespace) -> int:
     from unimq.demo import run_demo
 
@@ -212,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-count", type=int, default=50, help="most messages per peek or receive")
     p.add_argument("--max-wait", type=float, default=60.0, help="longest wait in seconds")
     p.add_argument("--lock-seconds", type=float, default=60.0, help="how long receive lock handles live")
+
+    p = command("bench", cmd_bench, "measure produce, consume and end-to-end latency through unimq")
+    p.add_argument("--quick", action="store_true", help="small counts (seconds, not minutes)")
+    p.add_argument("--sizes", default="100,1024,65536", help="message sizes in bytes, comma-separated")
+    p.add_argument("--repeat", type=int, default=5, help="repetitions; the median is reported")
+    p.add_argument("--rate", type=float, default=200.0, help="offered rate for the latency run, msg/s")
+    p.add_argument("--latency-seconds", type=float, default=5.0)
+    p.add_argument("--json", help="also write the results to this file")
 
     migrate_cli.register(sub)
     return parser
