@@ -91,8 +91,9 @@ class RabbitMQDriver(Driver):
                 note="copy with reason published (confirmed) to exchange+queue <dest>.dlq, then ack"
                      + ("; max_deliveries also enforced by the broker (x-delivery-limit)" if quorum else "")
             ),
-            priority=(none("quorum queues have no priorities on RabbitMQ 3.x; use queue_type=classic")
-                      if not levels else native(limit=levels, note="x-max-priority on classic queues unimq declares")),
+            priority=(none("quorum queues have no priorities on RabbitMQ 3.x; use queue_type=classic") if quorum
+                      else native(limit=levels or 255,
+                                  note="x-max-priority set by ensure(max_priority=n) or the URL max_priority")),
             message_ttl=native(limit=MAX_DELAY_SECONDS, note="per-message expiration"),
             deduplication=none("RabbitMQ has no de-duplication; de-duplicate by message_id in the consumer"),
             replay=none("queues forget acked messages; streams are not mapped by this adapter"),
@@ -109,10 +110,14 @@ class RabbitMQDriver(Driver):
         return self._caps
 
     def capabilities_for(self, destination: str) -> Capabilities:
+        """Priority as provisioned: a destination ensured here without priorities cannot take one."""
         spec = self._specs.get(destination)
-        if spec is not None and spec.max_priority and self.options.queue_type == "classic":
-            return self._caps.model_copy(update={"priority": native(limit=spec.max_priority)})
-        return self._caps
+        if spec is None or self.options.queue_type == "quorum":
+            return self._caps
+        levels = spec.max_priority or self.options.priority_levels
+        priority = native(limit=levels) if levels else none(
+            f"{destination!r} was ensured without max_priority; its queues have no priorities")
+        return self._caps.model_copy(update={"priority": priority})
 
     @property
     def native(self) -> AbstractRobustConnection | None:

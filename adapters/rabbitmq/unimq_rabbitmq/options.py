@@ -28,7 +28,8 @@ class RabbitMQOptions(BaseModel):
     persistent: bool = Field(True, description="delivery_mode 2: messages survive a broker restart")
     max_priority: int | None = Field(
         None, ge=0, le=255,
-        description="x-max-priority of classic queues unimq declares (default 10; 0 = no priority). Not on quorum.",
+        description="x-max-priority of every classic queue unimq declares (default: none, set per destination "
+                    "with ensure(max_priority=n)). Priority queues are slower. Not on quorum.",
     )
     heartbeat: int = Field(60, ge=0, description="AMQP heartbeat, seconds (0 = off)")
     connect_timeout: float = Field(10.0, gt=0, description="seconds to establish the connection")
@@ -52,9 +53,7 @@ class RabbitMQOptions(BaseModel):
     @property
     def priority_levels(self) -> int:
         """x-max-priority given to the classic queues unimq declares (0 = none)."""
-        if self.queue_type == "quorum":
-            return 0
-        return 10 if self.max_priority is None else self.max_priority
+        return 0 if self.queue_type == "quorum" else self.max_priority or 0
 
     @property
     def tls_options_given(self) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import aiormq.exceptions as amqp_errors
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, ConsumerTag
@@ -115,8 +115,10 @@ class RabbitMQSubscription(Subscription):
         await self._ack(delivery.native)
 
     async def _ack(self, incoming: AbstractIncomingMessage) -> None:
+        # basic.ack has no reply: queue the frame without waiting for the socket to drain, as a
+        # lost ack only means a redelivery. (aio-pika's own ack() waits for the drain.)
         with contextlib.suppress(*LOST):  # the lock is lost: the broker redelivers the message
-            await incoming.ack()
+            await incoming.channel.basic_ack(cast(int, incoming.delivery_tag), wait=False)
 
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
         incoming: AbstractIncomingMessage = delivery.native

@@ -77,7 +77,7 @@ async def test_unimq_publisher_to_aio_pika_consumer(
     await broker.ensure(dest, groups=("audit",))
     sent = await broker.producer(dest).send(
         BODY, key="customer-42", headers={"tenant": "t1"}, correlation_id="c-9", reply_to="replies",
-        content_type="application/octet-stream", priority=3 if broker.capabilities.priority else None,
+        content_type="application/octet-stream", priority=3 if broker.capabilities_for(dest).priority else None,
     )
     queue = await raw.declare_queue(f"{dest}.audit", passive=True)
     incoming = await queue.get(timeout=5)
@@ -92,7 +92,7 @@ async def test_unimq_publisher_to_aio_pika_consumer(
     assert headers == {"tenant": "t1"}, "no unimq envelope headers on a plain send"
     assert incoming.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
     assert incoming.timestamp is not None
-    if broker.capabilities.priority:
+    if broker.capabilities_for(dest).priority:
         assert incoming.priority == 3
 
 
