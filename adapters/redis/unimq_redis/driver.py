@@ -119,9 +119,9 @@ class RedisDriver(Driver):
             persistence=native(note="as the server's AOF/RDB settings make it (appendfsync everysec loses ≤ 1 s)"),
             fanout=native(note="one consumer group per group"),
             competing_consumers=native(note="consumers of a group share its entries"),
-            ordering="global",
-            ordering_note="a group hands out entries in stream order; competing consumers and redeliveries "
-            "(reclaim, nack) process out of order",
+            ordering="none",
+            ordering_note="a group hands out entries in stream order, but nothing keeps a key with one "
+            "consumer: competing consumers and redeliveries process out of order",
             delayed_delivery=emulated(note="sorted set <d>:delayed, moved into the stream by running consumers "
                                       "(precision ≈ maintenance_interval)"),
             nack_delay=emulated(note="XACK + sorted set <d>:delayed:<group>; re-opened in the group's pending "
@@ -182,25 +182,27 @@ class RedisDriver(Driver):
         return config
 
     async def publish(self, destination: str, messages: Sequence[Message]) -> Sequence[BaseException | None]:
-        stream = self.key(destination)
+        stream = self.key(destination).encode()
         config = await self.config(destination)
-        maxlen = self.options.maxlen
+        trim = [b"MAXLEN", b"~", b"%d" % self.options.maxlen] if self.options.maxlen else []
+        xadd = [b"XADD", stream, *trim, b"*"]
         async with self.client.pipeline(transaction=False) as pipe:
             for message in messages:
                 delay = message.delay.total_seconds() if message.delay is not None else 0.0
                 fields = to_fields(message, stamp=delay > 0)
+                due = now_ms() + int(delay * 1000) if delay > 0 else 0
                 if config.dedup_ms:
-                    target, score = (self.key(destination, ":delayed"), now_ms() + int(delay * 1000)) if delay \
-                        else (stream, 0)
-                    payload = [pack_scheduled(fields)] if delay else [x for kv in fields.items() for x in kv]
+                    target = self.key(destination, ":delayed") if due else stream
                     await self.dedup_send_script(
                         keys=[target, self.key(destination, f":dedup:{message.message_id}")],
-                        args=[config.dedup_ms, score, maxlen or 0, *payload], client=pipe,
+                        args=[config.dedup_ms, due, self.options.maxlen or 0,
+                              *([pack_scheduled(fields)] if due else fields)],
+                        client=pipe,
                     )
-                elif delay > 0:
-                    pipe.zadd(self.key(destination, ":delayed"), {pack_scheduled(fields): now_ms() + int(delay * 1000)})
+                elif due:
+                    pipe.zadd(self.key(destination, ":delayed"), {pack_scheduled(fields): due})
                 else:
-                    pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+                    pipe.execute_command(*xadd, *fields)
             results = await pipe.execute(raise_on_error=False)
         return [r if isinstance(r, BaseException) else None for r in results]
 

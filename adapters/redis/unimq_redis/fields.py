@@ -32,40 +32,47 @@ TIMESTAMP = "p:ts"
 EXPIRES = "p:expires"
 
 _BODY = BODY.encode()
+_ID = ID.encode()
+_KEY = KEY.encode()
+_CORRELATION_ID = CORRELATION_ID.encode()
+_REPLY_TO = REPLY_TO.encode()
+_CONTENT_TYPE = CONTENT_TYPE.encode()
+_TIMESTAMP = TIMESTAMP.encode()
+_EXPIRES = EXPIRES.encode()
 _PROPS = {
-    b"p:id": "message_id",
-    b"p:key": "key",
-    b"p:correlation-id": "correlation_id",
-    b"p:reply-to": "reply_to",
-    b"p:content-type": "content_type",
+    _KEY: "key",
+    _CORRELATION_ID: "correlation_id",
+    _REPLY_TO: "reply_to",
+    _CONTENT_TYPE: "content_type",
 }
-
-Fields = dict[str, bytes | str]
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def to_fields(message: Message, stamp: bool = False) -> Fields:
-    """The stream fields of ``message``; ``stamp`` records its timestamp (delayed sends need it)."""
-    fields: Fields = {BODY: message.body, ID: message.message_id}
+def to_fields(message: Message, stamp: bool = False) -> list[bytes]:
+    """The stream fields of ``message`` as [name, value, ...], ready for XADD.
+
+    ``stamp`` records the timestamp even when the sender left it unset (delayed sends need it).
+    """
+    fields = [_BODY, message.body, _ID, message.message_id.encode()]
     if message.key is not None:
-        fields[KEY] = message.key
+        fields += (_KEY, message.key.encode())
     if message.correlation_id is not None:
-        fields[CORRELATION_ID] = message.correlation_id
+        fields += (_CORRELATION_ID, message.correlation_id.encode())
     if message.reply_to is not None:
-        fields[REPLY_TO] = message.reply_to
+        fields += (_REPLY_TO, message.reply_to.encode())
     if message.content_type is not None:
-        fields[CONTENT_TYPE] = message.content_type
+        fields += (_CONTENT_TYPE, message.content_type.encode())
     if message.timestamp is not None:
-        fields[TIMESTAMP] = str(int(message.timestamp.timestamp() * 1000))
+        fields += (_TIMESTAMP, b"%d" % int(message.timestamp.timestamp() * 1000))
     elif stamp:
-        fields[TIMESTAMP] = str(now_ms())
+        fields += (_TIMESTAMP, b"%d" % now_ms())
     if message.ttl is not None:
-        fields[EXPIRES] = str(now_ms() + int(message.ttl.total_seconds() * 1000))
+        fields += (_EXPIRES, b"%d" % (now_ms() + int(message.ttl.total_seconds() * 1000)))
     for name, value in message.headers.items():
-        fields[HEADER + name] = value
+        fields += ((HEADER + name).encode(), value.encode())
     return fields
 
 
@@ -75,27 +82,26 @@ def from_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[Message, in
     if body is None and len(fields) == 1:
         body = next(iter(fields.values()))
         fields = {}
-    message = Message(body=body or b"")
+    text_id = entry_id.decode()
+    raw_id = fields.get(_ID)
+    message = Message(body=body or b"", message_id=raw_id.decode(errors="replace") if raw_id else text_id)
     headers = message.headers
     expires = 0
     stamp = None
     for raw, value in fields.items():
-        if raw == _BODY:
+        if raw in (_BODY, _ID):
             continue
         prop = _PROPS.get(raw)
         if prop is not None:
             setattr(message, prop, value.decode(errors="replace"))
         elif raw.startswith(b"h:"):
             headers[raw[2:].decode(errors="replace")] = value.decode(errors="replace")
-        elif raw == b"p:ts":
+        elif raw == _TIMESTAMP:
             stamp = _int(value)
-        elif raw == b"p:expires":
+        elif raw == _EXPIRES:
             expires = _int(value)
         elif not raw.startswith(b"p:"):
             headers[raw.decode(errors="replace")] = value.decode(errors="replace")
-    text_id = entry_id.decode()
-    if ID.encode() not in fields:
-        message.message_id = text_id
     ms = stamp or int(text_id.partition("-")[0])
     message.timestamp = datetime.fromtimestamp(ms / 1000, UTC)
     return message, expires
@@ -108,16 +114,13 @@ def _int(value: bytes) -> int:
         return 0
 
 
-def pack_scheduled(fields: Fields) -> bytes:
+def pack_scheduled(fields: list[bytes]) -> bytes:
     """A delayed message as a sorted-set member: a msgpack array [nonce, name, value, ...].
 
     The Lua mover unpacks it with ``cmsgpack`` and XADDs the fields; the nonce keeps two equal
     messages distinct members.
     """
-    items: list[bytes] = [uuid.uuid4().bytes]
-    for name, value in fields.items():
-        items.append(name.encode())
-        items.append(value.encode() if isinstance(value, str) else value)
+    items = [uuid.uuid4().bytes, *fields]
     out = [_header(len(items), 0x90, 15, 0xDC, 0xDD)]
     for item in items:
         out.append(_header(len(item), 0xA0, 31, 0xDA, 0xDB, str8=True))

@@ -55,8 +55,9 @@ class RedisSubscription(Subscription):
         self._retries = driver.key(destination, f":delayed:{self._group}")
         self._cursor = "0-0"
         self._next_maintenance = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._acks: list[bytes] = []
-        self._ack_done: asyncio.Future[None] | None = None
+        self._ack_waiters: list[asyncio.Future[None]] = []
         self._ack_task: asyncio.Task[None] | None = None
         self._extended: dict[bytes, float] = {}
         self._keepalive: asyncio.Task[None] | None = None
@@ -66,6 +67,7 @@ class RedisSubscription(Subscription):
         return self._consumer
 
     async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
         config = await self._driver.config(self._destination, refresh=True)
         if self._settings.lock_timeout is None and config.lock_timeout:
             self._lock = config.lock_timeout
@@ -136,27 +138,33 @@ class RedisSubscription(Subscription):
 
         ``ack()`` returns once the XACK carrying its id was answered.
         """
-        self._extended.pop(delivery.token, None)
+        if self._extended:
+            self._extended.pop(delivery.token, None)
+        loop = self._loop or asyncio.get_running_loop()
+        done = loop.create_future()
         self._acks.append(delivery.token)
-        done = self._ack_done
-        if done is None:
-            done = self._ack_done = asyncio.get_running_loop().create_future()
-            done.add_done_callback(_retrieve)
-            if self._ack_task is None or self._ack_task.done():
-                self._ack_task = asyncio.create_task(self._flush_acks())
-        await asyncio.shield(done)
+        self._ack_waiters.append(done)
+        if self._ack_task is None:
+            self._ack_task = loop.create_task(self._flush_acks())
+        await done
 
     async def _flush_acks(self) -> None:
-        while self._acks:
-            ids, done = self._acks, self._ack_done
-            self._acks, self._ack_done = [], None
-            assert done is not None
-            try:
-                await self._client.xack(self._stream, self._group, *ids)
-            except Exception as exc:
-                done.set_exception(exc)
-            else:
-                done.set_result(None)
+        try:
+            while self._acks:
+                ids, waiters = self._acks, self._ack_waiters
+                self._acks, self._ack_waiters = [], []
+                try:
+                    await self._client.xack(self._stream, self._group, *ids)
+                except Exception as exc:
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                else:
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_result(None)
+        finally:
+            self._ack_task = None
 
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
         self._extended.pop(delivery.token, None)
@@ -180,7 +188,7 @@ class RedisSubscription(Subscription):
         copy.headers[ORIGINAL_ID] = delivery.token.decode()
         dlq = self._driver.key(self._driver.dead_letter_destination(self._destination))
         async with self._client.pipeline(transaction=True) as pipe:
-            pipe.xadd(dlq, to_fields(copy))  # type: ignore[arg-type]
+            pipe.execute_command("XADD", dlq, "*", *to_fields(copy))
             pipe.xack(self._stream, self._group, delivery.token)
             await pipe.execute()
 
@@ -215,8 +223,7 @@ class RedisSubscription(Subscription):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keepalive
         if self._ack_task is not None:
-            with contextlib.suppress(Exception):
-                await self._ack_task
+            await asyncio.wait([self._ack_task])
         try:
             await self._driver.release_all_script(keys=[self._stream], args=[self._group, self._consumer])
         except ResponseError as exc:
@@ -227,9 +234,3 @@ class RedisSubscription(Subscription):
 def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
     """A Lua reply's flat [field, value, ...] list as a dict."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _retrieve(fut: asyncio.Future[None]) -> None:
-    """Mark a batch's failure as seen even when every waiter was cancelled."""
-    if not fut.cancelled():
-        fut.exception()
