@@ -134,7 +134,8 @@ class NatsDriver(Driver):
         servers = [f"{scheme}://{host}:{port or 4222}" for host, port in url.hosts] or [f"{scheme}://127.0.0.1:4222"]
         kwargs: dict[str, Any] = {
             "servers": servers, "name": opts.name, "connect_timeout": opts.connect_timeout,
-            "max_reconnect_attempts": opts.max_reconnect_attempts, "error_cb": _log_error,
+            "max_reconnect_attempts": opts.connect_attempts - 1 or 1, "allow_reconnect": opts.connect_attempts > 1,
+            "reconnect_time_wait": 0.5, "error_cb": _log_error,
             "disconnected_cb": _log_disconnect, "reconnected_cb": _log_reconnect,
         }
         if url.username is not None:
@@ -151,6 +152,11 @@ class NatsDriver(Driver):
             if opts.tls_hostname:
                 kwargs["tls_hostname"] = opts.tls_hostname
         self._nc = await nats.connect(**kwargs)
+        # nats-py uses one setting for the first connection and for reconnection: bound the first, then
+        # let a lost connection be retried as configured.
+        self._nc.options["max_reconnect_attempts"] = opts.max_reconnect_attempts
+        self._nc.options["allow_reconnect"] = True
+        self._nc.options["reconnect_time_wait"] = 2
         if opts.jetstream:
             self._js = self._nc.jetstream(timeout=opts.api_timeout)
             try:
@@ -393,6 +399,9 @@ class NatsDriver(Driver):
 
     async def destinations(self) -> list[str]:
         js = self.js
+        if self.options.stream:
+            info = await js.stream_info(self.options.stream, subjects_filter=">")
+            return sorted(info.state.subjects or {})
         names: set[str] = set()
         offset = 0
         while True:

@@ -25,7 +25,8 @@ class NatsOptions(BaseModel):
     tls_hostname: str | None = None
     name: str | None = Field(None, description="client connection name shown by the server")
     connect_timeout: float = Field(2.0, gt=0)
-    max_reconnect_attempts: int = Field(-1, description="-1 = reconnect forever")
+    connect_attempts: int = Field(2, ge=1, description="tries per server before connect() fails")
+    max_reconnect_attempts: int = Field(-1, description="after a connection loss; -1 = reconnect forever")
     api_timeout: float = Field(5.0, gt=0, description="seconds to wait for a JetStream API or publish ack")
     lock_timeout: float = Field(30.0, gt=0, description="ack_wait of durables unimq creates, seconds")
     max_message_bytes: int = Field(1024 * 1024, ge=1, description="the server's max_payload")
