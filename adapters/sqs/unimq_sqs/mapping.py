@@ -28,8 +28,9 @@ MAX_ATTRIBUTES = 10
 #: Header slots left to the application when the ``unimq`` attribute is present (the worst case).
 USER_ATTRIBUTES = MAX_ATTRIBUTES - 1
 STRING = "String"
-#: System attributes a consumer asks for.
-SYSTEM_ATTRIBUTES = ["All"]
+#: System attributes a consumer asks for (not "All": less for botocore to parse per message).
+SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount", "SentTimestamp", "DeadLetterQueueSourceArn"]
+FIFO_SYSTEM_ATTRIBUTES = [*SYSTEM_ATTRIBUTES, "MessageGroupId", "MessageDeduplicationId"]
 
 _ATTR_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,256}")
 _FIFO_ID = re.compile(r"[\x21-\x7e]{1,128}")

@@ -28,7 +28,8 @@ from unimq_sqs.options import MAX_BATCH, MAX_VISIBILITY
 if TYPE_CHECKING:
     from unimq_sqs.driver import SqsDriver
 
-#: Concurrent DeleteMessageBatch calls per consumer; acks arriving meanwhile form the next batches.
+#: Concurrent DeleteMessageBatch calls per consumer. One flushes at once; more start only for full
+#: batches, so acks arriving during a call form full batches (fewer calls, less boto3 CPU).
 DELETE_PARALLELISM = 4
 
 
@@ -40,43 +41,51 @@ class DeleteBatcher:
         self._url = url
         self._destination = destination
         self._pending: deque[tuple[str, asyncio.Future[None]]] = deque()
-        self._flushers: set[asyncio.Task[None]] = set()
+        self._running = 0  # flushers between start and their (synchronous) exit
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def delete(self, handle: str) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((handle, future))
-        if len(self._flushers) < DELETE_PARALLELISM:
+        if not self._running or (len(self._pending) >= MAX_BATCH and self._running < DELETE_PARALLELISM):
+            self._running += 1
             task = asyncio.create_task(self._flush())
-            self._flushers.add(task)
-            task.add_done_callback(self._flushers.discard)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         await future
 
     async def _flush(self) -> None:
-        await asyncio.sleep(0)  # let the acks of this loop iteration join the batch
-        pending = self._pending
-        while pending:
-            batch = [pending.popleft() for _ in range(min(MAX_BATCH, len(pending)))]
-            entries = [{"Id": str(i), "ReceiptHandle": h} for i, (h, _) in enumerate(batch)]
-            try:
-                response = await self._driver.call("delete_message_batch", QueueUrl=self._url, Entries=entries)
-            except Exception as exc:
-                error = self._driver.map_error(exc, f"ack on {self._destination}")
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
+        try:
+            await asyncio.sleep(0)  # let the acks of this loop iteration join the batch
+            pending = self._pending
+            while pending:
+                batch = [pending.popleft() for _ in range(min(MAX_BATCH, len(pending)))]
+                await self._send(batch)
+        finally:
+            self._running -= 1
+
+    async def _send(self, batch: list[tuple[str, asyncio.Future[None]]]) -> None:
+        entries = [{"Id": str(i), "ReceiptHandle": h} for i, (h, _) in enumerate(batch)]
+        try:
+            response = await self._driver.call("delete_message_batch", QueueUrl=self._url, Entries=entries)
+        except Exception as exc:
+            error = self._driver.map_error(exc, f"ack on {self._destination}")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        failed = {f["Id"]: f for f in response.get("Failed", ()) if f.get("Code") not in _STALE_HANDLE}
+        for i, (_, future) in enumerate(batch):
+            if future.done():
                 continue
-            failed = {f["Id"]: f for f in response.get("Failed", ()) if f.get("Code") not in _STALE_HANDLE}
-            for i, (_, future) in enumerate(batch):
-                if future.done():
-                    continue
-                if str(i) in failed:
-                    future.set_exception(entry_error(failed[str(i)], f"ack on {self._destination}"))
-                else:
-                    future.set_result(None)
+            if str(i) in failed:
+                future.set_exception(entry_error(failed[str(i)], f"ack on {self._destination}"))
+            else:
+                future.set_result(None)
 
     async def drain(self) -> None:
-        if self._flushers:
-            await asyncio.gather(*self._flushers, return_exceptions=True)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 class SqsSubscription(Subscription):
@@ -108,7 +117,10 @@ class SqsSubscription(Subscription):
         deadline = time.monotonic() + timeout
         while True:
             if self._buffer:
-                return [self._take() for _ in range(min(max_messages, len(self._buffer)))]
+                out = [self._take() for _ in range(min(max_messages, len(self._buffer)))]
+                if not self._closed:
+                    self._fill(max_messages - len(out))  # keep the polls going while these are handled
+                return out
             if self._error is not None:
                 error, self._error = self._error, None
                 raise error
@@ -132,6 +144,8 @@ class SqsSubscription(Subscription):
         want = room - len(self._buffer) - self._requested
         limit = 1 if self._idle else self._driver.options.max_receives
         while want > 0 and len(self._polls) < limit:
+            if want < MAX_BATCH and self._polls:
+                break  # wait for room for a full batch: fewer, fuller ReceiveMessage calls
             count = min(MAX_BATCH, want)
             want -= count
             self._requested += count
@@ -142,7 +156,9 @@ class SqsSubscription(Subscription):
     async def _poll(self, count: int) -> None:
         kwargs: dict[str, Any] = {
             "QueueUrl": self._url, "MaxNumberOfMessages": count, "WaitTimeSeconds": self._driver.options.wait_time,
-            "MessageAttributeNames": ["All"], "MessageSystemAttributeNames": mapping.SYSTEM_ATTRIBUTES,
+            "MessageAttributeNames": ["All"], "MessageSystemAttributeNames": (
+                mapping.FIFO_SYSTEM_ATTRIBUTES if self._driver.is_fifo(self._destination)
+                else mapping.SYSTEM_ATTRIBUTES),
         }
         if self._visibility is not None:
             kwargs["VisibilityTimeout"] = self._visibility

@@ -8,7 +8,6 @@ from typing import Any
 import unimq
 
 
-
 async def test_boto3_to_unimq(broker: unimq.Broker, boto: Any, name: str) -> None:
     await broker.ensure(name)
     url = boto.get_queue_url(QueueName=name)["QueueUrl"]
