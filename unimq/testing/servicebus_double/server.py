@@ -16,6 +16,7 @@ Link roles, by address (see docs/servicebus-double.md):
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -25,8 +26,8 @@ import uuid
 from concurrent.futures import Future
 from typing import Any, Callable, Dict, List, Optional
 
-from proton import (Array, Condition, Data, Delivery, Link, Message, Terminus, symbol, timestamp,
-                    int32)
+from proton import (UNDESCRIBED, Array, Condition, Data, Delivery, Link, Message, Terminus, int32, symbol,
+                    timestamp)
 from proton.reactor import ApplicationEvent, Container, EventInjector
 
 from .codec import StoredMessage, now_ms, split_sections, unpack_transfer
@@ -109,6 +110,19 @@ class _Reply:
         self.status, self.body, self.description, self.condition = status, body, description, condition
 
 
+def _guarded(method: Callable[..., None]) -> Callable[..., None]:
+    """Log a handler's unexpected exception instead of letting it stop the reactor (and every test)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, event: Any) -> None:
+        try:
+            method(self, event)
+        except Exception:
+            log.exception("Service Bus double: error while handling %s", event.type)
+
+    return wrapper
+
+
 class _Handler:
     """Proton event handler: connection plumbing plus routing of links to the broker."""
 
@@ -134,7 +148,10 @@ class _Handler:
         self.container.schedule(TICK_SECONDS, self)
 
     def on_timer_task(self, event: Any) -> None:
-        self.broker.tick(now_ms())
+        try:
+            self.broker.tick(now_ms())
+        except Exception:
+            log.exception("Service Bus double: error in the timer tick")
         self.container.schedule(TICK_SECONDS, self)
 
     def on_call(self, event: Any) -> None:
@@ -186,6 +203,7 @@ class _Handler:
 
     # ------------------------------------------------------------------ links
 
+    @_guarded
     def on_link_remote_open(self, event: Any) -> None:
         link = event.link
         link.source.copy(link.remote_source)
@@ -259,6 +277,7 @@ class _Handler:
         link.open()
         entity.add_consumer(consumer)
 
+    @_guarded
     def on_link_remote_close(self, event: Any) -> None:
         self._forget_link(event.link)
         event.link.close()
@@ -269,6 +288,7 @@ class _Handler:
             link.entity.remove_consumer(consumer)
             link.consumer = None
 
+    @_guarded
     def on_link_flow(self, event: Any) -> None:
         link = event.link
         consumer = getattr(link, "consumer", None)
@@ -279,6 +299,7 @@ class _Handler:
 
     # ------------------------------------------------------------- deliveries
 
+    @_guarded
     def on_delivery(self, event: Any) -> None:
         delivery = event.delivery
         link = event.link
@@ -387,7 +408,7 @@ class _Handler:
                 message = StoredMessage(split_sections(bytes(item["message"])))
                 entity.check_sendable(message)
                 numbers.append(entity.enqueue(message, now, dedup=False))
-            return _Reply(body={"sequence-numbers": Array(Data.LONG, *numbers)})
+            return _Reply(body={"sequence-numbers": Array(UNDESCRIBED, Data.LONG, *numbers)})
         if op == "cancel-scheduled-message":
             entity.cancel_scheduled([int(n) for n in _as_list(body.get("sequence-numbers"))])
             return _Reply(body={})
@@ -396,7 +417,7 @@ class _Handler:
         if op == "renew-lock":
             tokens = [_as_uuid(t) for t in _as_list(body.get("lock-tokens"))]
             expirations = entity.renew_locks(tokens, now)
-            return _Reply(body={"expirations": Array(Data.TIMESTAMP, *[timestamp(e) for e in expirations])})
+            return _Reply(body={"expirations": Array(UNDESCRIBED, Data.TIMESTAMP, *[timestamp(e) for e in expirations])})
         if op == "peek-message":
             encoded = entity.peek(int(body.get("from-sequence-number", 1)), int(body.get("message-count", 1)),
                                   session_id, now)
@@ -421,10 +442,11 @@ class _Handler:
         if op == "get-session-state":
             return _Reply(body={"session-state": entity.session_state.get(str(session_id))})
         if op == "set-session-state":
-            entity.session_state[str(session_id)] = body.get("session-state")
+            state = body.get("session-state")
+            entity.session_state[str(session_id)] = None if state is None else bytes(state)
             return _Reply(body={})
         if op == "get-message-sessions":
-            return _Reply(body={"skip": int32(0), "sessions-ids": Array(Data.STRING, *entity.session_ids())})
+            return _Reply(body={"skip": int32(0), "sessions-ids": Array(UNDESCRIBED, Data.STRING, *entity.session_ids())})
         raise ServiceBusError("amqp:not-implemented", f"operation {operation!r} is not supported by the double", 501)
 
     def _control(self, operation: str, body: Dict[str, Any]) -> _Reply:
