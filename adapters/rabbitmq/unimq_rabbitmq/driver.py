@@ -82,9 +82,9 @@ class RabbitMQDriver(Driver):
             persistence=native(note="durable exchanges and queues, persistent messages, publisher confirms"),
             fanout=native(note="topic exchange <dest>; one durable queue <dest>.<group> per group"),
             competing_consumers=native(),
-            ordering="global",
-            ordering_note="per queue, in publish order of one channel, for one consumer; redeliveries and "
-                          "competing consumers reorder",
+            ordering="none",
+            ordering_note="a queue delivers in publish order to a single consumer; competing consumers, "
+                          "prefetch and redeliveries reorder, and there is no per-key affinity",
             delayed_delivery=emulated(limit=MAX_DELAY_SECONDS, note=delay_note),
             nack_delay=emulated(limit=MAX_DELAY_SECONDS, note=delay_note),
             dead_letter=emulated(
@@ -213,8 +213,8 @@ class RabbitMQDriver(Driver):
             declared = await channel.declare_queue(queue, passive=True)
             await declared.bind(exchange, BIND_ALL)
 
-    async def declare_exchange(self, name: str) -> None:
-        if name not in self._exchanges:
+    async def declare_exchange(self, name: str, force: bool = False) -> None:
+        if force or name not in self._exchanges:
             await self._declare("exchange", name)
             self._exchanges.add(name)
 
@@ -225,25 +225,28 @@ class RabbitMQDriver(Driver):
     def group_queue(self, destination: str, group: str | None) -> str:
         return destination if group is None else f"{destination}.{group}"
 
-    async def declare_group(self, destination: str, group: str | None) -> str:
-        """Exchange, queue and binding of one group; returns the queue name."""
+    async def declare_group(self, destination: str, group: str | None, force: bool = False) -> str:
+        """Exchange, queue and binding of one group; returns the queue name.
+
+        Cached per process; ``force`` (ensure) declares again, restoring what was deleted behind our back.
+        """
         queue = self.group_queue(destination, group)
         self._groups.setdefault(destination, set()).add(group)
-        if queue in self._queues:
+        if queue in self._queues and not force:
             return queue
         async with self._topology_lock:
-            await self.declare_exchange(destination)
+            await self.declare_exchange(destination, force)
             spec = self._specs.get(destination)
             await self._declare("queue", queue, arguments=self._queue_args(destination, spec))
             await self._bind(queue, destination)
             self._queues.add(queue)
         return queue
 
-    async def declare_dead_letter(self, destination: str) -> str:
+    async def declare_dead_letter(self, destination: str, force: bool = False) -> str:
         """The dead-letter exchange and queue of ``destination``; returns the exchange name."""
         target = self.dead_letter_destination(destination)
-        if target not in self._queues:
-            await self.declare_exchange(target)
+        if force or target not in self._queues:
+            await self.declare_exchange(target, force)
             await self._declare("queue", target, arguments=self._queue_args(target, None))
             await self._bind(target, target)
             self._queues.add(target)
@@ -278,11 +281,11 @@ class RabbitMQDriver(Driver):
             raise CapabilityError.unsupported("rabbitmq (quorum)", "max_priority=", "priority",
                                               "Use queue_type=classic, or a destination per priority.")
         self._specs[destination] = spec
-        await self.declare_group(destination, None)
+        await self.declare_group(destination, None, force=True)
         for group in spec.groups:
-            await self.declare_group(destination, group)
+            await self.declare_group(destination, group, force=True)
         if spec.dead_letter or spec.max_deliveries:
-            await self.declare_dead_letter(destination)
+            await self.declare_dead_letter(destination, force=True)
 
     # Publishing
 
@@ -307,8 +310,9 @@ class RabbitMQDriver(Driver):
 
     async def send_raw(self, sends: list[tuple[str, str, bytes, Basic.Properties]]) -> list[BaseException | None]:
         """Publish (exchange, routing key, body, properties) tuples pipelined; await all confirms."""
-        channel = await self.publish_channel().get_underlay_channel()
         timeout = self.options.publish_timeout
+        # While the connection recovers this waits for the restored channel, at most publish_timeout.
+        channel = await asyncio.wait_for(self.publish_channel().get_underlay_channel(), timeout)
         results = await asyncio.gather(
             *(channel.basic_publish(body, exchange=exchange, routing_key=key, properties=props, mandatory=True,
                                     timeout=timeout)
@@ -328,6 +332,8 @@ class RabbitMQDriver(Driver):
         if isinstance(result, BaseException):
             if isinstance(result, asyncio.CancelledError):
                 raise result
+            if isinstance(result, amqp_errors.ChannelNotFoundEntity):
+                self._exchanges.discard(exchange)  # deleted behind our back: declare it again next time
             return self.map_error(result, f"publish to {exchange or key!r}")
         return PublishError(f"rabbitmq: broker refused message on exchange {exchange!r} ({type(result).__name__})",
                             retryable=True)

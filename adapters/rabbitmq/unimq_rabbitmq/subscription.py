@@ -161,10 +161,9 @@ class RabbitMQSubscription(Subscription):
         channel, self._channel = self._channel, None
         if channel is None:
             return
-        try:
-            if self._queue is not None and self._tag is not None:
-                await self._queue.cancel(self._tag)
-        except LOST:
-            pass
-        finally:
-            await channel.close()
+        with contextlib.suppress(*LOST):
+            try:
+                if self._queue is not None and self._tag is not None:
+                    await self._queue.cancel(self._tag)
+            finally:
+                await channel.close()

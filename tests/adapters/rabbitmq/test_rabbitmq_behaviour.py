@@ -239,3 +239,23 @@ async def test_password_never_shown() -> None:
         await unimq.connect("amqp://guest:s3cr3t-pw@127.0.0.1:5672/?connect_timeout=3")
     assert "s3cr3t-pw" not in str(failure.value)
     assert "s3cr3t-pw" not in repr(failure.value)
+
+
+async def test_send_after_connection_loss_waits_for_recovery(proxy: FaultProxy, dest: str) -> None:
+    """Sends issued while the connection is down complete once it is restored; none is lost."""
+    async with unimq.connect(URL) as broker:
+        try:
+            await broker.ensure(dest)
+            async with unimq.connect(f"amqp://guest:guest@127.0.0.1:{proxy.port}/?reconnect_interval=0.2") as flaky:
+                producer = flaky.producer(dest)
+                await producer.send(b"before")
+                proxy.sever()
+                await asyncio.gather(*(producer.send(f"during-{i}".encode()) for i in range(20)))
+            async with broker.consumer(dest) as consumer:
+                got = set()
+                while (delivery := await consumer.receive(timeout=3)) is not None:
+                    got.add(delivery.message.body)
+                    await delivery.ack()
+            assert got == {b"before"} | {f"during-{i}".encode() for i in range(20)}
+        finally:
+            await broker.delete(dest)
