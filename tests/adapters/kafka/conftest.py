@@ -49,3 +49,8 @@ async def topic(broker: unimq.Broker) -> AsyncIterator[str]:
 def bootstrap() -> str:
     """host:port list for plain aiokafka clients."""
     return BOOTSTRAP
+
+
+@pytest.fixture
+def kafka_url() -> str:
+    return KAFKA_URL

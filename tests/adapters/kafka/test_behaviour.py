@@ -1,0 +1,137 @@
+"""Kafka-specific behaviour beyond the conformance suite: emulations, start positions, slow handlers, options."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+import unimq
+
+
+async def test_nack_delay_does_not_block_other_messages(broker: unimq.Broker, topic: str) -> None:
+    await broker.ensure(topic, partitions=2)
+    producer = broker.producer(topic)
+    await producer.send(b"slow", key="a")
+    async with broker.consumer(topic) as consumer:
+        first = await consumer.receive(timeout=15)
+        assert first is not None and first.message.body == b"slow"
+        await first.nack(delay=2.0)
+        nacked_at = time.monotonic()
+        await producer.send_many([unimq.Message(body=f"fast-{i}".encode(), key=str(i)) for i in range(5)])
+        fast = [await consumer.receive(timeout=15) for _ in range(5)]
+        assert all(d is not None and d.message.body.startswith(b"fast") for d in fast)
+        assert time.monotonic() - nacked_at < 2.0, "messages behind a delayed redelivery were held up"
+        for d in fast:
+            assert d is not None
+            await d.ack()
+        again = await consumer.receive(timeout=15)
+        assert again is not None and again.message.body == b"slow"
+        assert time.monotonic() - nacked_at >= 1.9
+        assert again.attempt == 2
+        assert again.message.message_id == first.message.message_id
+        await again.ack()
+
+
+async def test_delayed_send_reaches_every_group_once_when_due(broker: unimq.Broker, topic: str) -> None:
+    await broker.ensure(topic, partitions=1, groups=("g1", "g2"))
+    async with broker.consumer(topic, "g1") as c1, broker.consumer(topic, "g2") as c2:
+        sent_at = time.monotonic()
+        await broker.producer(topic).send(b"later", delay=timedelta(seconds=2))
+        await broker.producer(topic).send(b"now")
+
+        async def drain(consumer: unimq.Consumer) -> list[tuple[bytes, float]]:
+            got = []
+            while len(got) < 2:
+                delivery = await consumer.receive(timeout=10)
+                assert delivery is not None, f"{consumer.group} got {got}"
+                got.append((delivery.message.body, time.monotonic() - sent_at))
+                await delivery.ack()
+            assert await consumer.receive(timeout=1.5) is None, "a delayed message arrived twice"
+            return got
+
+        for got in await asyncio.gather(drain(c1), drain(c2)):
+            assert [b for b, _ in got] == [b"now", b"later"]
+            assert got[1][1] >= 1.9
+
+
+async def test_expired_messages_are_dropped(broker: unimq.Broker, topic: str) -> None:
+    await broker.ensure(topic, partitions=1)
+    producer = broker.producer(topic)
+    await producer.send(b"short", ttl=timedelta(milliseconds=200))
+    await producer.send(b"long", ttl=timedelta(minutes=5))
+    await asyncio.sleep(0.5)
+    async with broker.consumer(topic) as consumer:
+        delivery = await consumer.receive(timeout=10)
+        assert delivery is not None and delivery.message.body == b"long"
+        await delivery.ack()
+        assert await consumer.receive(timeout=1) is None
+
+
+async def test_start_latest_timestamp_and_offset(broker: unimq.Broker, topic: str) -> None:
+    await broker.ensure(topic, partitions=1)
+    producer = broker.producer(topic)
+    await producer.send_many([b"old-0", b"old-1"])
+    await asyncio.sleep(0.05)
+    cut = datetime.now(UTC)
+    await asyncio.sleep(0.05)
+    await producer.send(b"mid")
+    async with broker.consumer(topic, "latest", start="latest") as consumer:
+        await producer.send(b"new")
+        delivery = await consumer.receive(timeout=10)
+        assert delivery is not None and delivery.message.body == b"new"
+        await delivery.ack()
+    async with broker.consumer(topic, "by-time", start=cut) as consumer:
+        delivery = await consumer.receive(timeout=10)
+        assert delivery is not None and delivery.message.body == b"mid"
+    async with broker.consumer(topic, "by-offset", start=1) as consumer:
+        delivery = await consumer.receive(timeout=10)
+        assert delivery is not None and delivery.message.body == b"old-1"
+
+
+async def test_slow_handler_keeps_group_membership(kafka_url: str, topic: str) -> None:
+    """A handler slower than max_poll_interval must not make the consumer leave its group."""
+    async with unimq.connect(kafka_url, max_poll_interval_ms=2000) as broker:
+        await broker.ensure(topic, partitions=1, groups=("slow",))
+        await broker.producer(topic).send_many([b"a", b"b", b"c"])
+        async with broker.consumer(topic, "slow", prefetch=1) as consumer:
+            first = await consumer.receive(timeout=10)
+            assert first is not None
+            await asyncio.sleep(4.5)  # more than twice max_poll_interval, prefetch exhausted
+            await first.ack()
+            rest = []
+            for _ in range(2):
+                delivery = await consumer.receive(timeout=10)
+                assert delivery is not None, f"got only {rest}"
+                rest.append(delivery.message.body)
+                await delivery.ack()
+            assert rest == [b"b", b"c"], "a rebalance would have redelivered 'a'"
+            assert consumer.subscription.native.assignment(), "the consumer lost its partitions"
+        await asyncio.sleep(0.3)
+        stats = await broker.stats(topic, "slow")
+        assert stats.lag == 0, stats
+
+
+def test_bad_options_are_config_errors() -> None:
+    async def connect(url: str) -> None:
+        async with unimq.connect(url):
+            pass
+
+    with pytest.raises(unimq.ConfigError, match="unknown option 'nope'"):
+        asyncio.run(connect("kafka://127.0.0.1:9092?nope=1"))
+    with pytest.raises(unimq.ConfigError, match="idempotence"):
+        asyncio.run(connect("kafka://127.0.0.1:9092?acks=1"))
+
+
+def test_sasl_password_never_shown() -> None:
+    async def connect() -> None:
+        async with unimq.connect("kafka://127.0.0.1:1?security_protocol=SASL_PLAINTEXT&sasl_username=u"
+                                 "&sasl_password=hunter2secret&request_timeout_ms=1000"):
+            pass
+
+    with pytest.raises(unimq.UnimqError) as info:
+        asyncio.run(connect())
+    assert "hunter2secret" not in str(info.value)
+    assert info.value.retryable, "an unreachable broker is a retryable ConnectionError"
