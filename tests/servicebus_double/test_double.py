@@ -16,18 +16,18 @@ import pytest
 pytest.importorskip("proton")
 pytest.importorskip("azure.servicebus")
 
-from azure.servicebus import (  # noqa: E402
+from azure.servicebus import (
     NEXT_AVAILABLE_SESSION,
     ServiceBusMessage,
     ServiceBusReceiveMode,
     ServiceBusSubQueue,
 )
-from azure.servicebus.aio import ServiceBusClient  # noqa: E402
-from azure.servicebus.exceptions import MessageLockLostError, SessionCannotBeLockedError  # noqa: E402
-from proton import Message  # noqa: E402
-from proton.utils import BlockingConnection  # noqa: E402
+from azure.servicebus.aio import ServiceBusClient
+from azure.servicebus.exceptions import MessageLockLostError, SessionCannotBeLockedError
+from proton import Message
+from proton.utils import BlockingConnection
 
-from unimq.testing.servicebus_double import ServiceBusDouble  # noqa: E402
+from unimq.testing.servicebus_double import ServiceBusDouble
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ async def client(double: ServiceBusDouble) -> AsyncIterator[ServiceBusClient]:
 
 
 def utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 async def receive_all(receiver, count: int, wait: float = 3.0) -> list:

@@ -3,4 +3,4 @@
 from .entities import EntityConfig, ServiceBusError
 from .server import ServiceBusDouble
 
-__all__ = ["ServiceBusDouble", "EntityConfig", "ServiceBusError"]
+__all__ = ["EntityConfig", "ServiceBusDouble", "ServiceBusError"]

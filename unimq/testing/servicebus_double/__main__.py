@@ -25,7 +25,11 @@ def main(argv=None) -> int:
     # SIGTERM/SIGINT ask the reactor thread to stop; run() then returns and the process exits 0.
     signal.signal(signal.SIGTERM, lambda *_: double.stop(timeout=0))
     signal.signal(signal.SIGINT, lambda *_: double.stop(timeout=0))
-    double.start()
+    try:
+        double.start()
+    except RuntimeError as exc:
+        logging.getLogger("unimq.servicebus_double").error("%s", exc)
+        return 1
     logging.getLogger("unimq.servicebus_double").info("connection string: %s", double.connection_string)
     while double._thread is not None and double._thread.is_alive():
         double._thread.join(0.5)

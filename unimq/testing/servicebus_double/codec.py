@@ -14,7 +14,7 @@ delivery costs two small encodes.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from proton import Data, Described, symbol, timestamp, ubyte, uint, ulong
 
@@ -49,7 +49,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def split_sections(raw: bytes) -> List[Tuple[int, Any, bytes]]:
+def split_sections(raw: bytes) -> list[tuple[int, Any, bytes]]:
     """Split an encoded message into ``(descriptor code, decoded value, raw bytes)`` per section.
 
     Raises ``ValueError`` when ``raw`` is not a well-formed sequence of AMQP message sections.
@@ -98,7 +98,7 @@ def _encode(code: int, value: Any) -> bytes:
     return data.encode()
 
 
-def unpack_transfer(raw: bytes) -> List[List[Tuple[int, Any, bytes]]]:
+def unpack_transfer(raw: bytes) -> list[list[tuple[int, Any, bytes]]]:
     """Return the messages carried by one transfer: one, or several for an SDK batch.
 
     The SDK sends ``ServiceBusMessageBatch`` as one AMQP message of format 0x80013700 whose data
@@ -139,19 +139,32 @@ class StoredMessage:
     """
 
     __slots__ = (
-        "seq", "header", "annotations", "properties", "app_properties", "tail_after_app",
-        "properties_raw", "app_raw", "message_id", "session_id", "enqueued_ms", "expires_ms",
-        "delivery_count", "state", "scheduled_ms", "size",
+        "annotations",
+        "app_properties",
+        "app_raw",
+        "delivery_count",
+        "enqueued_ms",
+        "expires_ms",
+        "header",
+        "message_id",
+        "properties",
+        "properties_raw",
+        "scheduled_ms",
+        "seq",
+        "session_id",
+        "size",
+        "state",
+        "tail_after_app",
     )
 
-    def __init__(self, sections: List[Tuple[int, Any, bytes]]):
+    def __init__(self, sections: list[tuple[int, Any, bytes]]):
         self.seq = 0
-        self.header: List[Any] = [None, None, None, None, None]
-        self.annotations: Dict[Any, Any] = {}
-        self.properties: List[Any] = []
+        self.header: list[Any] = [None, None, None, None, None]
+        self.annotations: dict[Any, Any] = {}
+        self.properties: list[Any] = []
         self.properties_raw = b""
         self.app_raw = b""
-        self.app_properties: Optional[Dict[Any, Any]] = None
+        self.app_properties: dict[Any, Any] | None = None
         tail = []
         for code, value, raw in sections:
             if code == HEADER:
@@ -174,20 +187,20 @@ class StoredMessage:
         self.session_id = None if props[10] is None else str(props[10])
         self.delivery_count = int(self.header[4] or 0)
         self.enqueued_ms = 0
-        self.expires_ms: Optional[int] = None
+        self.expires_ms: int | None = None
         self.state = ACTIVE
-        self.scheduled_ms: Optional[int] = None
+        self.scheduled_ms: int | None = None
         scheduled = self.annotations.get(SCHEDULED_ENQUEUE_TIME)
         if scheduled is not None:
             self.scheduled_ms = _to_ms(scheduled)
         self.size = len(self.properties_raw) + len(self.app_raw) + len(self.tail_after_app)
 
     @property
-    def ttl_ms(self) -> Optional[int]:
+    def ttl_ms(self) -> int | None:
         ttl = self.header[2]
         return None if ttl is None else int(ttl)
 
-    def copy(self) -> "StoredMessage":
+    def copy(self) -> StoredMessage:
         """A shallow copy for topic fan-out: the raw sections are immutable and shared."""
         clone = StoredMessage.__new__(StoredMessage)
         for name in StoredMessage.__slots__:
@@ -203,7 +216,7 @@ class StoredMessage:
         self.app_properties = props
         self.app_raw = _encode(APPLICATION_PROPERTIES, props)
 
-    def encode(self, lock_token=None, locked_until_ms: Optional[int] = None) -> bytes:
+    def encode(self, lock_token=None, locked_until_ms: int | None = None) -> bytes:
         """The bytes of this message as a delivery (or a peek result) would carry them."""
         header = list(self.header)
         header[4] = uint(self.delivery_count)

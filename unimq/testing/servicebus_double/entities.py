@@ -18,12 +18,14 @@ them for ``credit()`` and hands them encoded deliveries.
 
 from __future__ import annotations
 
+import builtins
 import heapq
 import logging
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 from .codec import ACTIVE, DEFERRED, SCHEDULED, StoredMessage, now_ms
 
@@ -59,15 +61,15 @@ class EntityConfig:
     lock_duration: float = 30.0
     max_delivery_count: int = 10
     requires_session: bool = False
-    duplicate_detection_window: Optional[float] = None
-    default_ttl: Optional[float] = None
+    duplicate_detection_window: float | None = None
+    default_ttl: float | None = None
     dead_lettering_on_message_expiration: bool = False
 
     @classmethod
-    def option_names(cls) -> List[str]:
+    def option_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
-    def update(self, **options: Any) -> "EntityConfig":
+    def update(self, **options: Any) -> EntityConfig:
         unknown = set(options) - set(self.option_names())
         if unknown:
             raise ServiceBusError(ARGUMENT_ERROR, f"unknown entity option(s): {sorted(unknown)}")
@@ -75,12 +77,12 @@ class EntityConfig:
             setattr(self, name, value)
         return self
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 class Lock:
-    __slots__ = ("message", "until_ms", "consumer")
+    __slots__ = ("consumer", "message", "until_ms")
 
     def __init__(self, message: StoredMessage, until_ms: int, consumer: Any):
         self.message = message
@@ -101,9 +103,9 @@ class _Dedup:
 
     def __init__(self, window_s: float):
         self.window_ms = int(window_s * 1000)
-        self.seen_at: "OrderedDict[str, int]" = OrderedDict()
+        self.seen_at: OrderedDict[str, int] = OrderedDict()
 
-    def is_duplicate(self, message_id: Optional[str], now: int) -> bool:
+    def is_duplicate(self, message_id: str | None, now: int) -> bool:
         while self.seen_at:
             oldest_id, at = next(iter(self.seen_at.items()))
             if at + self.window_ms > now:
@@ -117,7 +119,7 @@ class _Dedup:
         return False
 
 
-def _dedup_for(config: EntityConfig, current: Optional[_Dedup]) -> Optional[_Dedup]:
+def _dedup_for(config: EntityConfig, current: _Dedup | None) -> _Dedup | None:
     window = config.duplicate_detection_window
     if not window:
         return None
@@ -135,24 +137,24 @@ class Queue:
         self.name = name
         self.kind = kind
         self.config = config
-        self.dead_letter: Optional[Queue] = None
+        self.dead_letter: Queue | None = None
         if kind != "deadletter":
             self.dead_letter = Queue(f"{name}/{DEAD_LETTER_QUEUE}", EntityConfig(
                 lock_duration=config.lock_duration, max_delivery_count=2**31 - 1), kind="deadletter")
-        self.messages: Dict[int, StoredMessage] = {}
-        self.ready: Dict[Optional[str], Deque[int]] = {}
-        self.locks: Dict[uuid.UUID, Lock] = {}
-        self.consumers: List[Any] = []
-        self.session_locks: Dict[str, SessionLock] = {}
-        self.session_state: Dict[str, bytes] = {}
-        self.session_waiters: List[Tuple[Any, int, Callable[[Optional[str]], None]]] = []
+        self.messages: dict[int, StoredMessage] = {}
+        self.ready: dict[str | None, deque[int]] = {}
+        self.locks: dict[uuid.UUID, Lock] = {}
+        self.consumers: list[Any] = []
+        self.session_locks: dict[str, SessionLock] = {}
+        self.session_state: dict[str, bytes] = {}
+        self.session_waiters: list[tuple[Any, int, Callable[[str | None], None]]] = []
         self.counters = {"enqueued": 0, "delivered": 0, "completed": 0, "dead_lettered": 0,
                          "expired": 0, "duplicates": 0}
-        self._lock_heap: List[Tuple[int, uuid.UUID]] = []
-        self._scheduled_heap: List[Tuple[int, int]] = []
+        self._lock_heap: list[tuple[int, uuid.UUID]] = []
+        self._scheduled_heap: list[tuple[int, int]] = []
         self._next_seq = 1
         self._rr = 0
-        self._dedup: Optional[_Dedup] = _dedup_for(config, None)
+        self._dedup: _Dedup | None = _dedup_for(config, None)
         self.auto_created = False
 
     # ----------------------------------------------------------------- intake
@@ -167,7 +169,7 @@ class Queue:
         if self.config.requires_session and not message.session_id:
             raise ServiceBusError(ARGUMENT_ERROR, f"{self.name} requires sessions: set session_id")
 
-    def enqueue(self, message: StoredMessage, now: int, dedup: bool = True) -> Optional[int]:
+    def enqueue(self, message: StoredMessage, now: int, dedup: bool = True) -> int | None:
         """Store a message; return its sequence number, or None when dropped as a duplicate."""
         if dedup and self._dedup is not None and self._dedup.is_duplicate(message.message_id, now):
             self.counters["duplicates"] += 1
@@ -192,7 +194,7 @@ class Queue:
             self.pump(now)
         return message.seq
 
-    def _ready_queue(self, message: StoredMessage) -> Deque[int]:
+    def _ready_queue(self, message: StoredMessage) -> deque[int]:
         key = message.session_id if self.config.requires_session else None
         queue = self.ready.get(key)
         if queue is None:
@@ -225,7 +227,7 @@ class Queue:
             self._serve_session_waiters(now_ms())
             self.pump()
 
-    def pump(self, now: Optional[int] = None) -> None:
+    def pump(self, now: int | None = None) -> None:
         """Hand ready messages to consumers, never beyond each consumer's link credit."""
         if not self.consumers:
             return
@@ -243,7 +245,7 @@ class Queue:
                     self._deliver(consumer, message, now)
             consumer.after_pump()
 
-    def _pop_ready(self, queue: Deque[int], now: int) -> Optional[StoredMessage]:
+    def _pop_ready(self, queue: deque[int], now: int) -> StoredMessage | None:
         message = self.messages.get(queue.popleft())
         if message is None or message.state != ACTIVE:
             return None
@@ -267,8 +269,8 @@ class Queue:
 
     # ------------------------------------------------------------- settlement
 
-    def settle(self, token: uuid.UUID, outcome: str, reason: Optional[str] = None,
-               description: Optional[str] = None) -> None:
+    def settle(self, token: uuid.UUID, outcome: str, reason: str | None = None,
+               description: str | None = None) -> None:
         """Apply complete / abandon / release / dead-letter / defer to a locked message."""
         lock = self.locks.pop(token, None)
         if lock is None:
@@ -309,7 +311,7 @@ class Queue:
         if message.state == ACTIVE and message.seq in self.messages:
             self._ready_queue(message).appendleft(message.seq)
 
-    def _dead_letter(self, message: StoredMessage, reason: Optional[str], description: Optional[str],
+    def _dead_letter(self, message: StoredMessage, reason: str | None, description: str | None,
                      now: int) -> None:
         self.counters["dead_lettered"] += 1
         if self.dead_letter is None:
@@ -327,7 +329,7 @@ class Queue:
         if self.config.dead_lettering_on_message_expiration:
             self._dead_letter(message, "TTLExpiredException", "The message expired and was dead lettered.", now)
 
-    def renew_locks(self, tokens: List[uuid.UUID], now: int) -> List[int]:
+    def renew_locks(self, tokens: list[uuid.UUID], now: int) -> list[int]:
         expirations = []
         for token in tokens:
             lock = self.locks.get(token)
@@ -340,7 +342,7 @@ class Queue:
 
     # ----------------------------------------------------------- $management
 
-    def peek(self, from_seq: int, count: int, session_id: Optional[str], now: int) -> List[bytes]:
+    def peek(self, from_seq: int, count: int, session_id: str | None, now: int) -> list[bytes]:
         result = []
         for seq, message in self.messages.items():
             if len(result) >= count:
@@ -352,7 +354,7 @@ class Queue:
             result.append(message.encode())
         return result
 
-    def receive_deferred(self, seqs: List[int], peek_lock: bool, now: int) -> List[Tuple[bytes, Optional[uuid.UUID]]]:
+    def receive_deferred(self, seqs: list[int], peek_lock: bool, now: int) -> list[tuple[bytes, uuid.UUID | None]]:
         result = []
         for seq in seqs:
             message = self.messages.get(seq)
@@ -369,7 +371,7 @@ class Queue:
                 result.append((message.encode(), None))
         return result
 
-    def cancel_scheduled(self, seqs: List[int]) -> None:
+    def cancel_scheduled(self, seqs: list[int]) -> None:
         for seq in seqs:
             message = self.messages.get(seq)
             if message is None or message.state != SCHEDULED:
@@ -378,7 +380,7 @@ class Queue:
 
     # --------------------------------------------------------------- sessions
 
-    def acquire_session(self, consumer: Any, session_id: Optional[str], now: int) -> Optional[str]:
+    def acquire_session(self, consumer: Any, session_id: str | None, now: int) -> str | None:
         """Lock a session for ``consumer``: a given one, or (``None``) any unlocked one with messages.
 
         Returns the locked session id, or None when no session is available yet.
@@ -395,7 +397,7 @@ class Queue:
         consumer.session_id = session_id
         return session_id
 
-    def wait_for_session(self, consumer: Any, deadline_ms: int, callback: Callable[[Optional[str]], None]) -> None:
+    def wait_for_session(self, consumer: Any, deadline_ms: int, callback: Callable[[str | None], None]) -> None:
         self.session_waiters.append((consumer, deadline_ms, callback))
 
     def _serve_session_waiters(self, now: int) -> None:
@@ -417,7 +419,7 @@ class Queue:
         lock.until_ms = now + int(self.config.lock_duration * 1000)
         return lock.until_ms
 
-    def session_ids(self) -> List[str]:
+    def session_ids(self) -> list[str]:
         return sorted({m.session_id for m in self.messages.values() if m.session_id is not None})
 
     # ------------------------------------------------------------------ timers
@@ -452,7 +454,7 @@ class Queue:
         if self.dead_letter is not None:
             self.dead_letter.tick(now)
 
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         by_state = {"active": 0, "locked": 0, "scheduled": 0, "deferred": 0}
         locked = {id(lock.message) for lock in self.locks.values()}
         for message in self.messages.values():
@@ -479,10 +481,10 @@ class Topic:
     def __init__(self, name: str, config: EntityConfig):
         self.name = name
         self.config = config
-        self.subscriptions: Dict[str, Queue] = {}
-        self.scheduled: Dict[int, StoredMessage] = {}
+        self.subscriptions: dict[str, Queue] = {}
+        self.scheduled: dict[int, StoredMessage] = {}
         self.counters = {"enqueued": 0, "duplicates": 0}
-        self._scheduled_heap: List[Tuple[int, int]] = []
+        self._scheduled_heap: list[tuple[int, int]] = []
         self._next_seq = 1
         self._dedup = _dedup_for(config, None)
         self.auto_created = False
@@ -495,7 +497,7 @@ class Topic:
         for sub in self.subscriptions.values():
             sub.check_sendable(message)
 
-    def enqueue(self, message: StoredMessage, now: int, dedup: bool = True) -> Optional[int]:
+    def enqueue(self, message: StoredMessage, now: int, dedup: bool = True) -> int | None:
         if dedup and self._dedup is not None and self._dedup.is_duplicate(message.message_id, now):
             self.counters["duplicates"] += 1
             return None
@@ -517,7 +519,7 @@ class Topic:
             copy.scheduled_ms = None
             sub.enqueue(copy, now, dedup=False)
 
-    def cancel_scheduled(self, seqs: List[int]) -> None:
+    def cancel_scheduled(self, seqs: list[int]) -> None:
         for seq in seqs:
             if self.scheduled.pop(seq, None) is None:
                 raise ServiceBusError(MESSAGE_NOT_FOUND, f"Scheduled message {seq} was not found.", 404)
@@ -531,16 +533,16 @@ class Topic:
         for sub in self.subscriptions.values():
             sub.tick(now)
 
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "topic", "scheduled": len(self.scheduled),
                 "subscriptions": sorted(s.name for s in self.subscriptions.values()),
                 "config": self.config.as_dict(), **self.counters}
 
 
-Entity = Union[Queue, Topic]
+Entity = Queue | Topic
 
 
-def _seconds_to_ms(seconds: Optional[float]) -> Optional[int]:
+def _seconds_to_ms(seconds: float | None) -> int | None:
     return None if seconds is None else int(seconds * 1000)
 
 
@@ -555,11 +557,11 @@ def entity_path(address: str) -> str:
 class Broker:
     """The namespace: named entities, created on first use or declared up front."""
 
-    def __init__(self, defaults: Optional[Dict[str, Any]] = None):
+    def __init__(self, defaults: dict[str, Any] | None = None):
         self.defaults = EntityConfig().update(**(defaults or {}))
-        self.entities: Dict[str, Entity] = {}
+        self.entities: dict[str, Entity] = {}
         # Options declared for entities that do not exist yet: key -> (kind or None, options).
-        self.declared: Dict[str, Tuple[Optional[str], Dict[str, Any]]] = {}
+        self.declared: dict[str, tuple[str | None, dict[str, Any]]] = {}
 
     # -------------------------------------------------------------- creation
 
@@ -608,7 +610,7 @@ class Broker:
         topic.subscriptions[name.lower()] = sub
         return sub
 
-    def configure_entity(self, name: str, kind: Optional[str] = None, **options: Any) -> Dict[str, Any]:
+    def configure_entity(self, name: str, kind: str | None = None, **options: Any) -> dict[str, Any]:
         """Set options on an entity, now if it exists, otherwise when it is created (or now if ``kind``)."""
         EntityConfig().update(**options)  # validate option names early
         parts = entity_path(name).split("/")
@@ -692,7 +694,7 @@ class Broker:
             return self._auto_queue(parts[0])
         return self.for_receive(path)
 
-    def list(self) -> List[Dict[str, Any]]:
+    def list(self) -> builtins.list[dict[str, Any]]:
         result = []
         for entity in self.entities.values():
             result.append({"name": entity.name, "kind": entity.kind})
@@ -700,7 +702,7 @@ class Broker:
                 result.extend({"name": s.name, "kind": "subscription"} for s in entity.subscriptions.values())
         return result
 
-    def stats(self, name: str) -> Dict[str, Any]:
+    def stats(self, name: str) -> dict[str, Any]:
         parts = entity_path(name).split("/")
         try:
             if len(parts) == 1:
@@ -720,14 +722,14 @@ class Broker:
         for entity in list(self.entities.values()):
             entity.tick(now)
 
-    def load_config(self, document: Dict[str, Any]) -> None:
+    def load_config(self, document: dict[str, Any]) -> None:
         """Apply a JSON config document (format in docs/servicebus-double.md)."""
         if "defaults" in document:
             self.defaults.update(**document["defaults"])
         for name, options in (document.get("queues") or {}).items():
             self.configure_entity(name, kind="queue", **(options or {}))
-        for name, options in (document.get("topics") or {}).items():
-            options = dict(options or {})
+        for name, declared in (document.get("topics") or {}).items():
+            options = dict(declared or {})
             subscriptions = options.pop("subscriptions", {}) or {}
             self.configure_entity(name, kind="topic", **options)
             for sub, sub_options in subscriptions.items():

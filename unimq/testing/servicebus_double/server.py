@@ -23,15 +23,15 @@ import logging
 import queue
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any
 
-from proton import (UNDESCRIBED, Array, Condition, Data, Delivery, Link, Message, Terminus, int32, symbol,
-                    timestamp)
+from proton import UNDESCRIBED, Array, Condition, Data, Delivery, Link, Message, Terminus, int32, symbol, timestamp
 from proton.reactor import ApplicationEvent, Container, EventInjector
 
 from .codec import StoredMessage, now_ms, split_sections, unpack_transfer
-from .entities import (ARGUMENT_ERROR, TIMEOUT, Broker, Queue, ServiceBusError, Topic, entity_path)
+from .entities import ARGUMENT_ERROR, TIMEOUT, Broker, Queue, ServiceBusError, Topic, entity_path
 
 log = logging.getLogger("unimq.servicebus_double")
 
@@ -60,13 +60,13 @@ class _Consumer:
     def __init__(self, link: Link, peek_lock: bool):
         self.link = link
         self.peek_lock = peek_lock
-        self.session_id: Optional[str] = None
+        self.session_id: str | None = None
         self._tags = itertools.count(1)
 
     def credit(self) -> int:
         return self.link.credit
 
-    def deliver(self, payload: bytes, token: Optional[uuid.UUID]) -> None:
+    def deliver(self, payload: bytes, token: uuid.UUID | None) -> None:
         # The SDK reads the lock token back from the delivery tag: uuid.UUID(bytes_le=tag).
         tag = token.bytes_le if token is not None else str(next(self._tags)).encode()
         delivery = self.link.delivery(tag)
@@ -89,7 +89,7 @@ def _close_with_error(endpoint: Any, condition: str, description: str) -> None:
     endpoint.close()
 
 
-def _as_list(value: Any) -> List[Any]:
+def _as_list(value: Any) -> list[Any]:
     """AMQP arrays decode as ``proton.Array``; lists stay lists."""
     if value is None:
         return []
@@ -106,7 +106,7 @@ class _Reply:
     """Outcome of a request/response operation."""
 
     def __init__(self, status: int = 200, body: Any = None, description: str = "OK",
-                 condition: Optional[str] = None):
+                 condition: str | None = None):
         self.status, self.body, self.description, self.condition = status, body, description, condition
 
 
@@ -131,9 +131,9 @@ class _Handler:
         self.host, self.port = host, port
         self.listening = listening
         self.injector = EventInjector()
-        self.calls: "queue.Queue[tuple]" = queue.Queue()
+        self.calls: queue.Queue[tuple] = queue.Queue()
         self.acceptor = None
-        self.container: Optional[Container] = None
+        self.container: Container | None = None
 
     # ------------------------------------------------------------- lifecycle
 
@@ -260,7 +260,7 @@ class _Handler:
             return
         wait_ms = int((link.remote_properties or {}).get(LINK_TIMEOUT, DEFAULT_SESSION_WAIT_MS))
 
-        def granted(session: Optional[str]) -> None:
+        def granted(session: str | None) -> None:
             if session is None:
                 link.open()
                 _close_with_error(link, TIMEOUT, "No unlocked session with messages became available.")
@@ -326,7 +326,7 @@ class _Handler:
             delivery.update(Delivery.REJECTED)
         delivery.settle()
 
-    def _store(self, entity: Any, payload: bytes) -> List[Optional[int]]:
+    def _store(self, entity: Any, payload: bytes) -> list[int | None]:
         now = now_ms()
         messages = [StoredMessage(sections) for sections in unpack_transfer(payload)]
         for message in messages:
@@ -397,7 +397,7 @@ class _Handler:
         target.advance()
         delivery.settle()
 
-    def _management(self, node: str, operation: str, body: Dict[str, Any]) -> _Reply:
+    def _management(self, node: str, operation: str, body: dict[str, Any]) -> _Reply:
         entity = self.broker.for_management(node)
         now = now_ms()
         op = operation.split(":", 1)[-1]
@@ -417,7 +417,8 @@ class _Handler:
         if op == "renew-lock":
             tokens = [_as_uuid(t) for t in _as_list(body.get("lock-tokens"))]
             expirations = entity.renew_locks(tokens, now)
-            return _Reply(body={"expirations": Array(UNDESCRIBED, Data.TIMESTAMP, *[timestamp(e) for e in expirations])})
+            stamps = [timestamp(e) for e in expirations]
+            return _Reply(body={"expirations": Array(UNDESCRIBED, Data.TIMESTAMP, *stamps)})
         if op == "peek-message":
             encoded = entity.peek(int(body.get("from-sequence-number", 1)), int(body.get("message-count", 1)),
                                   session_id, now)
@@ -446,10 +447,11 @@ class _Handler:
             entity.session_state[str(session_id)] = None if state is None else bytes(state)
             return _Reply(body={})
         if op == "get-message-sessions":
-            return _Reply(body={"skip": int32(0), "sessions-ids": Array(UNDESCRIBED, Data.STRING, *entity.session_ids())})
+            sessions = Array(UNDESCRIBED, Data.STRING, *entity.session_ids())
+            return _Reply(body={"skip": int32(0), "sessions-ids": sessions})
         raise ServiceBusError("amqp:not-implemented", f"operation {operation!r} is not supported by the double", 501)
 
-    def _control(self, operation: str, body: Dict[str, Any]) -> _Reply:
+    def _control(self, operation: str, body: dict[str, Any]) -> _Reply:
         """The ``$unimq-control`` node: provisioning and inspection for other processes."""
         options = dict(body.get("options") or {})
         name = body.get("name")
@@ -475,7 +477,7 @@ def _is_request_node(address: str) -> bool:
     return lowered in (CBS_NODE, CONTROL_NODE) or lowered.endswith(MANAGEMENT_SUFFIX)
 
 
-def _read_filter(terminus: Terminus) -> Dict[Any, Any]:
+def _read_filter(terminus: Terminus) -> dict[Any, Any]:
     data = terminus.filter
     data.rewind()
     if not data.next():
@@ -497,19 +499,20 @@ class ServiceBusDouble:
     thread, so ``configure_entity`` and ``stats`` are safe to call from tests at any time.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 5673, config: Optional[Dict[str, Any]] = None):
+    def __init__(self, host: str = "127.0.0.1", port: int = 5673, config: dict[str, Any] | None = None):
         self.host = host
         self.broker = Broker()
         if config:
             self.broker.load_config(config)
         self._listening = threading.Event()
         self._handler = _Handler(self.broker, host, port, self._listening)
-        self._thread: Optional[threading.Thread] = None
-        self._container: Optional[Container] = None
+        self._thread: threading.Thread | None = None
+        self._container: Container | None = None
         self._stopped = threading.Event()
+        self._startup_error: BaseException | None = None
 
     @classmethod
-    def from_config_file(cls, path: str, host: str = "127.0.0.1", port: int = 5673) -> "ServiceBusDouble":
+    def from_config_file(cls, path: str, host: str = "127.0.0.1", port: int = 5673) -> ServiceBusDouble:
         with open(path, encoding="utf-8") as handle:
             return cls(host, port, json.load(handle))
 
@@ -531,14 +534,30 @@ class ServiceBusDouble:
         self._container = Container(self._handler)
         try:
             self._container.run()
+        except BaseException as exc:
+            if not self._listening.is_set():
+                self._startup_error = exc
+            raise
         finally:
             self._stopped.set()
+            self._listening.set()  # unblock start() if we died before listening
 
-    def start(self, timeout: float = 10.0) -> "ServiceBusDouble":
-        self._thread = threading.Thread(target=self.run, name="servicebus-double", daemon=True)
+    def _run_in_background(self) -> None:
+        try:
+            self.run()
+        except Exception:
+            if self._startup_error is None:
+                log.exception("the Service Bus double stopped")
+            # a startup error is re-raised by start() in the caller's thread
+
+    def start(self, timeout: float = 10.0) -> ServiceBusDouble:
+        self._thread = threading.Thread(target=self._run_in_background, name="servicebus-double", daemon=True)
         self._thread.start()
         if not self._listening.wait(timeout):
             raise RuntimeError("the Service Bus double did not start listening")
+        if self._startup_error is not None:
+            raise RuntimeError(f"the Service Bus double could not listen on {self.host}:{self.port}: "
+                               f"{self._startup_error}") from self._startup_error
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -548,7 +567,7 @@ class ServiceBusDouble:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def __enter__(self) -> "ServiceBusDouble":
+    def __enter__(self) -> ServiceBusDouble:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -563,7 +582,7 @@ class ServiceBusDouble:
         self._handler.injector.trigger(ApplicationEvent("call"))
         return future.result(timeout)
 
-    def configure_entity(self, name: str, kind: Optional[str] = None, **options: Any) -> Dict[str, Any]:
+    def configure_entity(self, name: str, kind: str | None = None, **options: Any) -> dict[str, Any]:
         """Set entity options (lock_duration, max_delivery_count, requires_session,
         duplicate_detection_window, default_ttl, dead_lettering_on_message_expiration).
 
@@ -573,10 +592,10 @@ class ServiceBusDouble:
         """
         return self.call(lambda: self.broker.configure_entity(name, kind, **options))
 
-    def stats(self, name: str) -> Dict[str, Any]:
+    def stats(self, name: str) -> dict[str, Any]:
         return self.call(lambda: self.broker.stats(name))
 
-    def list_entities(self) -> List[Dict[str, Any]]:
+    def list_entities(self) -> list[dict[str, Any]]:
         return self.call(self.broker.list)
 
     def delete_entity(self, name: str) -> None:
