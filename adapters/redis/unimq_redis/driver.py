@@ -122,23 +122,23 @@ class RedisDriver(Driver):
             ordering="none",
             ordering_note="a group hands out entries in stream order, but nothing keeps a key with one "
             "consumer: competing consumers and redeliveries process out of order",
-            delayed_delivery=emulated(note="sorted set <d>:delayed, moved into the stream by running consumers "
+            delayed_delivery=emulated(note="sorted set DEST:delayed, moved into the stream by running consumers "
                                       "(precision ≈ maintenance_interval)"),
-            nack_delay=emulated(note="XACK + sorted set <d>:delayed:<group>; re-opened in the group's pending "
+            nack_delay=emulated(note="XACK + sorted set DEST:delayed:GROUP; re-opened in the group's pending "
                                 "list (same entry id, delivery count kept) by running consumers"),
-            dead_letter=emulated(note="stream <d>:dlq; reason in x-unimq-dead-letter-reason, entry id in "
+            dead_letter=emulated(note="stream DEST:dlq; reason in x-unimq-dead-letter-reason, entry id in "
                                  "x-unimq-dead-letter-original-id"),
             priority=none("a stream is one ordered log"),
             message_ttl=emulated(note="expiry field checked on receipt: an expired entry is acked and dropped; "
                                  "it stays in the stream until trimmed"),
-            deduplication=emulated(note="SET NX PX <d>:dedup:<message_id> per send, window from "
+            deduplication=emulated(note="SET NX PX DEST:dedup:MESSAGE_ID per send, window from "
                                    "ensure(deduplication=...)"),
             replay=native(note="start= earliest/latest/a time creates the group at that stream id"),
             lock_extension=native(note="XCLAIM JUSTID resets the idle time; longer than the lock timeout, "
                                   "the consumer keeps resetting it"),
             peek=native(note="XRANGE after the default group's last-delivered id"),
             batch_send=native(limit=1000, note="pipelined XADD, one round trip per batch"),
-            headers=native(note="stream fields h:<name>"),
+            headers=native(note="stream fields h:NAME"),
             transactions=none(),
             max_message_bytes=options.max_message_bytes,
         )

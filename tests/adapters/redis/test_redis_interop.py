@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from redis.asyncio import Redis
 
 import unimq
 
 
 async def test_plain_producer_body_field(rbroker: unimq.Broker, plain: Redis, dest: str) -> None:
-    entry_id = await plain.xadd(dest, {"body": b"\x00raw", "type": "order", "h:trace": "abc", "p:key": "k1"})
+    entry_id: Any = await plain.xadd(dest, {"body": b"\x00raw", "type": "order", "h:trace": "abc", "p:key": "k1"})
     async with rbroker.consumer(dest) as consumer:
         delivery = await consumer.receive(5)
         assert delivery is not None
@@ -40,7 +42,7 @@ async def test_unimq_producer_plain_consumer(rbroker: unimq.Broker, plain: Redis
         b"payload", key="c-42", headers={"tenant": "t1"}, correlation_id="corr", reply_to="replies",
         content_type="text/plain",
     )
-    reply = await plain.xreadgroup("plain", "app-1", {dest: ">"}, count=10, block=2000)
+    reply: Any = await plain.xreadgroup("plain", "app-1", {dest: ">"}, count=10, block=2000)
     [(entry_id, fields)] = reply[0][1]
     assert fields[b"body"] == b"payload"
     assert fields[b"h:tenant"] == b"t1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import timedelta
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -13,8 +14,9 @@ from unimq.reliability import DEAD_LETTER_REASON
 
 
 async def _owner_and_count(plain: Redis, dest: str, group: str) -> tuple[str, int]:
-    [entry] = await plain.xpending_range(dest, group, "-", "+", 10)
-    return entry["consumer"].decode(), entry["times_delivered"]
+    entries: Any = await plain.xpending_range(dest, group, "-", "+", 10)
+    [entry] = entries
+    return str(entry["consumer"].decode()), int(entry["times_delivered"])
 
 
 async def test_reclaims_stale_entry_of_crashed_plain_consumer(rbroker: unimq.Broker, plain: Redis, dest: str) -> None:
@@ -176,3 +178,16 @@ async def test_close_hands_back_unsettled(rbroker: unimq.Broker, dest: str) -> N
         again = await second.receive(3)
         assert again is not None and again.attempt == 2
         await again.ack()
+
+
+async def test_delayed_send_keeps_large_body_and_many_headers(rbroker: unimq.Broker, dest: str) -> None:
+    """The msgpack member the mover unpacks: str8/16/32 lengths and an array16 of fields."""
+    body = bytes(range(256)) * 300
+    headers = {f"h{i}": "v" * i for i in range(40)}
+    sent = await rbroker.producer(dest).send(body, headers=headers, key="k", delay=timedelta(milliseconds=200))
+    async with rbroker.consumer(dest) as consumer:
+        got = await consumer.receive(3)
+        assert got is not None
+        assert got.message.body == body and got.message.headers == headers
+        assert got.message.key == "k" and got.message.message_id == sent.message_id
+        await got.ack()
