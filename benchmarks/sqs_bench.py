@@ -82,7 +82,9 @@ def raw_run(client: Any, queue: str, messages: int, body: str, concurrency: int)
     return produce, consume_rate
 
 
-async def unimq_run(broker: unimq.Broker, queue: str, messages: int, body: bytes, concurrency: int) -> tuple[float, float]:
+async def unimq_run(
+    broker: unimq.Broker, queue: str, messages: int, body: bytes, concurrency: int
+) -> tuple[float, float]:
     """The same through unimq: (produce msg/s, consume msg/s)."""
     await broker.ensure(queue, dead_letter=False)
     producer = broker.producer(queue)

@@ -3,9 +3,12 @@
 SQS allows 10 MessageAttributes per message. unimq's own properties (message_id on standard
 queues, key on standard queues, correlation_id, reply_to, content_type, TTL expiry and the
 reserved ``x-unimq-*`` headers) travel packed as compact JSON in ONE String attribute, ``unimq``,
-and only when there is something to carry; each application header is its own String attribute.
+and only when there is something to carry. Each application header is its own String attribute
+when SQS can represent it; a header SQS cannot (a name outside ``A-Za-z0-9_-.``, an ``AWS.``
+prefix, an empty value, control characters) travels in the ``unimq`` attribute's ``headers``.
 Bodies are text in SQS: a body that is not valid SQS text (UTF-8 without control characters) is
-sent base64-encoded and marked in the ``unimq`` attribute, so bytes still round-trip exactly.
+sent base64-encoded and marked in the ``unimq`` attribute, so bytes still round-trip exactly; an
+empty body (which SQS refuses) is sent as one space, marked the same way.
 """
 
 from __future__ import annotations
@@ -66,27 +69,28 @@ def encode(
 ) -> tuple[dict[str, Any], int]:
     """The SendMessageBatch entry (without ``Id``) for ``message`` and its size as SQS counts it.
 
-    Raises :class:`CapabilityError` for headers SQS cannot carry and :class:`MessageTooLarge`
-    past ``max_bytes`` (body plus attribute names, types and values), before any network call.
+    Raises :class:`CapabilityError` past SQS's attribute count and :class:`MessageTooLarge` past
+    ``max_bytes`` (body plus attribute names, types and values), before any network call.
     """
     meta: dict[str, Any] = {}
     attributes: dict[str, dict[str, str]] = {}
+    packed_headers: dict[str, str] = {}
     size = 0
     for name, value in message.headers.items():
         if name.startswith(HEADER_PREFIX):
             meta[name] = value
-            continue
-        problem = check_attribute_name(name)
-        if problem is None and not value:
-            problem = "SQS refuses empty attribute values"
-        if problem is None and _NOT_SQS_TEXT.search(value):
-            problem = "the value has characters SQS refuses (control characters)"
-        if problem is not None:
-            raise CapabilityError(f"sqs cannot carry header {name!r} of message {message.message_id}: {problem}.")
-        attributes[name] = {"DataType": STRING, "StringValue": value}
-        size += len(name.encode()) + len(STRING) + len(value.encode())
+        elif check_attribute_name(name) is not None or not value or _NOT_SQS_TEXT.search(value):
+            packed_headers[name] = value  # SQS cannot name or hold it as an attribute
+        else:
+            attributes[name] = {"DataType": STRING, "StringValue": value}
+            size += len(name.encode()) + len(STRING) + len(value.encode())
+    if packed_headers:
+        meta["headers"] = packed_headers
     text = sqs_text(message.body)
-    if text is None:
+    if not message.body:
+        text = " "  # SQS refuses an empty MessageBody
+        meta["body_encoding"] = "empty"
+    elif text is None:
         text = base64.b64encode(message.body).decode()
         meta["body_encoding"] = "base64"
     entry: dict[str, Any] = {"MessageBody": text}
@@ -158,7 +162,9 @@ def decode(raw: dict[str, Any], default_group: str) -> tuple[Message, int, float
         headers[name] = value
     body_text: str = raw.get("Body", "")
     body = body_text.encode()
-    if meta.get("body_encoding") == "base64":
+    if meta.get("body_encoding") == "empty":
+        body = b""
+    elif meta.get("body_encoding") == "base64":
         try:
             body = base64.b64decode(body_text, validate=True)
         except (binascii.Error, ValueError):
@@ -166,6 +172,9 @@ def decode(raw: dict[str, Any], default_group: str) -> tuple[Message, int, float
     for name, value in meta.items():
         if name.startswith(HEADER_PREFIX):
             headers[name] = str(value)
+    packed = meta.get("headers")
+    if isinstance(packed, dict):
+        headers.update({str(k): str(v) for k, v in packed.items()})
     source = system.get("DeadLetterQueueSourceArn")
     if source and DEAD_LETTER_REASON not in headers:
         # Moved by the RedrivePolicy, which records no reason: say what happened.

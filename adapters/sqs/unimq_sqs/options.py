@@ -73,5 +73,17 @@ def capabilities(options: SqsOptions, fifo: bool) -> Capabilities:
         batch_send=native(limit=MAX_BATCH, note="SendMessageBatch; also split to fit the size limit"),
         headers=native(limit=MAX_BATCH - 1, note="String MessageAttributes; 1 of SQS's 10 carries unimq's properties"),
         transactions=none(),
-        max_message_bytes=options.max_message_bytes,
+        max_message_bytes=max_body(options.max_message_bytes),
     )
+
+
+#: Wire bytes kept for the ``unimq`` attribute when computing the largest body that always fits.
+ATTRIBUTE_RESERVE = 1024
+
+
+def max_body(wire_limit: int) -> int:
+    """The largest body that always fits: a binary body travels base64-encoded (4/3 larger).
+
+    Text (UTF-8) bodies are sent as they are, but the declared limit must hold for any bytes.
+    """
+    return (wire_limit - ATTRIBUTE_RESERVE) * 3 // 4
