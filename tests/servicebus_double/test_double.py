@@ -398,3 +398,28 @@ async def test_throughput_smoke(client: ServiceBusClient) -> None:
         received = await receive_all(receiver, 1000, wait=10)
     assert len(received) == 1000
     assert time.perf_counter() - started < 10
+
+
+def test_sync_client_round_trip(double: ServiceBusDouble) -> None:
+    from azure.servicebus import ServiceBusClient as SyncClient
+
+    with SyncClient.from_connection_string(double.connection_string) as sb:
+        with sb.get_queue_sender("sync") as sender:
+            sender.send_messages([ServiceBusMessage("s1"), ServiceBusMessage("s2")])
+        with sb.get_queue_receiver("sync", max_wait_time=2) as receiver:
+            received = receiver.receive_messages(max_message_count=2, max_wait_time=2)
+            assert [str(m) for m in received] == ["s1", "s2"]
+            for message in received:
+                receiver.complete_message(message)
+    assert double.stats("sync")["messages"] == 0
+
+
+def test_sasl_anonymous_accepted(double: ServiceBusDouble) -> None:
+    connection = BlockingConnection(f"127.0.0.1:{double.port}", sasl_enabled=True, allowed_mechs="ANONYMOUS")
+    try:
+        receiver = connection.create_receiver("$unimq-control")
+        sender = connection.create_sender("$unimq-control")
+        sender.send(Message(id=str(uuid.uuid4()), properties={"operation": "list"}, body={}))
+        assert receiver.receive(timeout=5).properties["statusCode"] == 200
+    finally:
+        connection.close()

@@ -172,10 +172,11 @@ class _Handler:
     # ------------------------------------------------------------ connections
 
     def on_connection_bound(self, event: Any) -> None:
-        # The SDK authenticates with SASL ANONYMOUS and then CBS; any mechanism is accepted.
+        # The SDK in emulator mode skips SASL or uses ANONYMOUS, then authenticates through CBS.
+        # proton's built-in SASL server (no Cyrus) can only verify ANONYMOUS, so that is all we offer.
         sasl = event.transport.sasl()
         sasl.allow_insecure_mechs = True
-        sasl.allowed_mechs("ANONYMOUS PLAIN")
+        sasl.allowed_mechs("ANONYMOUS")
 
     def on_connection_remote_open(self, event: Any) -> None:
         connection = event.connection
