@@ -13,8 +13,11 @@ from unimq.errors import ConfigError
 from unimq.message import Message
 from unimq.reliability import NOT_BEFORE
 
-#: Header names unimq's fields travel in (``Nats-Msg-Id`` is JetStream's own de-duplication header).
+#: Header names unimq's fields travel in. ``message_id`` travels as JetStream's de-duplication header
+#: ``Nats-Msg-Id`` on destinations ensured with ``deduplication=``, else as ``Message-Id``: the server's
+#: duplicate tracking costs a quarter of the publish rate, and memory:// does not de-duplicate either.
 MSG_ID = "Nats-Msg-Id"
+PLAIN_MSG_ID = "Message-Id"
 CONTENT_TYPE = "Content-Type"
 CORRELATION_ID = "Correlation-Id"
 REPLY_TO = "Reply-To"
@@ -24,6 +27,8 @@ EXPIRES = "x-unimq-expires"
 #: Prefix of the stream/durable description where unimq records what ensure() asked for.
 MARKER = "unimq "
 DEFAULT_DURABLE = "default"
+#: Bytes of a message's max_payload kept for its headers: the declared max_message_bytes is the rest.
+HEADER_RESERVE = 8 * 1024
 
 _SUBJECT = re.compile(r"^[^\s*>.]+(\.[^\s*>.]+)*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -64,9 +69,9 @@ def described(description: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def to_headers(message: Message) -> dict[str, str]:
+def to_headers(message: Message, dedup: bool) -> dict[str, str]:
     headers = dict(message.headers)
-    headers[MSG_ID] = message.message_id
+    headers[MSG_ID if dedup else PLAIN_MSG_ID] = message.message_id
     if message.content_type:
         headers[CONTENT_TYPE] = message.content_type
     if message.correlation_id:
@@ -75,11 +80,10 @@ def to_headers(message: Message) -> dict[str, str]:
         headers[REPLY_TO] = message.reply_to
     if message.key is not None:
         headers[KEY] = message.key
-    now = time.time()
     if message.delay is not None and message.delay.total_seconds() > 0:
-        headers[NOT_BEFORE] = str(int((now + message.delay.total_seconds()) * 1000))
+        headers[NOT_BEFORE] = str(int((time.time() + message.delay.total_seconds()) * 1000))
     if message.ttl is not None:
-        headers[EXPIRES] = str(int((now + message.ttl.total_seconds()) * 1000))
+        headers[EXPIRES] = str(int((time.time() + message.ttl.total_seconds()) * 1000))
     return headers
 
 
@@ -88,7 +92,8 @@ def to_message(data: bytes, headers: dict[str, str] | None, fallback_id: str, ti
     if not headers:
         return Message(body=data, message_id=fallback_id, timestamp=timestamp)
     headers = dict(headers)
-    message_id = headers.pop(MSG_ID, None) or fallback_id
+    message_id = headers.pop(MSG_ID, None) or headers.pop(PLAIN_MSG_ID, None) or fallback_id
+    headers.pop(PLAIN_MSG_ID, None)
     ttl = None
     expires = headers.pop(EXPIRES, None)
     if expires and timestamp is not None:
@@ -132,8 +137,8 @@ def jetstream_capabilities(max_message_bytes: int, max_batch: int) -> Capabiliti
         priority=none("JetStream has no priorities; use a destination per priority"),
         message_ttl=emulated(note="x-unimq-expires header; an expired message is acked and dropped on receipt "
                                   "and stays in the stream until its retention removes it"),
-        deduplication=native(note="Nats-Msg-Id = message_id within the stream's duplicate_window "
-                                  "(server default 2 min; ensure(deduplication=) sets it)"),
+        deduplication=native(note="on destinations ensured with deduplication=: Nats-Msg-Id = message_id "
+                                  "within the stream's duplicate_window"),
         replay=native(note="start= maps to the durable's deliver policy (all/new/by time/by sequence)"),
         lock_extension=native(note="in_progress resets ack_wait; longer extensions are renewed every "
                                    "ack_wait/2 until settled"),

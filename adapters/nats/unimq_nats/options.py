@@ -29,7 +29,7 @@ class NatsOptions(BaseModel):
     max_reconnect_attempts: int = Field(-1, description="after a connection loss; -1 = reconnect forever")
     api_timeout: float = Field(5.0, gt=0, description="seconds to wait for a JetStream API or publish ack")
     lock_timeout: float = Field(30.0, gt=0, description="ack_wait of durables unimq creates, seconds")
-    max_message_bytes: int = Field(1024 * 1024, ge=1, description="the server's max_payload")
+    max_payload: int = Field(1024 * 1024, gt=8192, description="the server's max_payload (body + headers)")
     max_batch: int = Field(1000, ge=1, description="messages per pipelined publish")
     storage: Literal["file", "memory"] = "file"
     replicas: int = Field(1, ge=1, le=5)

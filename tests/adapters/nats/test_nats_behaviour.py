@@ -95,7 +95,8 @@ async def test_deduplication_by_message_id(broker: unimq.Broker, dest: str) -> N
     await producer.send(b"once", message_id="same")
     async with broker.consumer(dest, "g") as consumer:
         first = await consumer.receive(timeout=5)
-        assert first is not None
+        assert first is not None and first.message.message_id == "same"
+        assert first.native.headers["Nats-Msg-Id"] == "same"
         await first.ack()
         assert await consumer.receive(timeout=1) is None
 

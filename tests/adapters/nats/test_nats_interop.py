@@ -50,7 +50,7 @@ async def test_unimq_publish_plain_consume(broker: unimq.Broker, raw: Client, de
     msgs = await sub.fetch(4, timeout=5)
     assert [m.data for m in msgs] == [b"\x00binary\xff", b"a", b"b", b"c"]
     headers = msgs[0].headers or {}
-    assert headers["Nats-Msg-Id"] == sent.message_id
+    assert headers["Message-Id"] == sent.message_id  # Nats-Msg-Id only where deduplication was ensured
     assert headers["Message-Key"] == "k-1"
     assert headers["Correlation-Id"] == "c-1"
     assert headers["Content-Type"] == "application/octet-stream"
