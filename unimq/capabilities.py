@@ -39,8 +39,12 @@ class Feature(BaseModel):
     def __str__(self) -> str:
         text = self.support.value
         if self.limit is not None:
-            text += f" (limit {self.limit:g})"
+            text += f" (limit {_number(self.limit)})"
         return text
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if value >= 1000 or float(value).is_integer() else f"{value:g}"
 
 
 def native(limit: float | None = None, note: str = "") -> Feature:
@@ -130,7 +134,7 @@ class Capabilities(BaseModel):
             if name == "ordering":
                 rows.append((name, value, self.ordering_note))
             else:
-                limit = f"{LIMIT_UNITS.get(name, 'limit')}: {value.limit:g}" if value.limit is not None else ""
+                limit = f"{LIMIT_UNITS.get(name, 'limit')}: {_number(value.limit)}" if value.limit is not None else ""
                 note = "; ".join(p for p in (limit, value.note) if p)
                 rows.append((name, value.support.value, note))
         rows.append(("max_message_bytes", str(self.max_message_bytes), ""))
