@@ -151,7 +151,7 @@ async def cmd_mcp(args: argparse.Namespace) -> int:
         policy = Policy(
             allow_write=args.allow_write, allow_destinations=tuple(args.allow_destination),
             max_body_bytes=args.max_body_bytes, max_count=args.max_count, max_wait=args.max_wait,
-            lock_seconds=args.lock_seconds,
+            lock_seconds=args.lock_seconds, create_destinations=args.create_destinations,
         )
     except ValueError as exc:
         raise ConfigError(f"mcp options: {exc}") from None
@@ -225,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-count", type=int, default=50, help="most messages per peek or receive")
     p.add_argument("--max-wait", type=float, default=60.0, help="longest wait in seconds")
     p.add_argument("--lock-seconds", type=float, default=60.0, help="how long receive lock handles live")
+    p.add_argument("--create-destinations", action="store_true",
+                   help="let send_message and request_reply create destinations that do not exist")
 
     p = command("bench", cmd_bench, "measure produce, consume and end-to-end latency through unimq")
     p.add_argument("--quick", action="store_true", help="small counts (seconds, not minutes)")

@@ -108,8 +108,8 @@ async def list_destinations(broker: Broker) -> list[str]:
     return sorted(await broker.destinations())
 
 
-async def check_destination(broker: Broker, destination: str) -> None:
-    """Raise NotFound unless ``destination`` exists, so a typo never creates a destination.
+async def check_destination(broker: Broker, destination: str, create: bool = False) -> None:
+    """Raise NotFound unless ``destination`` exists (or create it), so a typo never creates one by accident.
 
     Dead-letter destinations of listed ones count as existing. Backends that cannot list
     their destinations are not checked: their own errors say what is missing.
@@ -120,15 +120,18 @@ async def check_destination(broker: Broker, destination: str) -> None:
         return
     if destination in names or any(broker.dead_letter_destination(n) == destination for n in names):
         return
+    if create:
+        await broker.ensure(destination)
+        return
     raise NotFound(f"no destination {destination!r} on {broker.url}; see list_destinations / `unimq ls`")
 
 
 async def send(broker: Broker, destination: str, body: bytes, *, content_type: str | None = None,
                key: str | None = None, headers: dict[str, str] | None = None, correlation_id: str | None = None,
                reply_to: str | None = None, ttl: float | None = None, delay: float | None = None,
-               priority: int | None = None, message_id: str | None = None) -> SendResult:
+               priority: int | None = None, message_id: str | None = None, create: bool = False) -> SendResult:
     """Send one message; options the backend cannot honour raise CapabilityError before sending."""
-    await check_destination(broker, destination)
+    await check_destination(broker, destination, create)
     sent = await broker.producer(destination).send(
         body, key=key, headers=headers, correlation_id=correlation_id, reply_to=reply_to,
         content_type=content_type, ttl=_seconds(ttl), delay=_seconds(delay), priority=priority,
@@ -271,7 +274,8 @@ async def request_reply(broker: Broker, destination: str, body: bytes, *, reply_
                         reply_group: str | None = None, content_type: str | None = None,
                         correlation_id: str | None = None, key: str | None = None,
                         headers: dict[str, str] | None = None, ttl: float | None = None,
-                        max_held: int = 100, max_bytes: int | None = None) -> tuple[SendResult, MessageView]:
+                        max_held: int = 100, max_bytes: int | None = None,
+                        create: bool = False) -> tuple[SendResult, MessageView]:
     """Send a request and wait up to ``wait`` seconds for its reply on ``reply_to``.
 
     The reply is the first message on ``reply_to`` whose correlation_id is the request's
@@ -279,7 +283,7 @@ async def request_reply(broker: Broker, destination: str, body: bytes, *, reply_
     then released for redelivery, so other requesters still get theirs. The reply consumer opens
     before the request is sent, so a fast reply is not missed.
     """
-    await check_destination(broker, reply_to)
+    await check_destination(broker, reply_to, create)
     correlation_id = correlation_id or uuid.uuid4().hex
     message_id = uuid.uuid4().hex
     wanted = {correlation_id, message_id}
@@ -288,7 +292,8 @@ async def request_reply(broker: Broker, destination: str, body: bytes, *, reply_
     try:
         await consumer.open()
         sent = await send(broker, destination, body, content_type=content_type, key=key, headers=headers,
-                          correlation_id=correlation_id, reply_to=reply_to, ttl=ttl, message_id=message_id)
+                          correlation_id=correlation_id, reply_to=reply_to, ttl=ttl, message_id=message_id,
+                          create=create)
         deadline = time.monotonic() + wait
         while (remaining := deadline - time.monotonic()) > 0:
             delivery = await consumer.receive(remaining)

@@ -35,6 +35,7 @@ class Policy(BaseModel):
     max_body_bytes: int = Field(256 * 1024, ge=1, description="largest body sent, and shown per message")
     max_count: int = Field(50, ge=1, description="most messages per peek or receive")
     max_wait: float = Field(60.0, gt=0, description="longest wait of receive_messages and request_reply, seconds")
+    create_destinations: bool = Field(False, description="let send_message and request_reply create missing ones")
     lock_seconds: float = Field(60.0, gt=0, description="how long a lock handle of receive_messages lives")
     max_held: int = Field(100, ge=1, description="most messages held for settle_message at once")
 
@@ -71,15 +72,17 @@ class Tools:
         return await self._run(inspect.send(
             self.broker, destination, data, content_type=content_type, key=key, headers=headers,
             correlation_id=correlation_id, reply_to=reply_to, ttl=ttl, delay=delay, priority=priority,
+            create=self.policy.create_destinations,
         ))
 
     async def peek_messages(
         self,
         destination: str,
-        count: Annotated[int, Field(ge=1, description="how many messages, from the head")] = 10,
+        count: Annotated[int | None, Field(ge=1, description="how many messages from the head; default 10")] = None,
     ) -> list[MessageView]:
         """Read waiting messages without consuming them (where the backend can peek)."""
         self._allowed(destination)
+        count = min(10, self.policy.max_count) if count is None else count
         self._count(count)
         return await self._run(inspect.peek(self.broker, destination, count, max_bytes=self.policy.max_body_bytes))
 
@@ -132,6 +135,7 @@ class Tools:
             self.broker, destination, data, reply_to=reply_to, wait=wait, reply_group=reply_group,
             content_type=content_type, correlation_id=correlation_id, key=key, headers=headers, ttl=ttl,
             max_held=self.policy.max_held, max_bytes=self.policy.max_body_bytes,
+            create=self.policy.create_destinations,
         ))
         return ReplyResult(request=request, reply=reply)
 
