@@ -190,15 +190,16 @@ class RabbitMQDriver(Driver):
             args["x-message-ttl"] = int(spec.retention.total_seconds() * 1000)
         return args
 
-    async def _declare(self, kind: str, name: str, **kwargs: Any) -> bool:
-        """Declare on a throw-away channel; False if it exists with other settings (kept as is)."""
+    async def _declare(self, kind: str, name: str, **kwargs: Any) -> None:
+        """Declare on a throw-away channel (a refusal closes it). One that exists with other
+        settings — another app's queue, an exchange of another type — is kept as it is."""
         async with self._conn().channel(publisher_confirms=False) as channel:
             try:
                 if kind == "exchange":
                     await channel.declare_exchange(name, ExchangeType.TOPIC, durable=True, **kwargs)
                 else:
                     await channel.declare_queue(name, durable=True, **kwargs)
-                return True
+                return
             except amqp_errors.ChannelPreconditionFailed:
                 pass
         async with self._conn().channel(publisher_confirms=False) as channel:
@@ -206,7 +207,6 @@ class RabbitMQDriver(Driver):
                 await channel.get_exchange(name, ensure=True)
             else:
                 await channel.declare_queue(name, passive=True)
-        return False
 
     async def _bind(self, queue: str, exchange: str) -> None:
         async with self._conn().channel(publisher_confirms=False) as channel:

@@ -6,8 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-#: RabbitMQ's default ``max_message_size`` (128 MiB).
-BROKER_MAX_MESSAGE_BYTES = 134_217_728
+#: RabbitMQ 4.x's default ``max_message_size`` (3.x allowed 128 MiB): a larger body would make the
+#: broker close the channel, so unimq refuses it up front with MessageTooLarge.
+BROKER_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 class RabbitMQOptions(BaseModel):
@@ -36,7 +37,9 @@ class RabbitMQOptions(BaseModel):
     publish_timeout: float = Field(30.0, gt=0, description="seconds to wait for a publisher confirm")
     reconnect_interval: float = Field(1.0, gt=0, description="seconds between reconnection attempts")
     connection_name: str | None = Field(None, description="shown in the management UI")
-    max_message_bytes: int = Field(BROKER_MAX_MESSAGE_BYTES, ge=1, description="largest body accepted by send()")
+    max_message_bytes: int = Field(
+        BROKER_MAX_MESSAGE_BYTES, ge=1, description="largest body send() accepts; raise with max_message_size"
+    )
     ca_file: str | None = Field(None, description="amqps: CA bundle to verify the server")
     cert_file: str | None = Field(None, description="amqps: client certificate (mutual TLS)")
     key_file: str | None = Field(None, description="amqps: client private key")
