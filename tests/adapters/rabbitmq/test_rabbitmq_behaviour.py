@@ -4,16 +4,20 @@ dead letters, recovery after a dropped connection, and URL options."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import aio_pika
 import pytest
 from rabbitmq_support import URL, FaultProxy, with_query
+from unimq_rabbitmq import RabbitMQDriver, RabbitMQOptions
 from unimq_rabbitmq.mapping import delay_bucket
 
 import unimq
 from unimq.reliability import ATTEMPT, DEAD_LETTER_REASON
+from unimq.url import parse_url
 
 pytestmark = pytest.mark.backend("rabbitmq")
 
@@ -31,7 +35,7 @@ async def test_send_many_pipelined_and_ordered(broker: unimq.Broker, dest: str) 
     await broker.ensure(dest)
     bodies = [str(i).encode() for i in range(2500)]
     await broker.producer(dest).send_many(bodies)
-    got = []
+    got: list[bytes] = []
     async with broker.consumer(dest, prefetch=500) as consumer:
         while len(got) < len(bodies):
             delivery = await consumer.receive(timeout=5)
@@ -259,3 +263,13 @@ async def test_send_after_connection_loss_waits_for_recovery(proxy: FaultProxy, 
             assert got == {b"before"} | {f"during-{i}".encode() for i in range(20)}
         finally:
             await broker.delete(dest)
+
+
+def test_tls_context_from_options(tmp_path: Path) -> None:
+    """amqps options build the SSL context; unreadable files are a ConfigError, not a crash later."""
+    url = parse_url("amqps://user:pw@broker.example/")
+    insecure = RabbitMQDriver(url, RabbitMQOptions(verify=False))._ssl_context()
+    assert insecure.verify_mode == ssl.CERT_NONE and not insecure.check_hostname
+    assert RabbitMQDriver(url, RabbitMQOptions())._ssl_context().verify_mode == ssl.CERT_REQUIRED
+    with pytest.raises(unimq.ConfigError, match="TLS"):
+        RabbitMQDriver(url, RabbitMQOptions(ca_file=f"{tmp_path}/missing.pem"))._ssl_context()
