@@ -438,6 +438,10 @@ class Kafka(Broker):
     name = "kafka"
     port = 9092
     controller_port = 9093
+    #: A second listener for fault tests: it advertises 29093, where the test's FaultProxy
+    #: listens and forwards to 29092, so clients reconnect through the proxy (tests/faults).
+    proxy_listener_port = 29092
+    proxy_port = 29093
     url = f"kafka://{HOST}:9092"
     start_timeout = 120.0
     stop_timeout = 30.0
@@ -462,10 +466,11 @@ class Kafka(Broker):
             "node.id=1\n"
             f"controller.quorum.voters=1@{HOST}:{self.controller_port}\n"
             "controller.listener.names=CONTROLLER\n"
-            f"listeners=PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}\n"
-            f"advertised.listeners=PLAINTEXT://{HOST}:{self.port}\n"
+            f"listeners=PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port},"
+            f"PROXY://{HOST}:{self.proxy_listener_port}\n"
+            f"advertised.listeners=PLAINTEXT://{HOST}:{self.port},PROXY://{HOST}:{self.proxy_port}\n"
             "inter.broker.listener.name=PLAINTEXT\n"
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n"
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXY:PLAINTEXT\n"
             f"log.dirs={self.data}\n"
             "num.partitions=1\n"
             "default.replication.factor=1\n"
