@@ -549,7 +549,7 @@ class Consumer:
                                                   "nack() without a delay, or sleep before nack().")
             if feature.limit is not None and delay > feature.limit:
                 raise CapabilityError(f"{self._caps.backend} cannot delay a nack by {delay:g}s: "
-                                      f"the limit is {feature.limit:g}s")
+                                      f"its 'nack_delay' limit is {feature.limit:g}s")
 
     def _check_reject(self) -> None:
         if not self._caps.dead_letter:
@@ -557,10 +557,28 @@ class Consumer:
                                               "ack() and record the failure yourself.")
 
     async def _ack(self, delivery: Delivery) -> None:
+        # The per-message hot path: the driver call is guarded inline rather than through _guard.
         try:
-            await self._broker._guard(self._sub.ack(delivery), f"ack on {self.destination}")
+            await self._sub.ack(delivery)
+        except (UnimqError, NotImplementedError):
+            raise
+        except Exception as exc:
+            raise self._driver.map_error(exc, f"ack on {self.destination}") from exc
         finally:
             self._settled(delivery, "ack")
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack several deliveries at once, in one round trip where the backend allows."""
+        pending = [d for d in deliveries if not d.settled]
+        for delivery in pending:
+            if delivery._consumer is not self:
+                raise ValueError("ack_many takes deliveries received by this consumer")
+            delivery.settled = True
+        try:
+            await self._broker._guard(self._sub.ack_many(pending), f"ack on {self.destination}")
+        finally:
+            for delivery in pending:
+                self._settled(delivery, "ack")
 
     async def _nack(self, delivery: Delivery, delay: float | None) -> None:
         try:

@@ -85,6 +85,11 @@ class Subscription(abc.ABC):
     async def ack(self, delivery: Delivery) -> None:
         """Settle as processed. An ack for a message whose lock was lost must not raise."""
 
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Settle several as processed; override to use one round trip (XACK, DeleteMessageBatch, …)."""
+        for delivery in deliveries:
+            await self.ack(delivery)
+
     @abc.abstractmethod
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
         """Make the message redeliverable now (``delay`` None) or not before ``delay`` seconds."""

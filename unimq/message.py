@@ -6,7 +6,7 @@ message; validation happens once, at the producer, against the backend's capabil
 
 from __future__ import annotations
 
-import uuid
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 
 def new_message_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits as 32 hex digits (same shape as ``uuid4().hex``, ~5x cheaper)."""
+    return os.urandom(16).hex()
 
 
 @dataclass(slots=True)

@@ -143,3 +143,14 @@ async def test_closed(broker: unimq.Broker) -> None:
     await broker.close()
     with pytest.raises(unimq.Closed):
         broker.producer("c")
+
+
+async def test_ack_many_settles_each_once(broker: unimq.Broker) -> None:
+    await broker.producer("am").send_many([b"1", b"2", b"3"])
+    async with broker.consumer("am", prefetch=3) as c:
+        got = await c.receive_many(3, timeout=1)
+        await got[0].ack()
+        await c.ack_many(got)  # the already-acked one is skipped
+        assert all(d.settled for d in got)
+        assert await c.receive(timeout=0.4) is None  # nothing redelivered after the lock (0.3 s)
+    assert (await broker.stats("am")).in_flight == 0
