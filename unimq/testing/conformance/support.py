@@ -84,8 +84,12 @@ async def expect_nothing(consumer: unimq.Consumer, timing: Timing, why: str) -> 
 
 async def dead_letters(broker: unimq.Broker, dest: str, count: int, timing: Timing) -> list[unimq.Delivery]:
     """Read (and ack) ``count`` messages from the dead-letter destination of ``dest``."""
-    async with broker.consumer(broker.dead_letter_destination(dest)) as consumer:
-        return await collect(consumer, count, timing)
+    dlq = broker.dead_letter_destination(dest)
+    async with broker.consumer(dlq) as consumer:
+        got = await collect(consumer, count, timing)
+    if len(got) < count:
+        pytest.fail(f"{len(got)} of {count} messages reached the dead-letter destination {dlq!r}")
+    return got
 
 
 async def until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.asyncio
 
 async def test_nack_redelivers_with_next_attempt(broker: unimq.Broker, names: Names, timing: Timing) -> None:
     dest, group = await queue(broker, names)
-    await broker.producer(dest).send_many([b"nack-1", b"nack-2"])
     async with broker.consumer(dest, group) as consumer:
+        await broker.producer(dest).send_many([b"nack-1", b"nack-2"])
         first = [await consumer.receive(timeout=timing.receive) for _ in range(2)]
         assert all(first), "the messages never arrived"
         for delivery in first:
@@ -34,8 +34,8 @@ async def test_nack_redelivers_with_next_attempt(broker: unimq.Broker, names: Na
 @pytest.mark.requires("nack_delay")
 async def test_nack_with_delay_waits(broker: unimq.Broker, names: Names, timing: Timing) -> None:
     dest, group = await queue(broker, names)
-    await broker.producer(dest).send(b"later")
     async with broker.consumer(dest, group) as consumer:
+        await broker.producer(dest).send(b"later")
         delivery = await consumer.receive(timeout=timing.receive)
         assert delivery is not None, "the message never arrived"
         await delivery.nack(delay=timedelta(seconds=timing.delay))
@@ -53,8 +53,8 @@ async def test_reject_moves_to_dead_letter_destination(broker: unimq.Broker, nam
                                                         timing: Timing) -> None:
     dest, group = await queue(broker, names)
     headers = {"origin": "conformance"} if caps.headers else None
-    sent = await broker.producer(dest).send(b"poison", headers=headers)
     async with broker.consumer(dest, group) as consumer:
+        sent = await broker.producer(dest).send(b"poison", headers=headers)
         delivery = await consumer.receive(timeout=timing.receive)
         assert delivery is not None, "the message never arrived"
         await delivery.reject(reason="cannot parse: test reason")
@@ -70,8 +70,8 @@ async def test_reject_moves_to_dead_letter_destination(broker: unimq.Broker, nam
 async def test_double_ack_is_harmless(broker: unimq.Broker, names: Names, timing: Timing) -> None:
     """A second ack, or a nack after an ack, does nothing: no error, no redelivery."""
     dest, group = await queue(broker, names)
-    await broker.producer(dest).send_many([b"a", b"b"])
     async with broker.consumer(dest, group) as consumer:
+        await broker.producer(dest).send_many([b"a", b"b"])
         got = await collect_all(consumer, [b"a", b"b"], timing)  # acks each once
         for delivery in got:
             await delivery.ack()
@@ -89,8 +89,8 @@ async def test_unacked_message_redelivered_after_lock_timeout(broker: unimq.Brok
     """
     lock = timedelta(seconds=timing.lock)
     dest, group = await queue(broker, names, lock_timeout=lock)
-    await broker.producer(dest).send(b"locked")
     async with broker.consumer(dest, group, lock_timeout=lock) as consumer:
+        await broker.producer(dest).send(b"locked")
         first = await consumer.receive(timeout=timing.receive)
         assert first is not None, "the message never arrived"
         received_at = time.monotonic()
@@ -109,8 +109,8 @@ async def test_unacked_message_redelivered_after_lock_timeout(broker: unimq.Brok
 async def test_extend_prevents_redelivery(broker: unimq.Broker, names: Names, timing: Timing) -> None:
     lock = timedelta(seconds=timing.lock)
     dest, group = await queue(broker, names, lock_timeout=lock)
-    await broker.producer(dest).send(b"long job")
     async with broker.consumer(dest, group, lock_timeout=lock) as consumer:
+        await broker.producer(dest).send(b"long job")
         delivery = await consumer.receive(timeout=timing.receive)
         assert delivery is not None, "the message never arrived"
         received_at = time.monotonic()
@@ -131,8 +131,8 @@ async def test_max_deliveries_dead_letters(broker: unimq.Broker, names: Names, t
         dest, group = await queue(broker, names, max_deliveries=2)
     except unimq.CapabilityError as exc:
         pytest.skip(f"ensure(max_deliveries=) refused: {exc}")
-    await broker.producer(dest).send(b"twice")
     async with broker.consumer(dest, group) as consumer:
+        await broker.producer(dest).send(b"twice")
         for attempt in (1, 2):
             delivery = await consumer.receive(timeout=timing.receive)
             assert delivery is not None, f"delivery {attempt} never came"

@@ -26,8 +26,8 @@ Use = Callable[[unimq.Broker, Names, Timing, float], Awaitable[object]]
 async def _held(broker: unimq.Broker, names: Names, timing: Timing) -> AsyncIterator[unimq.Delivery]:
     """A received, unsettled delivery; after the refused settlement it must still be unsettled (then acked)."""
     dest, group = await queue(broker, names)
-    await broker.producer(dest).send(b"held")
     async with broker.consumer(dest, group) as consumer:
+        await broker.producer(dest).send(b"held")
         delivery = await consumer.receive(timeout=timing.receive)
         assert delivery is not None, "the message never arrived"
         yield delivery

@@ -27,8 +27,8 @@ async def test_send_receive_all(broker: unimq.Broker, names: Names, timing: Timi
     """N messages in, the same N out (as a set), each with the message_id it was sent with."""
     dest, group = await queue(broker, names)
     producer = broker.producer(dest)
-    sent = {(await producer.send(body)).message_id: body for body in bodies(50, "all")}
     async with broker.consumer(dest, group) as consumer:
+        sent = {(await producer.send(body)).message_id: body for body in bodies(50, "all")}
         got = await collect_all(consumer, sent.values(), timing)
     for delivery in got:
         assert delivery.message.message_id, "every received message has a message_id"
@@ -47,9 +47,9 @@ async def test_binary_bodies(broker: unimq.Broker, names: Names, timing: Timing)
         "json": b'{"Foo": "Bar", "n": [1, 2.5, null]}',
     }
     producer = broker.producer(dest)
-    for case, body in cases.items():
-        await producer.send(body, message_id=f"{case}-{names.dest}")
     async with broker.consumer(dest, group) as consumer:
+        for case, body in cases.items():
+            await producer.send(body, message_id=f"{case}-{names.dest}")
         ids = [f"{c}-{names.dest}" for c in cases]
         got = await collect_all(consumer, ids, timing, key=lambda d: d.message.message_id)
     for delivery in got:
@@ -62,8 +62,8 @@ async def test_largest_body(broker: unimq.Broker, names: Names, caps: unimq.Capa
     size = min(caps.max_message_bytes, MIB)
     dest, group = await queue(broker, names)
     body = os.urandom(size)
-    await broker.producer(dest).send(body)
     async with broker.consumer(dest, group) as consumer:
+        await broker.producer(dest).send(body)
         [delivery] = await collect_all(consumer, [body], timing)
     assert len(delivery.message.body) == size
 
@@ -76,8 +76,8 @@ async def test_headers_many_and_long(broker: unimq.Broker, names: Names, caps: u
     headers = {f"h-{i:02d}": f"value {i}" for i in range(count - 1)}
     headers["long"] = "x" * 1000
     dest, group = await queue(broker, names)
-    await broker.producer(dest).send(b"headers", headers=headers)
     async with broker.consumer(dest, group) as consumer:
+        await broker.producer(dest).send(b"headers", headers=headers)
         [delivery] = await collect_all(consumer, [b"headers"], timing)
     assert _app_headers(delivery.message) == headers
 
@@ -87,8 +87,8 @@ async def test_headers_unicode(broker: unimq.Broker, names: Names, timing: Timin
     """Unicode header keys and values, and mixed case, round trip exactly."""
     headers = {"ключ": "значение", "キー": "値 ✓", "emoji-🎉": "🚀 ok", "Mixed-Case": "Wert äöü", "empty": ""}
     dest, group = await queue(broker, names)
-    await broker.producer(dest).send(b"unicode headers", headers=headers)
     async with broker.consumer(dest, group) as consumer:
+        await broker.producer(dest).send(b"unicode headers", headers=headers)
         [delivery] = await collect_all(consumer, [b"unicode headers"], timing)
     assert _app_headers(delivery.message) == headers
 
@@ -100,8 +100,8 @@ async def test_message_properties(broker: unimq.Broker, names: Names, timing: Ti
         body=b"props", key="customer-42", message_id=f"mid-{names.dest}", correlation_id="corr-7",
         reply_to="replies-here", content_type="application/vnd.unimq.test+json",
     )
-    await broker.producer(dest).send(sent)
     async with broker.consumer(dest, group) as consumer:
+        await broker.producer(dest).send(sent)
         [delivery] = await collect_all(consumer, [b"props"], timing)
     got = delivery.message
     assert (got.key, got.message_id, got.correlation_id, got.reply_to, got.content_type) == (
@@ -137,8 +137,8 @@ class Order(BaseModel):
 async def test_typed_payload(broker: unimq.Broker, names: Names, timing: Timing) -> None:
     """schema= encodes a pydantic model as JSON on send and validates it on receive."""
     dest, group = await queue(broker, names)
-    await broker.producer(dest, schema=Order).send(Order(order_id=7, customer="ada"))
     async with broker.consumer(dest, group, schema=Order) as consumer:
+        await broker.producer(dest, schema=Order).send(Order(order_id=7, customer="ada"))
         [delivery] = await collect(consumer, 1, timing)
     assert delivery.payload == Order(order_id=7, customer="ada")
     assert delivery.message.content_type == "application/json"
@@ -148,9 +148,9 @@ async def test_typed_payload(broker: unimq.Broker, names: Names, timing: Timing)
 async def test_invalid_payload_dead_lettered(broker: unimq.Broker, names: Names, timing: Timing) -> None:
     """A payload that fails validation is dead-lettered with the validation error, not handed to the app."""
     dest, group = await queue(broker, names)
-    await broker.producer(dest).send(b'{"order_id": "not a number"}')
-    await broker.producer(dest, schema=Order).send(Order(order_id=8, customer="bob"))
     async with broker.consumer(dest, group, schema=Order) as consumer:
+        await broker.producer(dest).send(b'{"order_id": "not a number"}')
+        await broker.producer(dest, schema=Order).send(Order(order_id=8, customer="bob"))
         [delivery] = await collect(consumer, 1, timing)
         assert delivery.payload == Order(order_id=8, customer="bob")
         await expect_nothing(consumer, timing, "the invalid payload must not reach the application")
