@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from unimq import registry, telemetry
-from unimq.capabilities import Capabilities, check_message
+from unimq.capabilities import Capabilities, check_limit, check_message
 from unimq.codecs import CONTENT_ENCODING, Codec, RawCodec, codec_for, decompress
 from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Start, Stats, Subscription
 from unimq.errors import CapabilityError, Closed, ConfigError, PublishError, UnimqError
@@ -165,12 +165,14 @@ class Broker:
         except ValueError as exc:
             raise ConfigError(f"ensure({destination!r}): {exc}") from None
         caps = self._driver.capabilities_for(destination)
-        if parsed.deduplication and not caps.deduplication:
-            raise CapabilityError.unsupported(caps.backend, "deduplication=", "deduplication",
-                                              "De-duplicate in the consumer (unimq.migrate.Deduplicator).")
-        if parsed.max_priority and not caps.priority:
-            raise CapabilityError.unsupported(caps.backend, "max_priority=", "priority",
-                                              "Use a destination per priority.")
+        if parsed.deduplication:
+            check_limit(caps, "deduplication=", "deduplication", parsed.deduplication.total_seconds(),
+                         "De-duplicate in the consumer (unimq.migrate.MergedConsumer keeps a window).")
+        if parsed.max_priority:
+            check_limit(caps, "max_priority=", "priority", parsed.max_priority, "Use a destination per priority.")
+        if parsed.groups and not caps.fanout:
+            raise CapabilityError.unsupported(caps.backend, "groups=", "fanout",
+                                              "Its consumers always compete for one queue: drop groups=.")
         await self._guard(self._driver.ensure(destination, parsed), f"ensure {destination}")
 
     async def peek(self, destination: str, count: int = 10) -> list[Message]:
@@ -606,10 +608,8 @@ class Consumer:
         await self._broker._guard(self._sub.ack(delivery), f"ack on {self.destination}")
 
     async def _extend(self, delivery: Delivery, seconds: float) -> None:
-        feature = self._caps.lock_extension
-        if not feature:
-            raise CapabilityError.unsupported(self._caps.backend, "extend()", "lock_extension",
-                                              "Use a longer lock_timeout, or ack and track progress yourself.")
+        check_limit(self._caps, "extend()", "lock_extension", seconds,
+                     "Use a longer lock_timeout, or ack and track progress yourself.")
         await self._broker._guard(self._sub.extend(delivery, seconds), f"extend on {self.destination}")
 
 

@@ -170,19 +170,19 @@ def check_message(caps: Capabilities, message: Message) -> None:
             f"{caps.max_message_bytes} bytes. Store large payloads elsewhere and send a reference."
         )
     if message.delay is not None and message.delay.total_seconds() > 0:
-        _check_limit(caps, "delay", "delayed_delivery", message.delay.total_seconds(),
+        check_limit(caps, "delay", "delayed_delivery", message.delay.total_seconds(),
                      "Schedule the work in the application instead.")
     if message.ttl is not None:
-        _check_limit(caps, "ttl", "message_ttl", message.ttl.total_seconds(), "Drop the ttl or check age on receipt.")
+        check_limit(caps, "ttl", "message_ttl", message.ttl.total_seconds(), "Drop the ttl or check age on receipt.")
     if message.priority is not None:
-        _check_limit(caps, "priority", "priority", message.priority, "Use a separate destination per priority.")
+        check_limit(caps, "priority", "priority", message.priority, "Use a separate destination per priority.")
         if message.priority < 0:
             raise CapabilityError(f"priority must be >= 0, got {message.priority}")
     if message.headers and not caps.headers:
         raise CapabilityError.unsupported(caps.backend, "headers", "headers", "Put the metadata in the body.")
 
 
-def _check_limit(caps: Capabilities, option: str, flag: str, value: float, instead: str) -> None:
+def check_limit(caps: Capabilities, option: str, flag: str, value: float, instead: str) -> None:
     feature: Feature = getattr(caps, flag)
     if not feature:
         raise CapabilityError.unsupported(caps.backend, option, flag, instead)

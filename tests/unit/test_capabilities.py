@@ -25,6 +25,8 @@ class _Sub(Subscription):
 
     async def nack(self, delivery: Delivery, delay: float | None) -> None: ...
 
+    async def extend(self, delivery: Delivery, seconds: float) -> None: ...
+
 
 class NothingDriver(Driver):
     """A fake backend that supports nothing optional: only plain send and receive."""
@@ -34,10 +36,11 @@ class NothingDriver(Driver):
     def __init__(self) -> None:
         super().__init__(parse_url("nothing://"), None)
         self.published: list[Message] = []
+        self.caps = Capabilities(backend="nothing", max_message_bytes=100)
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(backend="nothing", max_message_bytes=100)
+        return self.caps
 
     async def publish(self, destination: str, messages: Sequence[Message]) -> Sequence[BaseException | None]:
         self.published += messages
@@ -82,6 +85,23 @@ async def test_consumer_options(broker: Broker) -> None:
         await broker.peek("d")
     with pytest.raises(unimq.CapabilityError, match="deduplication"):
         await broker.ensure("d", deduplication=timedelta(seconds=5))
+    with pytest.raises(unimq.CapabilityError, match="groups=.*fanout"):
+        await broker.ensure("d", groups=("billing",))
+
+
+async def test_limits_on_ensure_and_extend() -> None:
+    driver = NothingDriver()
+    driver.caps = Capabilities(backend="limited", fanout=native(), deduplication=native(limit=300),
+                               lock_extension=native(limit=60))
+    broker = Broker(driver, parse_url("nothing://"))
+    with pytest.raises(unimq.CapabilityError, match="limit is 300"):
+        await broker.ensure("d", deduplication=timedelta(minutes=10))
+    async with broker.consumer("d") as consumer:
+        delivery = await consumer.receive(timeout=1)
+        assert delivery is not None
+        with pytest.raises(unimq.CapabilityError, match="limit is 60"):
+            await delivery.extend(timedelta(minutes=2))
+        await delivery.extend(timedelta(seconds=30))
 
 
 async def test_settlement_options(broker: Broker) -> None:
