@@ -85,7 +85,7 @@ async def test_consumer_options(broker: Broker) -> None:
         await broker.peek("d")
     with pytest.raises(unimq.CapabilityError, match="deduplication"):
         await broker.ensure("d", deduplication=timedelta(seconds=5))
-    with pytest.raises(unimq.CapabilityError, match="groups=.*fanout"):
+    with pytest.raises(unimq.CapabilityError, match=r"groups=.*fanout"):
         await broker.ensure("d", groups=("billing",))
 
 
