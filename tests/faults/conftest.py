@@ -1,39 +1,28 @@
 """Fault tests stop and start real brokers through scripts/brokers; they run one at a time."""
 
 import asyncio
-import os
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from unimq.errors import ConfigError
-from unimq.testing.brokers import Provisioner, select_targets
+from tests.conftest import resolve
 
 ROOT = Path(__file__).resolve().parents[2]
-_provisioner = Provisioner()
 
 
 @pytest.fixture(scope="session")
 def broker_url() -> Callable[[str], str]:
-    def resolve(target: str) -> str:
-        try:
-            (chosen,) = select_targets([target])
-        except ConfigError as exc:
-            problem = str(exc)
-        else:
-            resolution = _provisioner.resolve(chosen)
-            if resolution.url is not None:
-                if resolution.how != "scripts/brokers":
-                    pytest.skip(f"{target}: fault tests stop and start brokers via scripts/brokers only")
-                return resolution.url
-            problem = resolution.problem
-        if os.environ.get("CI") == "true":
-            pytest.fail(problem, pytrace=False)
-        pytest.skip(problem)
+    """Like the shared fixture, but only brokers that scripts/brokers can stop and start."""
 
-    return resolve
+    def url(target: str) -> str:
+        resolution = resolve(target)
+        if resolution.how != "scripts/brokers":
+            pytest.skip(f"{target}: fault tests stop and start brokers via scripts/brokers only")
+        return str(resolution.url)
+
+    return url
 
 
 @pytest.fixture
