@@ -1,0 +1,308 @@
+"""Entity management: the test double's ``$unimq-control`` node, or Azure's administration client.
+
+The Python ``ServiceBusAdministrationClient`` always speaks HTTPS to ``https://<namespace>``, so it
+cannot manage a non-TLS emulator; with ``emulator=true`` the driver sends control requests over
+the SDK's own AMQP client instead (the double's protocol, docs/servicebus-double.md).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal
+
+from unimq.errors import ConfigError, NotFound, UnimqError
+from unimq_servicebus.options import Endpoint
+
+Kind = Literal["queue", "topic"]
+CONTROL_NODE = "$unimq-control"
+CONTROL_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class EntityOptions:
+    """What ensure() sets on a queue, a topic (dedup only) or a subscription."""
+
+    lock_duration: float | None = None
+    max_delivery_count: int | None = None
+    duplicate_detection_window: float | None = None
+    default_ttl: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def queue_options(self) -> dict[str, Any]:
+        return {k: v for k, v in {
+            "lock_duration": self.lock_duration, "max_delivery_count": self.max_delivery_count,
+            "duplicate_detection_window": self.duplicate_detection_window, "default_ttl": self.default_ttl,
+        }.items() if v is not None}
+
+    def topic_options(self) -> dict[str, Any]:
+        return {k: v for k, v in {
+            "duplicate_detection_window": self.duplicate_detection_window, "default_ttl": self.default_ttl,
+        }.items() if v is not None}
+
+    def subscription_options(self) -> dict[str, Any]:
+        return {k: v for k, v in {
+            "lock_duration": self.lock_duration, "max_delivery_count": self.max_delivery_count,
+            "default_ttl": self.default_ttl,
+        }.items() if v is not None}
+
+
+@dataclass
+class EntityStats:
+    depth: int | None
+    in_flight: int | None
+    dead_letter_depth: int | None
+    detail: dict[str, Any]
+
+
+class Admin(abc.ABC):
+    """The management operations the driver needs."""
+
+    @abc.abstractmethod
+    async def kind(self, name: str) -> Kind | None:
+        """'queue', 'topic', or None if there is no such entity."""
+
+    @abc.abstractmethod
+    async def create_queue(self, name: str, options: EntityOptions) -> None: ...
+
+    @abc.abstractmethod
+    async def create_topic(self, name: str, options: EntityOptions, subscriptions: tuple[str, ...]) -> None: ...
+
+    @abc.abstractmethod
+    async def subscriptions(self, topic: str) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def delete(self, name: str) -> None:
+        """Delete a queue or a topic (with its subscriptions); a missing one is not an error."""
+
+    @abc.abstractmethod
+    async def stats(self, name: str, group: str | None) -> EntityStats: ...
+
+    @abc.abstractmethod
+    async def names(self) -> list[str]:
+        """Queues and topics."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Free the management connection."""
+
+
+class ControlError(UnimqError):
+    """A failed ``$unimq-control`` request."""
+
+
+class _Anonymous:
+    """pyamqp's auth shape for a plain SASL ANONYMOUS connection (no CBS): what the double accepts."""
+
+    auth_type = None
+
+    def __init__(self) -> None:
+        from azure.servicebus._pyamqp.sasl import SASLAnonymousCredential
+
+        self.sasl = SASLAnonymousCredential()
+
+
+class ControlAdmin(Admin):
+    """Requests to the double's ``$unimq-control`` node over the SDK's vendored AMQP client.
+
+    ``azure.servicebus._pyamqp`` is the SDK's private AMQP stack; it is used only here, only for
+    the double, and the dependency pins azure-servicebus below 8.
+    """
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._host = f"{endpoint.namespace}:{endpoint.port or 5672}"
+        self._client: Any = None
+
+    async def _request(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
+        from azure.servicebus._pyamqp.aio import AMQPClientAsync
+        from azure.servicebus._pyamqp.message import Message
+
+        if self._client is None:
+            client = AMQPClientAsync(self._host, use_tls=False, auth=_Anonymous())
+            await client.open_async()
+            self._client = client
+        request = Message(value=body, application_properties={"operation": operation})
+        status, description, response = await self._client.mgmt_request_async(
+            request, operation=operation, operation_type=b"unimq", node=CONTROL_NODE, timeout=CONTROL_TIMEOUT)
+        text = description.decode() if isinstance(description, bytes) else str(description)
+        if status == 404:
+            raise NotFound(f"servicebus: {text}")
+        if status in (400, 409):
+            raise ConfigError(f"servicebus: {operation} refused: {text}")
+        if not 200 <= status < 300:
+            raise ControlError(f"servicebus: {operation} failed with {status}: {text}")
+        return _decoded(response.value) or {}
+
+    async def kind(self, name: str) -> Kind | None:
+        try:
+            stats = await self._request("stats", {"name": name})
+        except NotFound:
+            return None
+        return "topic" if stats.get("kind") == "topic" else "queue"
+
+    async def create_queue(self, name: str, options: EntityOptions) -> None:
+        await self._request("create-queue", {"name": name, "options": options.queue_options()})
+
+    async def create_topic(self, name: str, options: EntityOptions, subscriptions: tuple[str, ...]) -> None:
+        await self._request("create-topic", {"name": name, "options": options.topic_options()})
+        for sub in subscriptions:
+            await self._request("create-subscription",
+                                {"topic": name, "name": sub, "options": options.subscription_options()})
+
+    async def subscriptions(self, topic: str) -> list[str]:
+        listed = await self._request("list", {})
+        prefix = f"{topic}/subscriptions/".lower()
+        return [str(e["name"])[len(prefix):] for e in listed.get("entities", [])
+                if e.get("kind") == "subscription" and str(e["name"]).lower().startswith(prefix)]
+
+    async def delete(self, name: str) -> None:
+        try:
+            await self._request("delete", {"name": name})
+        except NotFound:
+            return
+
+    async def stats(self, name: str, group: str | None) -> EntityStats:
+        path = f"{name}/Subscriptions/{group}" if group else name
+        stats = await self._request("stats", {"name": path})
+        if stats.get("kind") == "topic":
+            return EntityStats(None, None, None, {"kind": "topic", "scheduled": stats.get("scheduled"),
+                                                  "subscriptions": stats.get("subscriptions")})
+        return EntityStats(
+            depth=int(stats.get("active", 0)), in_flight=int(stats.get("locked", 0)),
+            dead_letter_depth=int(stats.get("dead_letter_messages", 0)),
+            detail={k: stats.get(k) for k in ("kind", "scheduled", "deferred", "consumers") if k in stats},
+        )
+
+    async def names(self) -> list[str]:
+        listed = await self._request("list", {})
+        return sorted(str(e["name"]) for e in listed.get("entities", []) if e.get("kind") in ("queue", "topic"))
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close_async()
+
+
+def _decoded(value: Any) -> Any:
+    """pyamqp hands back AMQP strings as bytes; the control replies are plain maps and lists."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {_decoded(k): _decoded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_decoded(v) for v in value]
+    return value
+
+
+class AzureAdmin(Admin):
+    """``ServiceBusAdministrationClient`` (HTTPS). Needs the Manage claim; not testable against the double."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        from azure.servicebus.aio.management import ServiceBusAdministrationClient
+
+        if endpoint.connection_string:
+            self._client = ServiceBusAdministrationClient.from_connection_string(endpoint.connection_string)
+        else:
+            self._client = ServiceBusAdministrationClient(endpoint.namespace, endpoint.credential)
+
+    async def kind(self, name: str) -> Kind | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            await self._client.get_queue(name)
+            return "queue"
+        except ResourceNotFoundError:
+            pass
+        try:
+            await self._client.get_topic(name)
+            return "topic"
+        except ResourceNotFoundError:
+            return None
+
+    async def create_queue(self, name: str, options: EntityOptions) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        settings = _azure_settings(options.queue_options())
+        try:
+            queue = await self._client.get_queue(name)
+        except ResourceNotFoundError:
+            await self._client.create_queue(name, **settings)
+            return
+        for key, value in settings.items():
+            setattr(queue, key, value)
+        await self._client.update_queue(queue)
+
+    async def create_topic(self, name: str, options: EntityOptions, subscriptions: tuple[str, ...]) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            topic = await self._client.get_topic(name)
+        except ResourceNotFoundError:
+            await self._client.create_topic(name, **_azure_settings(options.topic_options()))
+        else:
+            for key, value in _azure_settings(options.topic_options()).items():
+                setattr(topic, key, value)
+            await self._client.update_topic(topic)
+        sub_settings = _azure_settings(options.subscription_options())
+        for sub in subscriptions:
+            try:
+                existing = await self._client.get_subscription(name, sub)
+            except ResourceNotFoundError:
+                await self._client.create_subscription(name, sub, **sub_settings)
+                continue
+            for key, value in sub_settings.items():
+                setattr(existing, key, value)
+            await self._client.update_subscription(name, existing)
+
+    async def subscriptions(self, topic: str) -> list[str]:
+        return [s.name async for s in self._client.list_subscriptions(topic)]
+
+    async def delete(self, name: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        kind = await self.kind(name)
+        try:
+            if kind == "queue":
+                await self._client.delete_queue(name)
+            elif kind == "topic":
+                await self._client.delete_topic(name)
+        except ResourceNotFoundError:
+            return
+
+    async def stats(self, name: str, group: str | None) -> EntityStats:
+        if group:
+            props = await self._client.get_subscription_runtime_properties(name, group)
+        elif await self.kind(name) == "topic":
+            topic = await self._client.get_topic_runtime_properties(name)
+            return EntityStats(None, None, None, {"kind": "topic", "scheduled": topic.scheduled_message_count,
+                                                  "subscriptions": topic.subscription_count})
+        else:
+            props = await self._client.get_queue_runtime_properties(name)
+        return EntityStats(
+            depth=props.active_message_count, in_flight=None, dead_letter_depth=props.dead_letter_message_count,
+            detail={"total": props.total_message_count,
+                    "scheduled": getattr(props, "scheduled_message_count", None)},
+        )
+
+    async def names(self) -> list[str]:
+        queues = [q.name async for q in self._client.list_queues()]
+        topics = [t.name async for t in self._client.list_topics()]
+        return sorted(queues + topics)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _azure_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """The double's option names → the administration client's keyword arguments."""
+    out: dict[str, Any] = {}
+    if "lock_duration" in options:
+        out["lock_duration"] = timedelta(seconds=options["lock_duration"])
+    if "max_delivery_count" in options:
+        out["max_delivery_count"] = options["max_delivery_count"]
+    if options.get("duplicate_detection_window"):
+        out["requires_duplicate_detection"] = True
+        out["duplicate_detection_history_time_window"] = timedelta(seconds=options["duplicate_detection_window"])
+    if "default_ttl" in options:
+        out["default_message_time_to_live"] = timedelta(seconds=options["default_ttl"])
+    return out

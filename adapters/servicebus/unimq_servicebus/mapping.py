@@ -1,0 +1,124 @@
+"""Message ↔ Service Bus message.
+
+The body is one AMQP data section holding the application's bytes. ``message_id``,
+``correlation_id``, ``reply_to`` and ``content_type`` are the AMQP properties of those names;
+``headers`` are the application properties (strings); ``key`` is the partition key (read back from
+the session id when a plain client set only that); ``delay`` is the scheduled enqueue time and
+``ttl`` the header's time-to-live in milliseconds. ``attempt`` is the AMQP delivery-count + 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
+from azure.servicebus.amqp import AmqpMessageBodyType
+
+from unimq.message import Message, new_message_id
+from unimq.reliability import DEAD_LETTER_REASON, DEAD_LETTER_SOURCE
+
+#: Application properties Service Bus sets on dead-lettered messages.
+REASON = "DeadLetterReason"
+DESCRIPTION = "DeadLetterErrorDescription"
+#: Service Bus's cap for DeadLetterReason and DeadLetterErrorDescription values we write.
+MAX_REASON = 4096
+
+
+def to_servicebus(message: Message) -> ServiceBusMessage:
+    """The outgoing SDK message; the body bytes go into a single data section unchanged."""
+    out = ServiceBusMessage(
+        message.body,
+        application_properties=dict(message.headers) if message.headers else None,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        content_type=message.content_type,
+        partition_key=message.key,
+    )
+    if message.delay is not None and message.delay.total_seconds() > 0:
+        out.scheduled_enqueue_time_utc = datetime.now(UTC) + message.delay
+    if message.ttl is not None:
+        # The SDK rounds a TTL down to whole seconds (0.5 s would mean "never expires"): set the
+        # header in milliseconds after it has filled in the creation and expiry properties.
+        ms = max(1, math.ceil(message.ttl.total_seconds() * 1000))
+        out.time_to_live = message.ttl
+        raw = out.raw_amqp_message
+        raw.header.time_to_live = ms  # type: ignore[union-attr]
+        if raw.properties is not None and raw.properties.creation_time:
+            raw.properties.absolute_expiry_time = raw.properties.creation_time + ms
+    return out
+
+
+def text(value: Any) -> str:
+    """An application property value as the string unimq headers are."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, default=str, separators=(",", ":"))
+    return str(value)
+
+
+def body_of(received: ServiceBusReceivedMessage) -> bytes:
+    """The data sections joined; a value or sequence body from another client becomes bytes or JSON."""
+    raw = received.raw_amqp_message
+    body = raw.body
+    kind = raw.body_type
+    if kind == AmqpMessageBodyType.DATA:
+        if isinstance(body, bytes):
+            return body
+        return b"".join(body)
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode()
+    if kind == AmqpMessageBodyType.SEQUENCE:
+        body = list(body)
+    return json.dumps(body, default=text, separators=(",", ":")).encode()
+
+
+def to_message(received: ServiceBusReceivedMessage, dead_letter: bool) -> Message:
+    """The unimq view of a received message; from a DLQ, the reason under x-unimq-dead-letter-reason."""
+    props = received.application_properties
+    headers = {text(k): text(v) for k, v in props.items()} if props else {}
+    if dead_letter:
+        reason = headers.pop(REASON, "")
+        description = headers.pop(DESCRIPTION, "")
+        if description.startswith(reason):
+            reason = description
+        elif description:
+            reason = f"{reason}: {description}"
+        if reason:
+            headers[DEAD_LETTER_REASON] = reason
+        source = received.dead_letter_source
+        if source:
+            headers[DEAD_LETTER_SOURCE] = source
+    message_id = received.message_id
+    return Message(
+        body=body_of(received),
+        key=received.partition_key or received.session_id,
+        headers=headers,
+        message_id=text(message_id) if message_id is not None else new_message_id(),
+        correlation_id=_optional(received.correlation_id),
+        reply_to=_optional(received.reply_to),
+        content_type=_optional(received.content_type),
+        timestamp=received.enqueued_time_utc,
+    )
+
+
+def _optional(value: Any) -> str | None:
+    return None if value is None else text(value)
+
+
+def dead_letter_fields(reason: str) -> tuple[str, str]:
+    """DeadLetterReason (the first line) and DeadLetterErrorDescription (the whole reason)."""
+    first = reason.split("\n", 1)[0][:MAX_REASON]
+    return first, reason[:MAX_REASON]

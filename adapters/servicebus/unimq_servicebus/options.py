@@ -1,0 +1,152 @@
+"""``servicebus://`` URL options, how a URL becomes an SDK client, and the capability declaration."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from unimq.capabilities import Capabilities, emulated, native, none
+from unimq.errors import ConfigError, register_secret
+from unimq.url import BrokerURL
+
+#: Standard tier: 256 KiB per message (body + properties). Premium namespaces allow more.
+STANDARD_MAX_MESSAGE = 262_144
+#: Body bytes declared by default: the Standard limit less 1 KiB for properties and headers.
+DEFAULT_MAX_BYTES = STANDARD_MAX_MESSAGE - 1024
+#: Messages per native batch the core hands the driver; the driver also splits by size.
+MAX_BATCH = 500
+#: Longest lock Service Bus grants (lock duration is 5 s to 5 min per entity).
+MAX_LOCK = 300
+#: Duplicate detection window allowed by Azure: 20 s to 7 days.
+MAX_DEDUP_WINDOW = 7 * 24 * 3600
+#: nack(delay) holds the message's lock; beyond an hour that is the wrong tool.
+MAX_NACK_DELAY = 3600
+DEFAULT_SUFFIX = ".servicebus.windows.net"
+EMULATOR_KEY_NAME = "RootManageSharedAccessKey"
+EMULATOR_KEY = "SAS_KEY_VALUE"
+_CONN_KEY = re.compile(r"(?i)SharedAccessKey=([^;]+)")
+
+
+class ServiceBusOptions(BaseModel):
+    """Query parameters of ``servicebus://`` URLs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    emulator: bool = Field(False, description="the official emulator or the unimq double: plain AMQP, no TLS; "
+                                              "entities managed through the double's $unimq-control node")
+    connection_string: str | None = Field(None, description="a full connection string (URL-encoded in the query)")
+    credential: Literal["default"] | None = Field(None, description="'default': azure-identity "
+                                                                    "DefaultAzureCredential (extra 'identity')")
+    receive_mode: Literal["peek_lock", "receive_and_delete"] = "peek_lock"
+    prefetch: int | None = Field(None, ge=0, description="SDK prefetch_count; default: the consumer's prefetch")
+    lock_renewal: float = Field(0.0, ge=0, description="seconds to keep renewing the lock of each received "
+                                                       "message automatically (AutoLockRenewer); 0 = off")
+    transport: Literal["amqp", "amqp_ws"] = Field("amqp", description="amqp_ws: AMQP over WebSockets (port 443)")
+    max_message_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1024, le=100 * 1024 * 1024,
+                                   description="largest body accepted; raise it for Premium namespaces")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach the namespace: a connection string, or a namespace host plus a credential."""
+
+    namespace: str
+    connection_string: str | None = None
+    credential: Any = None
+    emulator: bool = False
+    port: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Endpoint(namespace={self.namespace!r}, emulator={self.emulator})"
+
+
+def endpoint(url: BrokerURL, options: ServiceBusOptions) -> Endpoint:
+    """Resolve the URL's auth mode; the SAS key is registered as a secret before anything can print it."""
+    if options.connection_string:
+        text = options.connection_string
+        register_secret(text)
+        for key in _CONN_KEY.findall(text):
+            register_secret(key)
+        fields = dict(part.split("=", 1) for part in text.split(";") if "=" in part)
+        lowered = {k.lower(): v for k, v in fields.items()}
+        host = lowered.get("endpoint", "").split("://", 1)[-1].strip("/")
+        if not host:
+            raise ConfigError("servicebus: option 'connection_string' has no Endpoint=sb://...")
+        emulator = options.emulator or lowered.get("usedevelopmentemulator") == "true"
+        name, _, port = host.partition(":")
+        return Endpoint(name, connection_string=text, emulator=emulator, port=int(port) if port.isdigit() else None)
+    host = url.host
+    if options.emulator:
+        name = url.username or EMULATOR_KEY_NAME
+        key = url.password or EMULATOR_KEY
+        register_secret(key)
+        host = host or "localhost"
+        port = url.port or 5672
+        text = (f"Endpoint=sb://{host}:{port};SharedAccessKeyName={name};SharedAccessKey={key};"
+                "UseDevelopmentEmulator=true")
+        return Endpoint(host, connection_string=text, emulator=True, port=port)
+    if not host:
+        raise ConfigError("servicebus: the URL needs a namespace host (servicebus://KEYNAME:KEY@NAMESPACE), "
+                          "?connection_string=..., or ?emulator=true")
+    if "." not in host:
+        host += DEFAULT_SUFFIX
+    if options.credential == "default":
+        try:
+            from azure.identity.aio import DefaultAzureCredential
+        except ImportError:
+            raise ConfigError("servicebus: credential=default needs azure-identity: "
+                              "pip install 'unimq-servicebus[identity]'") from None
+        return Endpoint(host, credential=DefaultAzureCredential())
+    if url.username and url.password:
+        from azure.core.credentials import AzureNamedKeyCredential
+
+        register_secret(url.password)
+        return Endpoint(host, credential=AzureNamedKeyCredential(url.username, url.password))
+    raise ConfigError("servicebus: no credentials: put the SAS policy and key in the URL "
+                      "(servicebus://KEYNAME:KEY@NAMESPACE), or pass ?credential=default or ?connection_string=...")
+
+
+def capabilities(options: ServiceBusOptions) -> Capabilities:
+    """The declaration; receive_and_delete removes messages on receipt, so settlement features go."""
+    locked = options.receive_mode == "peek_lock"
+    gone = "receive_mode=receive_and_delete removes a message when it is received"
+    return Capabilities(
+        backend="servicebus",
+        persistence=native(note="stored by Service Bus until settled (the test double: in memory)"),
+        fanout=native(note="ensure(dest, groups=...) makes dest a topic with one subscription per group"),
+        competing_consumers=native(),
+        ordering="none",
+        ordering_note="sessions (key → session id) are not implemented yet; abandon and lock expiry reorder",
+        delayed_delivery=native(note="scheduled enqueue time (x-opt-scheduled-enqueue-time)"),
+        nack_delay=(
+            emulated(limit=MAX_NACK_DELAY, note="the consumer keeps the lock (renewing it) for the delay, "
+                                                "then abandons; if the consumer dies first the message "
+                                                "returns when its lock expires (early, never lost)")
+            if locked else none(gone)
+        ),
+        dead_letter=(
+            native(note="<dest>/$DeadLetterQueue; reason in DeadLetterReason/DeadLetterErrorDescription, "
+                        "read back as x-unimq-dead-letter-reason")
+            if locked else none(gone)
+        ),
+        priority=none("Service Bus has no priorities; use a destination per priority"),
+        message_ttl=native(note="time-to-live in milliseconds; capped by the entity's default TTL"),
+        deduplication=native(limit=MAX_DEDUP_WINDOW,
+                             note="duplicate detection by message_id on entities made by "
+                                  "ensure(deduplication=window); window 20 s to 7 days"),
+        replay=none("a completed message is gone"),
+        lock_extension=(
+            native(limit=MAX_LOCK, note="renew-lock: each extend() renews for the entity's lock duration "
+                                        "(ensure(lock_timeout=), 5 s to 5 min)")
+            if locked else none(gone)
+        ),
+        peek=native(note="peek-message from the first sequence number; a topic is peeked per subscription "
+                         "as 'topic/Subscriptions/name'"),
+        batch_send=native(limit=MAX_BATCH, note="ServiceBusMessageBatch, split to fit the link's size limit"),
+        headers=native(note="application properties (string values)"),
+        transactions=none("the Python SDK has no transactions"),
+        max_message_bytes=options.max_message_bytes,
+    )

@@ -1,0 +1,180 @@
+"""Receiving: one ServiceBusReceiver per consumer (several when reading a topic's dead letters).
+
+Each receiver's ``receive_messages`` runs in a task of its own, so a cancelled ``receive()``
+never drops a batch: what arrives afterwards is returned by the next call, and on close every
+message received but not settled is abandoned (it comes back with the next attempt at once,
+instead of after its lock expires).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from azure.servicebus import ServiceBusReceivedMessage
+from azure.servicebus.aio import ServiceBusReceiver
+from azure.servicebus.exceptions import MessageAlreadySettled, MessageLockLostError, SessionLockLostError
+
+from unimq.driver import Subscription
+from unimq.errors import CapabilityError
+from unimq.message import Delivery
+from unimq_servicebus.mapping import dead_letter_fields, to_message
+
+if TYPE_CHECKING:
+    from unimq_servicebus.driver import ServiceBusDriver
+
+#: Settling a message whose lock is gone: the message comes back by itself, so this is not an error.
+LOST = (MessageLockLostError, SessionLockLostError, MessageAlreadySettled)
+#: Renew a held lock when less than this many seconds of it are left.
+RENEW_MARGIN = 2.0
+
+
+class ServiceBusSubscription(Subscription):
+    def __init__(self, driver: ServiceBusDriver, destination: str, group: str | None, prefetch: int) -> None:
+        self._driver = driver
+        self._destination = destination
+        self._group = group
+        self._prefetch = prefetch
+        self._dead_letter = destination.endswith(driver.DLQ_SUFFIX)
+        self._peek_lock = driver.options.receive_mode == "peek_lock"
+        self._receivers: list[ServiceBusReceiver] = []
+        self._pending: dict[ServiceBusReceiver, asyncio.Task[list[ServiceBusReceivedMessage]]] = {}
+        self._backlog: deque[Delivery] = deque()
+        self._unsettled: dict[int, tuple[ServiceBusReceiver, ServiceBusReceivedMessage]] = {}
+        self._held: set[asyncio.Task[None]] = set()
+        self._renewer: Any = None
+
+    async def open(self) -> None:
+        self._receivers = await self._driver.open_receivers(self._destination, self._group, self._prefetch)
+        if self._driver.options.lock_renewal and self._peek_lock:
+            from azure.servicebus.aio import AutoLockRenewer
+
+            self._renewer = AutoLockRenewer(max_lock_renewal_duration=self._driver.options.lock_renewal)
+
+    async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
+        out: list[Delivery] = []
+        backlog = self._backlog
+        while backlog and len(out) < max_messages:
+            out.append(backlog.popleft())
+        if out:
+            return out
+        pending = self._pending
+        wait = max(timeout, 0.01)
+        for receiver in self._receivers:
+            if receiver not in pending:
+                pending[receiver] = asyncio.ensure_future(
+                    receiver.receive_messages(max_message_count=max_messages, max_wait_time=wait))
+        done, _ = await asyncio.wait(pending.values(), timeout=wait + 0.5, return_when=asyncio.FIRST_COMPLETED)
+        if not done:
+            return out
+        for receiver, task in list(pending.items()):
+            if task in done:
+                del pending[receiver]
+                self._accept(receiver, task.result())
+        while backlog and len(out) < max_messages:
+            out.append(backlog.popleft())
+        return out
+
+    def _accept(self, receiver: ServiceBusReceiver, batch: list[ServiceBusReceivedMessage]) -> None:
+        dead_letter = self._dead_letter
+        track = self._peek_lock
+        unsettled = self._unsettled
+        append = self._backlog.append
+        for received in batch:
+            count = received.delivery_count
+            delivery = Delivery(to_message(received, dead_letter), (count or 0) + 1, received, receiver)
+            if track:
+                unsettled[id(received)] = (receiver, received)
+            append(delivery)
+        if self._renewer is not None and track:
+            for received in batch:
+                self._renewer.register(receiver, received)
+
+    async def _settle(self, delivery: Delivery, action: Callable[[ServiceBusReceivedMessage], Awaitable[None]]) -> None:
+        received: ServiceBusReceivedMessage = delivery.native
+        if self._unsettled.pop(id(received), None) is None and self._peek_lock:
+            return  # already settled on close, or by a held nack
+        with contextlib.suppress(*LOST):
+            await action(received)
+
+    async def ack(self, delivery: Delivery) -> None:
+        if self._peek_lock:
+            await self._settle(delivery, delivery.token.complete_message)
+
+    async def nack(self, delivery: Delivery, delay: float | None) -> None:
+        if not self._peek_lock:
+            raise CapabilityError("servicebus cannot nack with receive_mode=receive_and_delete: the message was "
+                                  "removed when it was received")
+        receiver: ServiceBusReceiver = delivery.token
+        if not delay:
+            await self._settle(delivery, receiver.abandon_message)
+            return
+        task = asyncio.ensure_future(self._abandon_later(delivery, receiver, time.monotonic() + delay))
+        self._held.add(task)
+        task.add_done_callback(self._held.discard)
+
+    async def _abandon_later(self, delivery: Delivery, receiver: ServiceBusReceiver, due: float) -> None:
+        """The emulated delayed nack: keep the lock until ``due`` (renewing it), then abandon."""
+        received: ServiceBusReceivedMessage = delivery.native
+        while (left := due - time.monotonic()) > 0:
+            locked_until = received.locked_until_utc
+            lock_left = (locked_until - datetime.now(UTC)).total_seconds() if locked_until else left + 1
+            if left < lock_left - 0.5:
+                await asyncio.sleep(left)
+            elif lock_left > RENEW_MARGIN:
+                await asyncio.sleep(lock_left - RENEW_MARGIN)
+            elif id(received) not in self._unsettled:
+                return
+            else:
+                try:
+                    await receiver.renew_message_lock(received)
+                except LOST:
+                    self._unsettled.pop(id(received), None)
+                    return
+        await self._settle(delivery, receiver.abandon_message)
+
+    async def reject(self, delivery: Delivery, reason: str) -> None:
+        if not self._peek_lock:
+            raise CapabilityError("servicebus cannot reject with receive_mode=receive_and_delete")
+        short, description = dead_letter_fields(reason)
+        receiver: ServiceBusReceiver = delivery.token
+
+        async def dead_letter(received: ServiceBusReceivedMessage) -> None:
+            await receiver.dead_letter_message(received, reason=short, error_description=description)
+
+        await self._settle(delivery, dead_letter)
+
+    async def extend(self, delivery: Delivery, seconds: float) -> None:
+        received: ServiceBusReceivedMessage = delivery.native
+        if id(received) in self._unsettled:
+            with contextlib.suppress(*LOST):
+                await delivery.token.renew_message_lock(received)
+
+    async def close(self) -> None:
+        for task in self._held:
+            task.cancel()
+        if self._held:
+            await asyncio.gather(*self._held, return_exceptions=True)
+        pending = list(self._pending.items())
+        self._pending.clear()
+        for _, task in pending:
+            task.cancel()
+        for receiver, task in pending:
+            with contextlib.suppress(BaseException):
+                self._accept(receiver, await task)
+        self._backlog.clear()
+        unsettled = list(self._unsettled.values())
+        self._unsettled.clear()
+        if unsettled:
+            await asyncio.gather(*(receiver.abandon_message(m) for receiver, m in unsettled), return_exceptions=True)
+        if self._renewer is not None:
+            await self._renewer.close()
+        for receiver in self._receivers:
+            with contextlib.suppress(Exception):
+                await receiver.close()
+        self._receivers = []
