@@ -82,6 +82,7 @@ class KafkaSubscription(Subscription):
         self._assigned = asyncio.Event()
         self._error: BaseException | None = None
         self._dirty = False
+        self._stopping = False
 
     @property
     def native(self) -> Any:
@@ -174,7 +175,7 @@ class KafkaSubscription(Subscription):
         interval = self._driver.options.commit_interval_ms / 1000
         last_commit = time.monotonic()
         paused = False
-        while True:
+        while not self._stopping:
             try:
                 room = self._prefetch - len(self._buffer) - self._outstanding
                 if room <= 0:
@@ -367,9 +368,10 @@ class KafkaSubscription(Subscription):
 
     async def close(self) -> None:
         if self._task is not None:
+            # The flag as well as cancel(): Python 3.11's wait_for can swallow a cancellation.
+            self._stopping = True
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await asyncio.wait({self._task}, timeout=POLL_MS / 1000 * 20)
         for handle in self._held.values():
             handle.cancel()
         self._held.clear()
