@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -30,6 +31,12 @@ DEFAULT_DURABLE = "default"
 #: Bytes of a message's max_payload kept for its headers: the declared max_message_bytes is the rest.
 HEADER_RESERVE = 8 * 1024
 
+#: NATS headers are MIME-like ASCII. A value that is not plain printable ASCII travels as an RFC 2047
+#: encoded word (``=?utf-8?b?...?=``); a key that is not an HTTP token as ``x-unimq-u8-<base64url>``.
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_KEY_PREFIX = "x-unimq-u8-"
+_PLAIN_VALUE = re.compile(r"^([!-~]([ -~]*[!-~])?)?$")
+_ENCODED = re.compile(r"^=\?utf-8\?b\?([A-Za-z0-9+/=]*)\?=$")
 _SUBJECT = re.compile(r"^[^\s*>.]+(\.[^\s*>.]+)*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -69,8 +76,31 @@ def described(description: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _encode(text: str) -> str:
+    return "=?utf-8?b?" + base64.b64encode(text.encode()).decode() + "?="
+
+
+def _encode_key(key: str) -> str:
+    return _KEY_PREFIX + base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def _decode_key(key: str) -> str:
+    if not key.startswith(_KEY_PREFIX):
+        return key
+    data = key[len(_KEY_PREFIX):]
+    return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)).decode(errors="replace")
+
+
+def _decode(text: str) -> str:
+    match = _ENCODED.match(text)
+    return base64.b64decode(match.group(1)).decode(errors="replace") if match else text
+
+
 def to_headers(message: Message, dedup: bool) -> dict[str, str]:
-    headers = dict(message.headers)
+    headers = {
+        (k if _TOKEN.match(k) else _encode_key(k)): (v if _PLAIN_VALUE.match(v) else _encode(v))
+        for k, v in message.headers.items()
+    } if message.headers else {}
     headers[MSG_ID if dedup else PLAIN_MSG_ID] = message.message_id
     if message.content_type:
         headers[CONTENT_TYPE] = message.content_type
@@ -91,7 +121,7 @@ def to_message(data: bytes, headers: dict[str, str] | None, fallback_id: str, ti
     """Rebuild a Message; a message from a plain client without ``Nats-Msg-Id`` gets ``fallback_id``."""
     if not headers:
         return Message(body=data, message_id=fallback_id, timestamp=timestamp)
-    headers = dict(headers)
+    headers = {_decode_key(k): _decode(v) for k, v in headers.items()} if _has_encoded(headers) else dict(headers)
     message_id = headers.pop(MSG_ID, None) or headers.pop(PLAIN_MSG_ID, None) or fallback_id
     headers.pop(PLAIN_MSG_ID, None)
     ttl = None
@@ -103,6 +133,10 @@ def to_message(data: bytes, headers: dict[str, str] | None, fallback_id: str, ti
         correlation_id=headers.pop(CORRELATION_ID, None), reply_to=headers.pop(REPLY_TO, None),
         content_type=headers.pop(CONTENT_TYPE, None), timestamp=timestamp, ttl=ttl,
     )
+
+
+def _has_encoded(headers: dict[str, str]) -> bool:
+    return any(k.startswith(_KEY_PREFIX) or v.startswith("=?") for k, v in headers.items())
 
 
 def seconds_until(headers: dict[str, str] | None, name: str) -> float:
@@ -126,9 +160,9 @@ def jetstream_capabilities(max_message_bytes: int, max_batch: int) -> Capabiliti
         persistence=native(note="JetStream stream, file storage by default (?storage=memory)"),
         fanout=native(note="one durable pull consumer per group"),
         competing_consumers=native(note="consumers of a group share its durable"),
-        ordering="global",
-        ordering_note="stream order of one destination, for one consumer of a group; competing consumers "
-                      "and redeliveries interleave",
+        ordering="none",
+        ordering_note="a destination's stream is ordered and one consumer of a group gets it in order, but "
+                      "competing consumers and redeliveries interleave, even per key",
         delayed_delivery=emulated(note="x-unimq-not-before header; a consumer that receives the message early "
                                        "naks it with the remaining delay (server 2.12 scheduling not used)"),
         nack_delay=native(note="nak with delay"),
@@ -156,8 +190,9 @@ def core_capabilities(max_message_bytes: int, max_batch: int) -> Capabilities:
         persistence=none("at-most-once: a message with no subscriber, or one lost with a connection, is gone"),
         fanout=native(note="one queue group per group"),
         competing_consumers=native(note="queue group members"),
-        ordering="global",
-        ordering_note="publish order of one connection, for one subscriber",
+        ordering="none",
+        ordering_note="publish order of one connection reaches one subscriber in order; queue group members "
+                      "interleave, even per key",
         delayed_delivery=none(),
         nack_delay=none(),
         dead_letter=none(),
