@@ -49,7 +49,7 @@ class Timing:
 TIMING: dict[str, Timing] = {
     "memory": Timing(receive=5.0, quiet=0.3, test=30.0),
     "kafka": Timing(receive=30.0, quiet=2.0, test=90.0),
-    "sqs": Timing(quiet=1.5),
+    "sqs": Timing(quiet=1.0),
     "servicebus": Timing(lock=5.0, receive=15.0, quiet=1.5, test=90.0),
 }
 
