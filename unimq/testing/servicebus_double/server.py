@@ -311,7 +311,9 @@ class _Handler:
                 self._on_transfer(link, delivery, payload)
                 if link.credit < INCOMING_CREDIT // 2:
                     link.flow(INCOMING_CREDIT - link.credit)
-        elif delivery.updated and not delivery.settled and delivery.local_state == 0:
+        elif delivery.updated and delivery.local_state == 0:
+            # Also when the client settled in the same frame (the SDK releases buffered messages
+            # on close that way): the outcome still applies, as on Service Bus.
             self._on_disposition(link, delivery)
 
     def _on_transfer(self, link: Link, delivery: Delivery, payload: bytes) -> None:
