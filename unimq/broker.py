@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections import deque
@@ -30,10 +31,13 @@ from unimq.reliability import Retry, dead_letter_copy
 from unimq.url import BrokerURL, parse_options, parse_url
 
 T = TypeVar("T")
+log = logging.getLogger("unimq.consumer")
 
 DEFAULT_URL = "memory://"
 #: How many batches of one ``send_many`` may be in flight at once when order need not be kept.
 PIPELINE_DEPTH = 8
+#: A consumer's backoff between receives that failed with a retryable error; it never gives up.
+RECEIVE_RETRY = Retry(max_attempts=1, initial=timedelta(milliseconds=100), max_delay=timedelta(seconds=2))
 #: The producer's default: a few quick retries of retryable failures (connection loss, timeouts).
 SEND_RETRY = Retry(max_attempts=4, initial=timedelta(milliseconds=100), max_delay=timedelta(seconds=2))
 
@@ -411,6 +415,7 @@ class Consumer:
         self._buffer: deque[Delivery] = deque()
         self._unsettled = 0
         self._room: asyncio.Future[None] | None = None
+        self._receive_failures = 0
         self._opened = False
         self._closed = False
 
@@ -507,7 +512,20 @@ class Consumer:
                 await self._wait_for_room(remaining)
                 continue
             wait = 1.0 if remaining is None else min(1.0, remaining)
-            batch = await self._broker._guard(self._sub.receive(room, wait), f"receive from {self.destination}")
+            try:
+                batch = await self._broker._guard(self._sub.receive(room, wait), f"receive from {self.destination}")
+            except UnimqError as exc:
+                # A lost connection is not the caller's problem: the driver reconnects on the next
+                # receive, so back off and try again (until the caller's timeout, if any).
+                if not exc.retryable or self._closed:
+                    raise
+                self._receive_failures += 1
+                pause = RECEIVE_RETRY.backoff(self._receive_failures)
+                log.warning("receive from %r failed (%d in a row), retrying in %.2fs: %s",
+                            self.destination, self._receive_failures, pause, exc)
+                await asyncio.sleep(pause if remaining is None else min(pause, remaining))
+                continue
+            self._receive_failures = 0
             for delivery in batch:
                 delivery._consumer = self
             buffer.extend(batch)
