@@ -20,9 +20,9 @@ async def test_send_many_delivers_every_batch(broker: unimq.Broker, names: Names
     limit = int(caps.batch_send.limit) if caps.batch_send.limit else 100
     sent = bodies(min(300, 3 * limit), "batch")
     dest, group = await queue(broker, names)
-    returned = await broker.producer(dest).send_many(sent)
-    assert [m.body for m in returned] == sent, "send_many returns the sent messages, in order"
     async with broker.consumer(dest, group) as consumer:
+        returned = await broker.producer(dest).send_many(sent)
+        assert [m.body for m in returned] == sent, "send_many returns the sent messages, in order"
         await collect_all(consumer, sent, timing)
 
 
@@ -33,8 +33,8 @@ async def test_send_many_with_an_oversize_message_sends_nothing(broker: unimq.Br
     batch = [b"before", oversize(caps), b"after"]
     with pytest.raises(unimq.MessageTooLarge):
         await broker.producer(dest).send_many(batch)
-    await broker.producer(dest).send(b"marker")
     async with broker.consumer(dest, group) as consumer:
+        await broker.producer(dest).send(b"marker")
         await collect_all(consumer, [b"marker"], timing)  # fails on "before" or "after"
         await expect_nothing(consumer, timing, "part of a refused batch was sent")
 
@@ -43,6 +43,6 @@ async def test_bulk_send_many(broker: unimq.Broker, names: Names, timing: Timing
     """The one larger test: 1000 messages through send_many and a consumer with prefetch 200."""
     sent = bodies(BULK, "bulk")
     dest, group = await queue(broker, names)
-    await broker.producer(dest).send_many(sent)
     async with broker.consumer(dest, group, prefetch=200) as consumer:
+        await broker.producer(dest).send_many(sent)
         await collect_all(consumer, sent, timing)

@@ -20,8 +20,8 @@ async def test_oversize_body_refused_before_sending(broker: unimq.Broker, names:
     with pytest.raises(unimq.MessageTooLarge) as refused:
         await broker.producer(dest).send(oversize(caps))
     assert str(caps.max_message_bytes) in str(refused.value), "the error states the limit"
-    await broker.producer(dest).send(b"marker")
     async with broker.consumer(dest, group) as consumer:
+        await broker.producer(dest).send(b"marker")
         await collect_all(consumer, [b"marker"], timing)
         await expect_nothing(consumer, timing, "the oversize message was sent anyway")
 
@@ -63,8 +63,8 @@ async def test_escape_hatches(broker: unimq.Broker, names: Names, timing: Timing
     """broker.native is the client and delivery.native the raw message, for every backend."""
     assert broker.native is not None
     dest, group = await queue(broker, names)
-    await broker.producer(dest).send(b"native")
     async with broker.consumer(dest, group) as consumer:
+        await broker.producer(dest).send(b"native")
         [delivery] = await collect(consumer, 1, timing)
     assert delivery.native is not None
 

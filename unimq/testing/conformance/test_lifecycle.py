@@ -80,8 +80,8 @@ async def test_cancelling_a_pending_receive_is_clean(broker: unimq.Broker, names
             await pending
         await broker.producer(dest).send(b"after cancel")
         await collect_all(consumer, [b"after cancel"], timing)
-    await broker.producer(dest).send(b"next consumer")
     async with broker.consumer(dest, group) as later:
+        await broker.producer(dest).send(b"next consumer")
         await collect_all(later, [b"next consumer"], timing)
 
 
@@ -133,8 +133,8 @@ async def test_concurrent_open_and_close_then_receive(broker: unimq.Broker, name
 
     await asyncio.wait_for(asyncio.gather(*(churn() for _ in range(10))), timing.receive)
     sent = bodies(20, "churn")
-    await broker.producer(dest).send_many(sent)
     async with broker.consumer(dest, group) as consumer:
+        await broker.producer(dest).send_many(sent)
         await collect_all(consumer, sent, timing)
         await expect_nothing(consumer, timing, "an acked message was delivered again")
 
@@ -148,6 +148,6 @@ async def test_concurrent_producers(broker: unimq.Broker, names: Names, timing: 
         for body in bodies(10, f"p{task}"):
             await producer.send(body)
 
-    await asyncio.gather(*(send(t) for t in range(10)))
     async with broker.consumer(dest, group) as consumer:
+        await asyncio.gather(*(send(t) for t in range(10)))
         await collect_all(consumer, [b for t in range(10) for b in bodies(10, f"p{t}")], timing)

@@ -62,8 +62,8 @@ async def test_destinations_are_isolated(broker: unimq.Broker, names: Names, tim
     async def one(index: int, dest: str) -> None:
         _, group = await queue(broker, names, dest)
         sent = bodies(20, f"iso{index}")
-        await broker.producer(dest).send_many(sent)
         async with broker.consumer(dest, group) as consumer:
+            await broker.producer(dest).send_many(sent)
             await collect_all(consumer, sent, timing)
             await expect_nothing(consumer, timing, f"{dest} got a message sent to another destination")
 
@@ -99,8 +99,8 @@ async def test_a_message_in_flight_is_not_given_to_another_consumer(broker: unim
                                                                     timing: Timing) -> None:
     """While one consumer holds a message unsettled, a second consumer of the group does not get it."""
     dest, group = await queue(broker, names)
-    await broker.producer(dest).send(b"held")
     async with broker.consumer(dest, group, lock_timeout=timing.receive * 3) as first:
+        await broker.producer(dest).send(b"held")
         held = await first.receive(timeout=timing.receive)
         assert held is not None, "the message never arrived"
         async with broker.consumer(dest, group, lock_timeout=timing.receive * 3) as second:
