@@ -8,6 +8,7 @@ the SDK's own AMQP client instead (the double's protocol, docs/servicebus-double
 from __future__ import annotations
 
 import abc
+import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
@@ -112,8 +113,14 @@ class ControlAdmin(Admin):
     def __init__(self, endpoint: Endpoint) -> None:
         self._host = f"{endpoint.namespace}:{endpoint.port or 5672}"
         self._client: Any = None
+        self._lock = asyncio.Lock()
 
     async def _request(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
+        # One request at a time: pyamqp's management operation fails under concurrent requests.
+        async with self._lock:
+            return await self._request_now(operation, body)
+
+    async def _request_now(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
         from azure.servicebus._pyamqp.aio import AMQPClientAsync
         from azure.servicebus._pyamqp.message import Message
 

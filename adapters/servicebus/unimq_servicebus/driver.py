@@ -74,6 +74,7 @@ class ServiceBusDriver(Driver):
         self._admin: Admin | None = None
         self._senders: dict[str, ServiceBusSender] = {}
         self._sender_locks: dict[str, asyncio.Lock] = {}
+        self._opening = asyncio.Lock()
         self._peekers: dict[str, ServiceBusReceiver] = {}
         self._kinds: dict[str, Kind] = {}
 
@@ -135,8 +136,7 @@ class ServiceBusDriver(Driver):
         sender = self._senders.get(destination)
         if sender is not None:
             return sender
-        lock = self._sender_locks.setdefault(destination, asyncio.Lock())
-        async with lock:
+        async with self._opening:
             sender = self._senders.get(destination)
             if sender is None:
                 if self._send_client is None:
@@ -144,10 +144,17 @@ class ServiceBusDriver(Driver):
                 sender = self._send_client.get_queue_sender(destination)
                 await sender.__aenter__()
                 self._senders[destination] = sender
+                self._sender_locks[destination] = asyncio.Lock()
         return sender
 
     async def publish(self, destination: str, messages: Sequence[Message]) -> Sequence[BaseException | None]:
         sender = await self._sender(destination)
+        # One send at a time per sender: concurrent send_messages on one aio sender break its
+        # connection (checked with the plain SDK against the double).
+        async with self._sender_locks[destination]:
+            return await self._publish(sender, messages)
+
+    async def _publish(self, sender: ServiceBusSender, messages: Sequence[Message]) -> list[BaseException | None]:
         if len(messages) == 1:
             await sender.send_messages(mapping.to_servicebus(messages[0]))
             return [None]
