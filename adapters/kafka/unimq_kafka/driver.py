@@ -94,15 +94,15 @@ class KafkaDriver(Driver):
                           "topic, after later messages of its key",
             delayed_delivery=emulated(
                 limit=MAX_DELAY,
-                note="not-before header; each group moves a not-yet-due message to <topic>.retry.<group> and "
+                note="not-before header; each group moves a not-yet-due message to {topic}.retry.{group} and "
                      "holds it there; plain Kafka consumers see it at once",
             ),
-            nack_delay=emulated(limit=MAX_DELAY, note="redelivery copy to <topic>.retry.<group>, held until due"),
-            dead_letter=emulated(note="<topic>.dlq; reason and original topic/partition/offset in headers"),
+            nack_delay=emulated(limit=MAX_DELAY, note="redelivery copy to {topic}.retry.{group}, held until due"),
+            dead_letter=emulated(note="{topic}.dlq; reason and original topic/partition/offset in headers"),
             priority=none("a log has no priorities: use a topic per priority"),
             message_ttl=emulated(note="x-unimq-expires-at header; unimq consumers drop expired messages"),
             deduplication=none("the idempotent producer only removes duplicates of its own retries"),
-            replay=native(note="start='earliest'|'latest'|datetime|offset for a group without committed offsets"),
+            replay=native(note="start= earliest, latest, a datetime or an offset (group without committed offsets)"),
             lock_extension=none("no locks: a message stays with its consumer until settled or the consumer "
                                 "leaves the group; slow handlers never cost the group membership"),
             peek=emulated(note="reads from the default group's committed offsets, without joining a group"),

@@ -48,7 +48,9 @@ log = logging.getLogger("unimq.kafka")
 #: How long one poll waits for records; bounds the latency of pause/resume and commits.
 POLL_MS = 100
 #: How long open() waits for the group to assign partitions before it returns anyway.
-JOIN_TIMEOUT = 30.0
+JOIN_TIMEOUT = 10.0
+#: How long a rebalance waits for in-flight messages of revoked partitions without lock_timeout.
+REVOKE_WAIT = 30.0
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -74,7 +76,12 @@ class KafkaSubscription(Subscription):
         self._consumer: Any = None
         self._task: asyncio.Task[None] | None = None
         self._buffer: deque[Delivery] = deque()
-        self._outstanding = 0
+        self._inflight: set[Delivery] = set()
+        # Bounded so that the other members' JoinGroup requests (request_timeout) do not time out.
+        opts = driver.options
+        self._request_timeout_ms = max(opts.request_timeout_ms, opts.session_timeout_ms + 5000)
+        self._revoke_wait = min(settings.lock_timeout or REVOKE_WAIT, opts.max_poll_interval_ms / 1000 * 0.8,
+                                self._request_timeout_ms / 1000 - 5)
         self._trackers: dict[TopicPartition, OffsetTracker] = {}
         self._held: dict[TopicPartition, asyncio.TimerHandle] = {}
         self._data = asyncio.Event()
@@ -102,8 +109,9 @@ class KafkaSubscription(Subscription):
             session_timeout_ms=opts.session_timeout_ms,
             heartbeat_interval_ms=opts.heartbeat_interval_ms,
             max_poll_interval_ms=opts.max_poll_interval_ms,
+            rebalance_timeout_ms=opts.max_poll_interval_ms,
             fetch_max_wait_ms=opts.fetch_max_wait_ms,
-            request_timeout_ms=max(opts.request_timeout_ms, opts.session_timeout_ms + 5000),
+            request_timeout_ms=self._request_timeout_ms,
             **driver.security_kwargs(),
         )
         self._consumer.subscribe([self._topic, self.retry_topic], listener=_Listener(self))
@@ -117,6 +125,14 @@ class KafkaSubscription(Subscription):
     # Rebalance callbacks (awaited by aiokafka's coordinator during the rebalance).
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._revoke_wait
+        while any(d.token[0] is self._trackers.get(tp) for d in self._inflight for tp in revoked):
+            if loop.time() >= deadline:
+                gone = {id(self._trackers.get(tp)) for tp in revoked}
+                await self._hand_back([d for d in self._inflight if id(d.token[0]) in gone])
+                break
+            await asyncio.sleep(0.05)
         offsets: dict[TopicPartition, int] = {}
         for tp in revoked:
             tracker = self._trackers.pop(tp, None)
@@ -177,7 +193,7 @@ class KafkaSubscription(Subscription):
         paused = False
         while not self._stopping:
             try:
-                room = self._prefetch - len(self._buffer) - self._outstanding
+                room = self._prefetch - len(self._buffer) - len(self._inflight)
                 if room <= 0:
                     consumer.pause(*consumer.assignment())
                     paused = True
@@ -252,7 +268,7 @@ class KafkaSubscription(Subscription):
 
     def _release(self, tp: TopicPartition) -> None:
         self._held.pop(tp, None)
-        if tp in self._trackers and self._outstanding + len(self._buffer) < self._prefetch:
+        if tp in self._trackers and len(self._inflight) + len(self._buffer) < self._prefetch:
             self._consumer.resume(tp)
 
     async def _defer(self, record: Any, tracker: OffsetTracker, tp: TopicPartition) -> None:
@@ -314,25 +330,26 @@ class KafkaSubscription(Subscription):
             buffer.clear()
         else:
             out = [buffer.popleft() for _ in range(max_messages)]
-        self._outstanding += len(out)
+        self._inflight.update(out)
         return out
 
-    def _settled(self) -> None:
-        self._outstanding -= 1
+    def _settled(self, delivery: Delivery) -> None:
+        self._inflight.discard(delivery)
         self._room.set()
 
     async def ack(self, delivery: Delivery) -> None:
         tracker, offset = delivery.token
         tracker.ack(offset)
         self._dirty = True
-        self._outstanding -= 1
-        if self._outstanding + len(self._buffer) < self._prefetch:
+        inflight = self._inflight
+        inflight.discard(delivery)
+        if len(inflight) + len(self._buffer) < self._prefetch:
             self._room.set()
 
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
         tracker = delivery.token[0]
         if tracker.revoked:
-            self._settled()  # the partition's new owner redelivers it
+            self._settled(delivery)  # the partition's new owner redelivers it
             return
         limit = self._driver.max_deliveries.get(self._topic)
         if limit is not None and delivery.attempt >= limit:
@@ -344,7 +361,7 @@ class KafkaSubscription(Subscription):
     async def reject(self, delivery: Delivery, reason: str) -> None:
         tracker = delivery.token[0]
         if tracker.revoked:
-            self._settled()
+            self._settled(delivery)
             return
         record = delivery.native
         copy = dead_letter_copy(delivery.message, reason, self._topic, self._group)
@@ -354,14 +371,27 @@ class KafkaSubscription(Subscription):
         copy.headers[DEAD_LETTER_OFFSET] = str(record.offset)
         await self._republish(self._driver.dead_letter_destination(self._topic), copy, delivery)
 
+    async def _hand_back(self, deliveries: list[Delivery]) -> None:
+        """Unsettled messages we give up (close, revoke timeout): redeliver them as the next attempt.
+
+        Left to offsets they would come back with attempt 1; republished to the retry topic they
+        carry the attempt count. A failure leaves them to the offsets (redelivered all the same).
+        """
+        for delivery in deliveries:
+            if delivery in self._inflight:
+                try:
+                    await self.nack(delivery, None)
+                except Exception as exc:
+                    log.warning("kafka: could not hand back %s: %s", delivery.message.message_id, exc)
+
     async def _republish(self, topic: str, copy: Any, delivery: Delivery) -> None:
         try:
             results = await self._driver.publish(topic, [copy])
         except BaseException:
-            self._settled()
+            self._settled(delivery)
             raise
         if results[0] is not None:
-            self._settled()
+            self._settled(delivery)
             raise PublishError(f"could not republish {copy.message_id} to {topic!r}: {results[0]}",
                                messages=[copy], results=list(results)) from results[0]
         await self.ack(delivery)
@@ -376,6 +406,7 @@ class KafkaSubscription(Subscription):
             handle.cancel()
         self._held.clear()
         self._buffer.clear()
+        await self._hand_back(list(self._inflight))
         if self._consumer is not None:
             try:
                 await self._commit()
