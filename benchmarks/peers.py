@@ -161,7 +161,7 @@ class FastStreamRedis(_FastStream):
         self._consumers += 1
         return self.broker.subscriber(stream=StreamSub(
             dest, group=self.GROUP, consumer=f"c{self._consumers}", batch=batch,
-            max_records=self.read_count if batch else None, last_id="0"))
+            max_records=self.read_count if batch else None))
 
     async def send_one(self, dest: str, body: bytes) -> None:
         await self.broker.publish(body, stream=dest)

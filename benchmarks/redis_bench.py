@@ -1,154 +1,121 @@
-"""unimq vs plain redis-py on the same Redis, in the same run, interleaved.
+"""Redis Streams: plain redis-py vs unimq vs FastStream and Kombu, on the shared harness.
 
 * produce: plain pipelined XADD (batches of 1000, up to 8 pipelines in flight, as the core sends)
-  vs ``producer.send_many``;
-* consume: plain XREADGROUP COUNT 100 + one XACK per batch vs a unimq consumer receiving batches
-  of 100 and acking each delivery (the adapter coalesces concurrent acks into one XACK).
+  vs ``producer.send_many``; batching off: one awaited XADD / ``send`` per message;
+* consume: plain XREADGROUP COUNT 100 + one XACK per batch (batching off: one XACK per message)
+  vs a unimq consumer receiving batches of 100 and acking each delivery (the adapter coalesces
+  concurrent acks into one XACK). Consumers share one group (competing).
 
-Each round runs both sides (alternating which goes first); the report gives the median of the
-rounds in messages/s and the ratio unimq/plain, plus the client CPU per message (process time),
-which is steadier than wall time on a shared machine. ``--quick`` finishes well under two minutes.
+Kombu's Redis transport uses lists (LPUSH/BRPOP), not streams: same broker, its own structure.
 
-    .venv/bin/python benchmarks/redis_bench.py [--quick] [--url redis://127.0.0.1:6379/0]
+    .venv/bin/python benchmarks/redis_bench.py [--quick] [--url redis://127.0.0.1:6379/0] [harness options]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import functools
-import json
-import os
-import statistics
-import time
-import uuid
-from collections.abc import Awaitable, Callable
+import itertools
+from collections.abc import Callable
+from importlib.metadata import version
 from typing import Any
 
+import peers
+from harness import Backend, Contender, Quota, UnimqContender, Workload, main
 from redis.asyncio import Redis
-
-import unimq
 
 BATCH = 1000
 DEPTH = 8
 READ_COUNT = 100
+GROUP = "plain"
 
 
-async def plain_produce(client: Redis, stream: str, payloads: list[bytes]) -> None:
-    gate = asyncio.Semaphore(DEPTH)
+class RedisPy(Contender):
+    name = "raw"
 
-    async def batch(chunk: list[bytes]) -> None:
-        async with gate, client.pipeline(transaction=False) as pipe:
-            for body in chunk:
-                pipe.xadd(stream, {"body": body})
-            await pipe.execute()
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._names = itertools.count()
 
-    await asyncio.gather(*(batch(payloads[i:i + BATCH]) for i in range(0, len(payloads), BATCH)))
+    def client(self) -> str:
+        return f"redis-py {version('redis')}"
 
+    async def open(self) -> None:
+        self.redis = Redis.from_url(self.url)
 
-async def unimq_produce(broker: unimq.Broker, stream: str, payloads: list[bytes]) -> None:
-    await broker.producer(stream).send_many(payloads)
+    async def close(self) -> None:
+        await self.redis.aclose()
 
+    async def create(self, dest: str, w: Workload) -> None:
+        await self.redis.xgroup_create(dest, GROUP, "0", mkstream=True)
 
-async def plain_consume(client: Redis, stream: str, group: str, count: int) -> None:
-    await client.xgroup_create(stream, group, "0")
-    done = 0
-    while done < count:
-        reply: Any = await client.xreadgroup(group, "bench", {stream: ">"}, count=READ_COUNT, block=1000)
-        if not reply:
-            raise RuntimeError("plain consumer starved")
-        ids = [entry_id for entry_id, _ in reply[0][1]]
-        await client.xack(stream, group, *ids)
-        done += len(ids)
+    async def delete(self, dest: str) -> None:
+        await self.redis.delete(dest)
 
+    async def produce(self, dest: str, payloads: list[bytes], batch: bool) -> None:
+        if not batch:
+            for body in payloads:
+                await self.redis.xadd(dest, {"body": body})
+            return
+        gate = asyncio.Semaphore(DEPTH)
 
-async def unimq_consume(broker: unimq.Broker, stream: str, group: str, count: int) -> None:
-    done = 0
-    async with broker.consumer(stream, group, prefetch=READ_COUNT, start="earliest") as consumer:
-        while done < count:
-            batch = await consumer.receive_many(min(READ_COUNT, count - done), timeout=1.0)
-            if not batch:
-                raise RuntimeError("unimq consumer starved")
-            await asyncio.gather(*(d.ack() for d in batch))
-            done += len(batch)
+        async def one(chunk: list[bytes]) -> None:
+            async with gate, self.redis.pipeline(transaction=False) as pipe:
+                for body in chunk:
+                    pipe.xadd(dest, {"body": body})
+                await pipe.execute()
 
+        await asyncio.gather(*(one(payloads[i:i + BATCH]) for i in range(0, len(payloads), BATCH)))
 
-async def timed(run: Callable[[], Awaitable[None]], count: int) -> tuple[float, float]:
-    """(messages per second, client CPU microseconds per message)."""
-    started, cpu = time.perf_counter(), time.process_time()
-    await run()
-    return count / (time.perf_counter() - started), (time.process_time() - cpu) * 1e6 / count
+    async def _read(self, dest: str, consumer: str, block: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        reply: Any = await self.redis.xreadgroup(GROUP, consumer, {dest: ">"}, count=READ_COUNT, block=block)
+        return reply[0][1] if reply else []
 
+    async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
+        consumer = f"c{next(self._names)}"
+        while not quota.finished:
+            entries = await self._read(dest, consumer, 1000)
+            if not entries:
+                continue
+            ids = [entry_id for entry_id, _ in entries]
+            if batch:
+                await self.redis.xack(dest, GROUP, *ids)
+            else:
+                for entry_id in ids:
+                    await self.redis.xack(dest, GROUP, entry_id)
+            quota.take(len(ids))
 
-async def main(url: str, messages: int, rounds: int, size: int) -> dict[str, dict[str, float]]:
-    client = Redis.from_url(url)
-    broker = await unimq.connect(url)
-    payloads = [os.urandom(size) for _ in range(messages)]
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    names = ("produce plain", "produce unimq", "consume plain", "consume unimq")
-    rates: dict[str, list[float]] = {k: [] for k in names}
-    cpus: dict[str, list[float]] = {k: [] for k in names}
-    try:
-        for r in range(rounds):
-            produce = {
-                "produce plain": functools.partial(plain_produce, client, f"{prefix}-p{r}-plain", payloads),
-                "produce unimq": functools.partial(unimq_produce, broker, f"{prefix}-p{r}-unimq", payloads),
-            }
-            order = list(produce) if r % 2 == 0 else list(reversed(produce))
-            for name in order:
-                rate, cpu = await timed(produce[name], messages)
-                rates[name].append(rate)
-                cpus[name].append(cpu)
-            await client.delete(f"{prefix}-p{r}-plain", f"{prefix}-p{r}-unimq")
-            stream = f"{prefix}-c{r}"
-            await plain_produce(client, stream, payloads)
-            consume = {
-                "consume plain": functools.partial(plain_consume, client, stream, "plain", messages),
-                "consume unimq": functools.partial(unimq_consume, broker, stream, "unimq", messages),
-            }
-            order = list(consume) if r % 2 == 0 else list(reversed(consume))
-            for name in order:
-                rate, cpu = await timed(consume[name], messages)
-                rates[name].append(rate)
-                cpus[name].append(cpu)
-            await client.delete(stream)
-    finally:
-        await broker.close()
-        await client.aclose()
-    report: dict[str, dict[str, float]] = {}
-    for op in ("produce", "consume"):
-        plain, ours = statistics.median(rates[f"{op} plain"]), statistics.median(rates[f"{op} unimq"])
-        plain_cpu, our_cpu = statistics.median(cpus[f"{op} plain"]), statistics.median(cpus[f"{op} unimq"])
-        report[op] = {
-            "plain_msgs_per_s": round(plain), "unimq_msgs_per_s": round(ours), "ratio": round(ours / plain, 3),
-            "plain_cpu_us_per_msg": round(plain_cpu, 1), "unimq_cpu_us_per_msg": round(our_cpu, 1),
-            "cpu_ratio": round(plain_cpu / our_cpu, 3),
-        }
-    return report
+    async def send_one(self, dest: str, body: bytes) -> None:
+        await self.redis.xadd(dest, {"body": body})
+
+    async def receive_all(self, dest: str, on_body: Callable[[bytes], None]) -> None:
+        consumer = f"c{next(self._names)}"
+        while True:
+            entries = await self._read(dest, consumer, 1000)
+            for _, fields in entries:
+                on_body(fields[b"body"])
+            if entries:
+                await self.redis.xack(dest, GROUP, *(entry_id for entry_id, _ in entries))
 
 
-def cli() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default=os.environ.get("UNIMQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    parser.add_argument("--quick", action="store_true", help="7 rounds of 5,000 messages")
-    parser.add_argument("--messages", type=int, default=None)
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--size", type=int, default=1024, help="body bytes (default 1 KiB)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = parser.parse_args()
-    messages = args.messages or (5_000 if args.quick else 20_000)
-    rounds = max(5, args.rounds or 7)
-    report = asyncio.run(main(args.url, messages, rounds, args.size))
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return
-    print(f"redis: {messages} × {args.size} B, median of {rounds} interleaved rounds")
-    print(f"{'':8} {'plain redis-py':>15} {'unimq':>12} {'ratio':>7}   "
-          f"{'CPU µs/msg plain':>16} {'unimq':>6} {'ratio':>6}")
-    for op, row in report.items():
-        print(f"{op:8} {row['plain_msgs_per_s']:>13,.0f}/s {row['unimq_msgs_per_s']:>10,.0f}/s {row['ratio']:>7.2f}"
-              f"   {row['plain_cpu_us_per_msg']:>16.1f} {row['unimq_cpu_us_per_msg']:>6.1f} {row['cpu_ratio']:>6.2f}")
+def contenders(url: str) -> list[Contender]:
+    return [
+        RedisPy(url),
+        UnimqContender(url, prefetch=READ_COUNT, group="unimq", receive_batch=READ_COUNT, start="earliest"),
+        peers.FastStreamRedis(url, batch_size=BATCH, depth=DEPTH, read_count=READ_COUNT),
+        peers.Kombu(url, prefetch=READ_COUNT),
+    ]
 
+
+BACKEND = Backend(
+    name="redis",
+    default_url="redis://127.0.0.1:6379/0",
+    contenders=contenders,
+    quick_count=3_000,
+    full_count=20_000,
+    notes=["raw: pipelined XADD, 1000 per pipeline, 8 pipelines in flight; XREADGROUP COUNT 100 + XACK per batch",
+           "FastStream: publish(pipeline=) in the same pipelines; StreamSub consumer group (batch=True when on)",
+           "Kombu's Redis transport is list-based (LPUSH/BRPOP), one publish per round trip"],
+)
 
 if __name__ == "__main__":
-    cli()
+    main(BACKEND)
