@@ -50,7 +50,8 @@ def _urls(draw: st.DrawFn) -> str:
     scheme = draw(st.sampled_from([*SCHEMES, "nope", "AMQP", ""]))
     known = sorted(registry.load(scheme).Options.model_fields) if scheme in SCHEMES else []
     keys = draw(st.lists(st.one_of(st.sampled_from(known or ["x"]), _text), max_size=4))
-    values = st.one_of(_text, st.integers(-(2**40), 2**40).map(str), st.sampled_from(["true", "false", "", "-1", "1e9"]))
+    values = st.one_of(_text, st.integers(-(2**40), 2**40).map(str),
+                       st.sampled_from(["true", "false", "", "-1", "1e9"]))
     query = "&".join(f"{k}={draw(values)}" for k in keys)
     userinfo = draw(st.sampled_from(["", "user@", "user:pw@", ":@", "u:p:q@"]))
     host = draw(st.sampled_from(["127.0.0.1", "[::1]", "h1,h2", "", "host:0", "host:99999", "host:abc", "é"]))
