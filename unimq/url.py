@@ -58,6 +58,9 @@ class BrokerURL:
     def __str__(self) -> str:
         return self.redacted()
 
+    def __repr__(self) -> str:
+        return f"BrokerURL({self.redacted()!r})"
+
 
 def parse_url(url: str) -> BrokerURL:
     """Parse a broker URL; never raises anything but :class:`ConfigError`."""

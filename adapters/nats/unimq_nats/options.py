@@ -16,8 +16,8 @@ class NatsOptions(BaseModel):
 
     jetstream: bool = Field(True, description="false = core NATS: at-most-once, no persistence")
     stream: str | None = Field(None, description="use this existing stream for every destination")
-    token: str | None = Field(None, description="token authentication")
-    nkey_seed: str | None = Field(None, description="NKey seed (SU...) for nkey authentication")
+    token: str | None = Field(None, description="token authentication", repr=False)
+    nkey_seed: str | None = Field(None, description="NKey seed (SU...) for nkey authentication", repr=False)
     creds: str | None = Field(None, description="path of a .creds file (JWT + NKey)")
     ca: str | None = Field(None, description="CA bundle path for TLS")
     cert: str | None = Field(None, description="client certificate path (mutual TLS)")

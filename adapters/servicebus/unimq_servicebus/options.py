@@ -37,7 +37,8 @@ class ServiceBusOptions(BaseModel):
 
     emulator: bool = Field(False, description="the official emulator or the unimq double: plain AMQP, no TLS; "
                                               "entities managed through the double's $unimq-control node")
-    connection_string: str | None = Field(None, description="a full connection string (URL-encoded in the query)")
+    connection_string: str | None = Field(None, description="a full connection string (URL-encoded in the query)",
+                                          repr=False)
     credential: Literal["default"] | None = Field(None, description="'default': azure-identity "
                                                                     "DefaultAzureCredential (extra 'identity')")
     receive_mode: Literal["peek_lock", "receive_and_delete"] = "peek_lock"

@@ -23,8 +23,8 @@ class SqsOptions(BaseModel):
     endpoint_url: str | None = Field(None, description="e.g. http://127.0.0.1:9324 for ElasticMQ")
     profile: str | None = Field(None, description="a profile of ~/.aws/config")
     aws_access_key_id: str | None = None
-    aws_secret_access_key: str | None = None
-    aws_session_token: str | None = None
+    aws_secret_access_key: str | None = Field(None, repr=False)
+    aws_session_token: str | None = Field(None, repr=False)
     fifo: bool = Field(False, description="every destination is a FIFO queue ('.fifo' appended to names)")
     auto_create: bool = Field(False, description="create a missing queue on first publish/consume, not NotFound")
     wait_time: int = Field(2, ge=0, le=20, description="long-poll seconds per ReceiveMessage (also bounds close)")
