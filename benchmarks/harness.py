@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import statistics
@@ -137,7 +138,8 @@ class UnimqContender(Contender):
 
     name = "unimq"
 
-    def __init__(self, url: str, *, prefetch: int = 500, group: str | None = None, receive_batch: int = 0,
+    def __init__(self, url: str, *, prefetch: int = 500, group: str | Callable[[str], str] | None = None,
+                 receive_batch: int = 0,
                  ensure: Callable[[Workload], dict[str, Any]] | None = None, start: str | None = None,
                  fill_by: str | None = None) -> None:
         self.url = url
@@ -160,8 +162,13 @@ class UnimqContender(Contender):
     async def close(self) -> None:
         await self.broker.close()
 
+    def group_of(self, dest: str) -> str | None:
+        """The consumer group; a callable gives one per destination (Kafka groups are cluster-wide)."""
+        return self.group(dest) if callable(self.group) else self.group
+
     async def create(self, dest: str, w: Workload) -> None:
-        groups = (self.group,) if self.group else ()
+        group = self.group_of(dest)
+        groups = (group,) if group else ()
         await self.broker.ensure(dest, groups=groups, **self.ensure(w))
 
     async def delete(self, dest: str) -> None:
@@ -175,8 +182,11 @@ class UnimqContender(Contender):
             for body in payloads:
                 await producer.send(body)
 
+    def _consumer(self, dest: str) -> unimq.Consumer:
+        return self.broker.consumer(dest, self.group_of(dest), prefetch=self.prefetch, start=self.start)
+
     async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
-        async with self.broker.consumer(dest, self.group, prefetch=self.prefetch, start=self.start) as consumer:
+        async with self._consumer(dest) as consumer:
             if batch and self.receive_batch:
                 while not quota.finished:
                     got = await consumer.receive_many(min(self.receive_batch, quota.remaining), timeout=1.0)
@@ -194,7 +204,7 @@ class UnimqContender(Contender):
         await self.broker.producer(dest).send(body)
 
     async def receive_all(self, dest: str, on_body: Callable[[bytes], None]) -> None:
-        async with self.broker.consumer(dest, self.group, prefetch=self.prefetch, start=self.start) as consumer:
+        async with self._consumer(dest) as consumer:
             async for delivery in consumer:
                 on_body(delivery.message.body)
                 await delivery.ack()
@@ -534,6 +544,7 @@ def main(backend: Backend) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser, os.environ.get(f"UNIMQ_TEST_{backend.name.upper()}_URL", backend.default_url))
     args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
     sizes, batches, concurrencies, ops, only = selection(args)
     profile = backend.profile(args.quick, args.repeat)
     if args.count:

@@ -1,150 +1,138 @@
-"""unimq vs plain aiokafka on the same Kafka broker: produce and consume throughput.
+"""Kafka: plain aiokafka vs unimq vs FastStream, on the shared harness.
 
-Same run, interleaved (the order alternates each round), median of the rounds, 1 KiB messages.
-Both producers use the same settings as unimq's defaults: acks=all, enable_idempotence=True,
-linger_ms=5, max_batch_size=64 KiB; both send a batch without awaiting each record, then await
-it as a whole. Both consumers read the same topic (written by unimq, so records carry a
-``message-id`` header), commit manually every 100 ms, and touch every record; unimq acks every
-message individually (contiguous-offset commits). Consume throughput is measured from the first
-record to the last, so group-join time does not count.
+Producers use unimq's defaults on every side: acks=all, enable_idempotence=True, linger_ms=5,
+max_batch_size=64 KiB. Batching on: the raw side sends a chunk of 10,000 records without awaiting
+each, then awaits the chunk as a whole (unimq's ``send_many`` chunk size); off: one
+``send_and_wait`` per record. Consumers of one group (topics have ``concurrency`` partitions) read
+a topic written by unimq, so records carry the same ``message-id`` header on both sides; the raw
+consumer commits every 100 ms (batching on: ``getmany``, off: ``getone``), unimq acks every message
+(contiguous-offset commits). Consume throughput counts from the first record to the last: group
+join is not throughput.
 
-    .venv/bin/python benchmarks/kafka_bench.py            # 100k messages x 5 rounds
-    .venv/bin/python benchmarks/kafka_bench.py --quick    # 20k x 5, under 2 minutes
+    .venv/bin/python benchmarks/kafka_bench.py [--quick] [--url kafka://127.0.0.1:9092] [harness options]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import functools
-import statistics
 import time
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from importlib.metadata import version
+from typing import Any
 
+import peers
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
-
-import unimq
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+from harness import Backend, Contender, Quota, UnimqContender, Workload, main
 
 BATCH = 10_000  # the adapter's batch_send limit: send_many sends chunks of this size
+PREFETCH = 1000
+PRODUCER: dict[str, Any] = {"acks": "all", "enable_idempotence": True, "linger_ms": 5, "max_batch_size": 65536}
 
 
 def bootstrap_of(url: str) -> str:
     return url.split("://", 1)[1].split("?", 1)[0].rsplit("@", 1)[-1]
 
 
-async def raw_produce(bootstrap: str, topic: str, payload: bytes, count: int) -> float:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                                linger_ms=5, max_batch_size=65536)
-    await producer.start()
-    try:
-        started = time.perf_counter()
-        for first in range(0, count, BATCH):
-            futures = [await producer.send(topic, payload) for _ in range(min(BATCH, count - first))]
+class AioKafka(Contender):
+    name = "raw"
+    fill_by = "unimq"
+
+    def __init__(self, url: str) -> None:
+        self.bootstrap = bootstrap_of(url)
+
+    def client(self) -> str:
+        return f"aiokafka {version('aiokafka')}"
+
+    async def open(self) -> None:
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, **PRODUCER)
+        await self.producer.start()
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await self.admin.start()
+
+    async def close(self) -> None:
+        await self.producer.stop()
+        await self.admin.close()
+
+    async def create(self, dest: str, w: Workload) -> None:
+        await self.admin.create_topics([NewTopic(dest, num_partitions=max(1, w.concurrency), replication_factor=1)])
+
+    async def delete(self, dest: str) -> None:
+        await self.admin.delete_topics([dest])
+
+    async def produce(self, dest: str, payloads: list[bytes], batch: bool) -> None:
+        if not batch:
+            for body in payloads:
+                await self.producer.send_and_wait(dest, body)
+            return
+        for first in range(0, len(payloads), BATCH):
+            futures = [await self.producer.send(dest, body) for body in payloads[first:first + BATCH]]
             await asyncio.wait(futures)
-        return count / (time.perf_counter() - started)
-    finally:
-        await producer.stop()
 
-
-async def unimq_produce(broker: unimq.Broker, topic: str, payload: bytes, count: int) -> float:
-    producer = broker.producer(topic)
-    started = time.perf_counter()
-    await producer.send_many(payload for _ in range(count))
-    return count / (time.perf_counter() - started)
-
-
-async def raw_consume(bootstrap: str, topic: str, count: int) -> float:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"raw-{uuid.uuid4().hex[:8]}",
+    def _consumer(self, dest: str) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(dest, bootstrap_servers=self.bootstrap, group_id=f"{dest}-raw",
                                 auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=100)
-    await consumer.start()
-    try:
-        seen = 0
-        nbytes = 0
-        first = 0.0
-        last_commit = time.perf_counter()
-        while seen < count:
-            batch = await consumer.getmany(timeout_ms=100)
-            for records in batch.values():
-                for record in records:
-                    nbytes += len(record.value)
-                    seen += 1
-            if seen and not first:
-                first = time.perf_counter()
-            if time.perf_counter() - last_commit >= 0.1:
+
+    async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
+        consumer = self._consumer(dest)
+        await consumer.start()
+        try:
+            last_commit = time.perf_counter()
+            while not quota.finished:
+                if batch:
+                    got = await consumer.getmany(timeout_ms=100)
+                    seen = sum(len(records) for records in got.values())
+                else:
+                    try:
+                        await asyncio.wait_for(consumer.getone(), 0.1)
+                        seen = 1
+                    except TimeoutError:
+                        seen = 0
+                if seen:
+                    quota.take(seen)
+                if time.perf_counter() - last_commit >= 0.1:
+                    await consumer.commit()
+                    last_commit = time.perf_counter()
+            await consumer.commit()
+        finally:
+            await consumer.stop()
+
+    async def send_one(self, dest: str, body: bytes) -> None:
+        await self.producer.send_and_wait(dest, body)
+
+    async def receive_all(self, dest: str, on_body: Callable[[bytes], None]) -> None:
+        consumer = self._consumer(dest)
+        await consumer.start()
+        try:
+            async for record in consumer:
+                on_body(record.value)
                 await consumer.commit()
-                last_commit = time.perf_counter()
-        elapsed = time.perf_counter() - first
-        await consumer.commit()
-        return count / elapsed
-    finally:
-        await consumer.stop()
+        finally:
+            await consumer.stop()
 
 
-async def unimq_consume(broker: unimq.Broker, topic: str, count: int, prefetch: int) -> float:
-    async with broker.consumer(topic, f"unimq-{uuid.uuid4().hex[:8]}", prefetch=prefetch) as consumer:
-        seen = 0
-        nbytes = 0
-        first = 0.0
-        async for delivery in consumer:
-            if not first:
-                first = time.perf_counter()
-            nbytes += len(delivery.message.body)
-            await delivery.ack()
-            seen += 1
-            if seen >= count:
-                break
-        return count / (time.perf_counter() - first)
+def contenders(url: str) -> list[Contender]:
+    bootstrap = bootstrap_of(url)
+    return [
+        AioKafka(url),
+        UnimqContender(url, prefetch=PREFETCH, group=lambda dest: f"{dest}-unimq",
+                       ensure=lambda w: {"partitions": max(1, w.concurrency), "dead_letter": False}),
+        peers.FastStreamKafka(bootstrap, **PRODUCER),
+    ]
 
 
-async def _await(coro: Awaitable[float]) -> float:
-    return await coro
-
-
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="kafka://127.0.0.1:9092")
-    parser.add_argument("--messages", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--prefetch", type=int, default=1000)
-    parser.add_argument("--quick", action="store_true", help="20k messages per run")
-    args = parser.parse_args()
-    if args.quick:
-        args.messages = 20_000
-    bootstrap = bootstrap_of(args.url)
-    payload = bytes(args.size)
-    results: dict[str, list[float]] = {k: [] for k in ("raw produce", "unimq produce", "raw consume", "unimq consume")}
-    async with unimq.connect(args.url) as broker:
-        for round_no in range(args.rounds):
-            raw_topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
-            uni_topic = f"bench-unimq-{uuid.uuid4().hex[:8]}"
-            for name in (raw_topic, uni_topic):
-                await broker.ensure(name, partitions=1, dead_letter=False)
-            produce: list[tuple[str, Awaitable[float]]] = [
-                ("raw produce", raw_produce(bootstrap, raw_topic, payload, args.messages)),
-                ("unimq produce", unimq_produce(broker, uni_topic, payload, args.messages)),
-            ]
-            consume: list[tuple[str, Callable[[], Awaitable[float]]]] = [
-                ("raw consume", functools.partial(raw_consume, bootstrap, uni_topic, args.messages)),
-                ("unimq consume", functools.partial(unimq_consume, broker, uni_topic, args.messages, args.prefetch)),
-            ]
-            if round_no % 2:
-                produce.reverse()
-                consume.reverse()
-            for name, run in [(n, functools.partial(_await, c)) for n, c in produce] + consume:
-                rate = await run()
-                results[name].append(rate)
-                print(f"round {round_no + 1}: {name:<14} {rate:>10,.0f} msg/s", flush=True)
-            for name in (raw_topic, uni_topic):
-                await broker.delete(name)
-    med = {k: statistics.median(v) for k, v in results.items()}
-    print(f"\n{args.messages} x {args.size} B messages, {args.rounds} rounds, median msg/s "
-          f"(acks=all, idempotent, linger 5 ms; unimq prefetch {args.prefetch}):")
-    for kind in ("produce", "consume"):
-        raw, uni = med[f"raw {kind}"], med[f"unimq {kind}"]
-        print(f"  {kind:<8} aiokafka {raw:>10,.0f}   unimq {uni:>10,.0f}   ratio {uni / raw:.2f}")
-
+BACKEND = Backend(
+    name="kafka",
+    default_url="kafka://127.0.0.1:9092",
+    contenders=contenders,
+    quick_count=5_000,
+    full_count=50_000,
+    consume_from_first=True,
+    notes=["producers: acks=all, idempotent, linger 5 ms, 64 KiB batches; batching on: 10,000 records then await",
+           "topics have `concurrency` partitions; the raw consumer reads a topic written by unimq",
+           "consume counted from the first record (group join excluded); raw commits every 100 ms",
+           "FastStream: publish_batch per chunk that fits one 64 KiB record batch, unawaited, then awaited together"],
+)
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main(BACKEND)

@@ -1,63 +1,45 @@
-"""memory:// throughput: send_many and consume-with-ack, 1 KiB messages, one process.
+"""memory:// throughput through unimq (no raw client exists: the broker *is* unimq), on the shared harness.
 
-    .venv/bin/python benchmarks/memory_bench.py [--messages 200000] [--repeat 5] [--json out.json]
+``send_many`` in batches of 1000 and consume-with-ack (prefetch 1000), one process. The bar
+(issue #2): send_many ≥ 100,000 msg/s, consume-with-ack ≥ 50,000 msg/s on the project's 2-core machine.
 
-Prints the median of ``--repeat`` runs. The bar (issue #2): send_many ≥ 100,000 msg/s,
-consume-with-ack ≥ 50,000 msg/s on the project's 2-core machine.
+    .venv/bin/python benchmarks/memory_bench.py [--quick] [harness options]
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import statistics
-import time
 import uuid
 
-import unimq
+from harness import Backend, Contender, UnimqContender, main
+
+BATCH = 1000
 
 
-async def one_run(messages: int, size: int, batch: int) -> tuple[float, float]:
-    body = b"x" * size
-    async with unimq.connect(f"memory://bench-{uuid.uuid4().hex[:6]}?lock_timeout=60") as broker:
-        producer = broker.producer("bench")
-        started = time.perf_counter()
-        for offset in range(0, messages, batch):
-            await producer.send_many([body] * min(batch, messages - offset))
-        produce = messages / (time.perf_counter() - started)
+class Memory(UnimqContender):
+    """The broker lives in this process: its CPU is the client's CPU."""
 
-        received = 0
-        started = time.perf_counter()
-        async with broker.consumer("bench", prefetch=1000) as consumer:
-            async for delivery in consumer:
-                await delivery.ack()
-                received += 1
-                if received == messages:
-                    break
-        consume = messages / (time.perf_counter() - started)
-    return produce, consume
+    async def produce(self, dest: str, payloads: list[bytes], batch: bool) -> None:
+        if not batch:
+            await super().produce(dest, payloads, batch)
+            return
+        producer = self.broker.producer(dest)
+        for offset in range(0, len(payloads), BATCH):
+            await producer.send_many(payloads[offset:offset + BATCH])
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--messages", type=int, default=200_000)
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=1000)
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--json", help="write the results to this file")
-    args = parser.parse_args()
-    runs = [await one_run(args.messages, args.size, args.batch) for _ in range(args.repeat)]
-    produce = statistics.median(r[0] for r in runs)
-    consume = statistics.median(r[1] for r in runs)
-    print(f"memory:// {args.messages} x {args.size} B, median of {args.repeat}: "
-          f"send_many {produce:,.0f} msg/s, consume+ack {consume:,.0f} msg/s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"backend": "memory", "messages": args.messages, "size": args.size,
-                       "send_many_msg_s": produce, "consume_ack_msg_s": consume,
-                       "runs": [{"send_many": p, "consume_ack": c} for p, c in runs]}, f, indent=2)
+def contenders(url: str) -> list[Contender]:
+    return [Memory(url, prefetch=1000)]
 
+
+BACKEND = Backend(
+    name="memory",
+    default_url=f"memory://bench-{uuid.uuid4().hex[:6]}?lock_timeout=60",
+    contenders=contenders,
+    quick_count=50_000,
+    full_count=200_000,
+    latency_rate=1000.0,
+    notes=["in-process broker: no raw client; the bar is absolute (send_many ≥ 100,000 msg/s)"],
+)
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main(BACKEND)

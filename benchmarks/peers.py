@@ -45,10 +45,11 @@ class _FastStream(Contender):
     async def close(self) -> None:
         await self.broker.stop()
 
-    def subscriber(self, dest: str, batch: bool) -> Any:
+    def subscriber(self, dest: str, batch: bool | None) -> Any:
+        """A subscriber; ``batch=None`` asks for the lowest-latency kind (the latency workload)."""
         raise NotImplementedError
 
-    async def _run_subscriber(self, dest: str, batch: bool, handler: Callable[..., Any]) -> None:
+    async def _run_subscriber(self, dest: str, batch: bool | None, handler: Callable[..., Any]) -> None:
         sub = self.subscriber(dest, batch)
         sub(handler)
         await sub.start()
@@ -76,7 +77,7 @@ class _FastStream(Contender):
         async def handler(body: bytes) -> None:
             on_body(body)
 
-        await self._run_subscriber(dest, False, handler)
+        await self._run_subscriber(dest, None, handler)
 
 
 class FastStreamRabbit(_FastStream):
@@ -112,7 +113,7 @@ class FastStreamRabbit(_FastStream):
 
         await asyncio.gather(*(one(body) for body in payloads))
 
-    def subscriber(self, dest: str, batch: bool) -> Any:
+    def subscriber(self, dest: str, batch: bool | None) -> Any:
         from faststream.rabbit import Channel
 
         return self.broker.subscriber(self._queue(dest), channel=Channel(prefetch_count=self.prefetch))
@@ -155,7 +156,7 @@ class FastStreamRedis(_FastStream):
         await asyncio.gather(*(one(payloads[i:i + self.batch_size])
                                for i in range(0, len(payloads), self.batch_size)))
 
-    def subscriber(self, dest: str, batch: bool) -> Any:
+    def subscriber(self, dest: str, batch: bool | None) -> Any:
         from faststream.redis import StreamSub
 
         self._consumers += 1
@@ -168,14 +169,14 @@ class FastStreamRedis(_FastStream):
 
 
 class FastStreamKafka(_FastStream):
-    """``publish_batch`` per chunk (one future per record), the same producer settings as the raw side."""
+    """``publish_batch`` per chunk that fits one record batch, the same producer settings as the raw side."""
 
-    def __init__(self, bootstrap: str, batch_size: int, **producer: Any) -> None:
+    def __init__(self, bootstrap: str, **producer: Any) -> None:
         from faststream.kafka import KafkaBroker
 
         self.broker = KafkaBroker(bootstrap, **producer, **_quiet_kwargs())
         self.bootstrap = bootstrap
-        self.batch_size = batch_size
+        self.max_batch_size = int(producer.get("max_batch_size", 16384))
         self._groups = 0
 
     async def create(self, dest: str, w: Workload) -> None:
@@ -203,10 +204,18 @@ class FastStreamKafka(_FastStream):
             for body in payloads:
                 await self.broker.publish(body, topic=dest)
             return
-        for i in range(0, len(payloads), self.batch_size):
-            await self.broker.publish_batch(*payloads[i:i + self.batch_size], topic=dest)
+        # publish_batch builds one aiokafka batch, so a chunk must fit max_batch_size; chunks are
+        # sent without waiting (no_confirm) and awaited together, as the raw side does.
+        per_batch = (self.max_batch_size - 128) // (len(payloads[0]) + 80) if payloads else 0
+        futures = []
+        for i in range(0, len(payloads), max(1, per_batch)):
+            if per_batch >= 1:
+                futures.append(await self.broker.publish_batch(*payloads[i:i + per_batch], topic=dest, no_confirm=True))
+            else:
+                futures.append(await self.broker.publish(payloads[i], topic=dest, no_confirm=True))
+        await asyncio.gather(*futures)
 
-    def subscriber(self, dest: str, batch: bool) -> Any:
+    def subscriber(self, dest: str, batch: bool | None) -> Any:
         self._groups += 1
         return self.broker.subscriber(dest, group_id=f"{dest}-fs", auto_offset_reset="earliest", batch=batch,
                                       max_records=1000 if batch else None)
@@ -247,10 +256,13 @@ class FastStreamNats(_FastStream):
             await asyncio.gather(*(self.broker.publish(body, dest, stream=stream)
                                    for body in payloads[i:i + self.window]))
 
-    def subscriber(self, dest: str, batch: bool) -> Any:
+    def subscriber(self, dest: str, batch: bool | None) -> Any:
         from faststream.nats import JStream, PullSub
 
-        return self.broker.subscriber(dest, stream=JStream(self.stream_name(dest), declare=False), durable="faststream",
+        stream = JStream(self.stream_name(dest), declare=False)
+        if batch is None:
+            return self.broker.subscriber(dest, stream=stream, durable="faststream-push")
+        return self.broker.subscriber(dest, stream=stream, durable="faststream",
                                       pull_sub=PullSub(batch_size=self.fetch, batch=batch))
 
     async def send_one(self, dest: str, body: bytes) -> None:

@@ -1,157 +1,172 @@
-"""sqs:// throughput: unimq vs plain boto3 on the same SQS endpoint, same batching and concurrency.
+"""SQS (ElasticMQ here): plain boto3 vs unimq vs Kombu, on the shared harness.
 
-    .venv/bin/python benchmarks/sqs_bench.py [--quick] [--messages 5000] [--rounds 5] [--json out.json]
+Raw side: SendMessageBatch of 10 (split further to stay under 256 KiB) with 8 batches in flight
+from a thread pool per producer (unimq's ``send_many`` pipelines 8 batches too); consumers poll
+ReceiveMessage ×10 from 8 threads each and delete with DeleteMessageBatch (batching off: one
+DeleteMessage per message). unimq consumes with ``broker.consume(concurrency=80, prefetch=80)``
+per consumer, the same 10 × 8 messages in flight.
 
-Both sides send 1 KiB messages in batches of 10 (SendMessageBatch) with ``--concurrency`` batches
-in flight, then receive them 10 per ReceiveMessage with ``--concurrency`` receives in flight and
-delete them in batches. Plain boto3 uses that many threads; unimq uses ``send_many`` (its core
-pipelines 8 batches) and ``broker.consume(concurrency=10 × C, prefetch=10 × C)``. Runs are
-interleaved (raw, unimq, unimq, raw, …), each on a fresh queue; the medians and the ratio
-unimq/raw are printed. The bar (issue #8): ratio ≥ 0.9 for both.
+    .venv/bin/python benchmarks/sqs_bench.py [--quick] [--url sqs://?endpoint_url=...] [harness options]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import os
-import statistics
 import threading
-import time
-import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
 from typing import Any
 
 import boto3
+import botocore.config
+import peers
+from harness import Backend, Contender, Quota, UnimqContender, Workload, main
 
 import unimq
 from unimq.url import parse_url
 
-DEFAULT_URL = os.environ.get("UNIMQ_TEST_SQS_URL", "sqs://?endpoint_url=http://127.0.0.1:9324&region=us-east-1")
 BATCH = 10
+#: Batches (raw: threads) in flight per producer or consumer, as unimq's PIPELINE_DEPTH.
+DEPTH = 8
+MAX_BATCH_BYTES = 262_144
 
 
-def raw_client(url: str, threads: int) -> Any:
-    import botocore.config
+def _chunks(payloads: list[bytes]) -> list[list[bytes]]:
+    out: list[list[bytes]] = [[]]
+    size = 0
+    for body in payloads:
+        if len(out[-1]) == BATCH or (out[-1] and size + len(body) > MAX_BATCH_BYTES):
+            out.append([])
+            size = 0
+        out[-1].append(body)
+        size += len(body)
+    return [c for c in out if c]
 
+
+class Boto3(Contender):
+    name = "raw"
+
+    def __init__(self, url: str) -> None:
+        query = parse_url(url).query
+        self.client_kwargs: dict[str, Any] = {
+            "endpoint_url": query.get("endpoint_url"), "region_name": query.get("region", "us-east-1"),
+            "aws_access_key_id": query.get("aws_access_key_id", "x"),
+            "aws_secret_access_key": query.get("aws_secret_access_key", "x"),
+        }
+        self.urls: dict[str, str] = {}
+
+    def client(self) -> str:
+        return f"boto3 {version('boto3')}"
+
+    async def open(self) -> None:
+        self.sqs = boto3.client("sqs", config=botocore.config.Config(max_pool_connections=DEPTH * 8 + 8),
+                                **self.client_kwargs)
+
+    async def close(self) -> None:
+        self.sqs.close()
+
+    async def create(self, dest: str, w: Workload) -> None:
+        self.urls[dest] = (await asyncio.to_thread(self.sqs.create_queue, QueueName=dest))["QueueUrl"]
+
+    async def delete(self, dest: str) -> None:
+        await asyncio.to_thread(self.sqs.delete_queue, QueueUrl=self.urls.pop(dest))
+
+    def _send(self, url: str, bodies: list[bytes]) -> None:
+        entries = [{"Id": str(i), "MessageBody": b.decode()} for i, b in enumerate(bodies)]
+        response = self.sqs.send_message_batch(QueueUrl=url, Entries=entries)
+        if response.get("Failed"):
+            raise RuntimeError(response["Failed"])
+
+    def _produce(self, url: str, payloads: list[bytes], batch: bool) -> None:
+        if not batch:
+            for body in payloads:
+                self.sqs.send_message(QueueUrl=url, MessageBody=body.decode())
+            return
+        with ThreadPoolExecutor(DEPTH) as pool:
+            list(pool.map(lambda chunk: self._send(url, chunk), _chunks(payloads)))
+
+    async def produce(self, dest: str, payloads: list[bytes], batch: bool) -> None:
+        await asyncio.to_thread(self._produce, self.urls[dest], payloads, batch)
+
+    def _poll(self, url: str, batch: bool, on_body: Callable[[bytes], None], stop: Callable[[], bool]) -> None:
+        while not stop():
+            got = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=BATCH, WaitTimeSeconds=1,
+                                           MessageAttributeNames=["All"]).get("Messages", [])
+            if not got:
+                continue
+            if batch:
+                self.sqs.delete_message_batch(QueueUrl=url, Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
+            else:
+                for m in got:
+                    self.sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+            for m in got:
+                on_body(m["Body"].encode())
+
+    async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
+        cancelled = threading.Event()
+
+        def stop() -> bool:
+            return quota.finished or cancelled.is_set()
+
+        try:
+            await asyncio.gather(*(asyncio.to_thread(self._poll, self.urls[dest], batch, lambda b: quota.take(), stop)
+                                   for _ in range(DEPTH)))
+        finally:
+            cancelled.set()
+
+    async def send_one(self, dest: str, body: bytes) -> None:
+        await asyncio.to_thread(self.sqs.send_message, QueueUrl=self.urls[dest], MessageBody=body.decode())
+
+    async def receive_all(self, dest: str, on_body: Callable[[bytes], None]) -> None:
+        loop = asyncio.get_running_loop()
+        cancelled = threading.Event()
+        try:
+            await asyncio.to_thread(self._poll, self.urls[dest], True,
+                                    lambda b: loop.call_soon_threadsafe(on_body, b), cancelled.is_set)
+        finally:
+            cancelled.set()
+
+
+class Unimq(UnimqContender):
+    """unimq's handler runner, 10 × 8 messages in flight per consumer (the raw side's 8 pollers × 10)."""
+
+    async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
+        stop = asyncio.Event()
+
+        async def handler(delivery: unimq.Delivery) -> None:
+            await delivery.ack()
+            quota.take()
+            if quota.finished:
+                stop.set()
+
+        await self.broker.consume(dest, handler, concurrency=BATCH * DEPTH, prefetch=BATCH * DEPTH, stop=stop)
+
+
+def contenders(url: str) -> list[Contender]:
     query = parse_url(url).query
-    return boto3.client(
-        "sqs", endpoint_url=query.get("endpoint_url"), region_name=query.get("region", "us-east-1"),
-        aws_access_key_id=query.get("aws_access_key_id", "x"),
-        aws_secret_access_key=query.get("aws_secret_access_key", "x"),
-        config=botocore.config.Config(max_pool_connections=threads * 2),
-    )
+    endpoint = str(query.get("endpoint_url", "http://127.0.0.1:9324")).split("://", 1)[1]
+    return [
+        Boto3(url),
+        Unimq(url, prefetch=BATCH * DEPTH, ensure=lambda w: {"dead_letter": False}),
+        peers.Kombu(f"sqs://x:x@{endpoint}", prefetch=BATCH,
+                    transport_options={"region": query.get("region", "us-east-1"), "is_secure": False}),
+    ]
 
 
-def raw_run(client: Any, queue: str, messages: int, body: str, concurrency: int) -> tuple[float, float]:
-    """Plain boto3 with a thread pool: (produce msg/s, consume msg/s)."""
-    url = client.create_queue(QueueName=queue)["QueueUrl"]
-    chunks = [min(BATCH, messages - i) for i in range(0, messages, BATCH)]
-
-    def send(count: int) -> None:
-        entries = [{"Id": str(i), "MessageBody": body} for i in range(count)]
-        response = client.send_message_batch(QueueUrl=url, Entries=entries)
-        assert not response.get("Failed"), response["Failed"]
-
-    with ThreadPoolExecutor(concurrency) as pool:
-        started = time.perf_counter()
-        list(pool.map(send, chunks))
-        produce = messages / (time.perf_counter() - started)
-
-        lock = threading.Lock()
-        received = [0]
-        finished = [0.0]
-
-        def consume() -> None:
-            while received[0] < messages:
-                got = client.receive_message(QueueUrl=url, MaxNumberOfMessages=BATCH, WaitTimeSeconds=1,
-                                             MessageAttributeNames=["All"]).get("Messages", [])
-                if got:
-                    client.delete_message_batch(QueueUrl=url, Entries=[
-                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
-                    with lock:
-                        received[0] += len(got)
-                        if received[0] >= messages and not finished[0]:
-                            finished[0] = time.perf_counter()
-
-        started = time.perf_counter()
-        list(pool.map(lambda _: consume(), range(concurrency)))  # the idle tail of the last polls is not timed
-        consume_rate = messages / (finished[0] - started)
-    client.delete_queue(QueueUrl=url)
-    return produce, consume_rate
-
-
-async def unimq_run(
-    broker: unimq.Broker, queue: str, messages: int, body: bytes, concurrency: int
-) -> tuple[float, float]:
-    """The same through unimq: (produce msg/s, consume msg/s)."""
-    await broker.ensure(queue, dead_letter=False)
-    producer = broker.producer(queue)
-    started = time.perf_counter()
-    await producer.send_many([body] * messages)
-    produce = messages / (time.perf_counter() - started)
-
-    received = 0
-    stop = asyncio.Event()
-
-    async def handler(delivery: unimq.Delivery) -> None:
-        nonlocal received
-        await delivery.ack()
-        received += 1
-        if received >= messages:
-            stop.set()
-
-    started = time.perf_counter()
-    runner = asyncio.create_task(broker.consume(queue, handler, concurrency=concurrency * BATCH,
-                                                prefetch=concurrency * BATCH, stop=stop))
-    await stop.wait()
-    consume = messages / (time.perf_counter() - started)
-    await runner
-    await broker.delete(queue)
-    return produce, consume
-
-
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default=DEFAULT_URL)
-    parser.add_argument("--messages", type=int, default=5000)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--quick", action="store_true", help="1500 messages, 5 rounds: under 2 minutes")
-    parser.add_argument("--json", help="write the results to this file")
-    args = parser.parse_args()
-    if args.quick:
-        args.messages, args.rounds = 1500, 5
-    body = "x" * args.size
-    client = raw_client(args.url, args.concurrency)
-    runs: dict[str, list[tuple[float, float]]] = {"raw": [], "unimq": []}
-    async with unimq.connect(args.url) as broker:
-        for r in range(args.rounds):
-            order = ("raw", "unimq") if r % 2 == 0 else ("unimq", "raw")
-            for side in order:
-                queue = f"bench-{side}-{uuid.uuid4().hex[:8]}"
-                if side == "raw":
-                    result = await asyncio.to_thread(raw_run, client, queue, args.messages, body, args.concurrency)
-                else:
-                    result = await unimq_run(broker, queue, args.messages, body.encode(), args.concurrency)
-                runs[side].append(result)
-                print(f"round {r + 1} {side:<5} produce {result[0]:8,.0f} msg/s  consume {result[1]:8,.0f} msg/s",
-                      flush=True)
-    summary: dict[str, Any] = {"url": parse_url(args.url).redacted(), "messages": args.messages,
-                               "size": args.size, "batch": BATCH, "concurrency": args.concurrency,
-                               "rounds": args.rounds}
-    for i, phase in enumerate(("produce", "consume")):
-        raw = statistics.median(x[i] for x in runs["raw"])
-        uni = statistics.median(x[i] for x in runs["unimq"])
-        summary[phase] = {"raw_msg_s": raw, "unimq_msg_s": uni, "ratio": uni / raw}
-        print(f"{phase:<8} median of {args.rounds}: boto3 {raw:8,.0f} msg/s  unimq {uni:8,.0f} msg/s  "
-              f"ratio {uni / raw:.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**summary, "runs": runs}, f, indent=2)
-
+BACKEND = Backend(
+    name="sqs",
+    default_url="sqs://?endpoint_url=http://127.0.0.1:9324&region=us-east-1",
+    contenders=contenders,
+    quick_count=1_000,
+    full_count=5_000,
+    latency_rate=100.0,
+    notes=["ElasticMQ on the same machine: the client's CPU (botocore), not the network, bounds every side",
+           "raw: SendMessageBatch ×10, 8 in flight; 8 pollers × ReceiveMessage 10 + DeleteMessageBatch per consumer",
+           "unimq: send_many (8 batches in flight); broker.consume(concurrency=80, prefetch=80) per consumer",
+           "Kombu's SQS transport: one SendMessage per publish (no batch API), JSON+base64 envelope"],
+)
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main(BACKEND)
