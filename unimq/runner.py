@@ -19,6 +19,7 @@ from typing import Any
 
 from unimq import telemetry
 from unimq.broker import Consumer
+from unimq.errors import UnimqError
 from unimq.message import Delivery
 from unimq.reliability import Retry
 
@@ -64,9 +65,9 @@ async def run(
             await delivery.nack()
             raise
         except Exception as exc:
-            await _failed(delivery, exc, retry, nack_delay)
+            await _settle(_failed(delivery, exc, retry, nack_delay), delivery)
         else:
-            await delivery.ack()
+            await _settle(delivery.ack(), delivery)
         finally:
             slots.release()
 
@@ -101,6 +102,16 @@ async def run(
                     loop.remove_signal_handler(sig)
         if isinstance(results[0], Exception):
             raise results[0]
+
+
+async def _settle(settlement: Awaitable[None], delivery: Delivery) -> None:
+    """A settlement that fails (typically: the connection dropped) is logged, not raised from a
+    task nobody awaits; the unsettled message comes back after its lock timeout or reconnect."""
+    try:
+        await settlement
+    except UnimqError as exc:
+        log.warning("could not settle message %s; it will be redelivered: %s", delivery.message.message_id, exc,
+                    extra={"message_id": delivery.message.message_id})
 
 
 async def _drain(in_flight: set[asyncio.Task[None]], timeout: float) -> None:
