@@ -272,7 +272,7 @@ class Backend:
             repeat=max(5, repeat or (5 if quick else 7)),
             count=self.quick_count if quick else self.full_count,
             latency_rate=self.latency_rate,
-            latency_seconds=1.0 if quick else 3.0,
+            latency_seconds=0.4 if quick else 2.0,
             latency_windows=5,
         )
 

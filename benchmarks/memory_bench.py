@@ -35,7 +35,7 @@ BACKEND = Backend(
     name="memory",
     default_url=f"memory://bench-{uuid.uuid4().hex[:6]}?lock_timeout=60",
     contenders=contenders,
-    quick_count=50_000,
+    quick_count=20_000,
     full_count=200_000,
     latency_rate=1000.0,
     notes=["in-process broker: no raw client; the bar is absolute (send_many ≥ 100,000 msg/s)"],

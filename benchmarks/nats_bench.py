@@ -117,7 +117,7 @@ BACKEND = Backend(
     name="nats",
     default_url="nats://127.0.0.1:4222",
     contenders=contenders,
-    quick_count=3_000,
+    quick_count=2_000,
     full_count=20_000,
     notes=["raw: publish_async, 1000 in flight, acks awaited per batch; raw+id adds a Message-Id header as unimq does",
            "consumers: pull fetch(100) + ack per message; competing consumers share one durable",

@@ -98,7 +98,7 @@ BACKEND = Backend(
     name="rabbitmq",
     default_url="amqp://guest:guest@127.0.0.1:5672/",
     contenders=contenders,
-    quick_count=3_000,
+    quick_count=1_500,
     full_count=20_000,
     notes=["persistent messages, publisher confirms, mandatory; raw and unimq pipeline 8 x 1000 unconfirmed",
            "consumers: prefetch 500, one ack per message (batching on and off consume alike)",

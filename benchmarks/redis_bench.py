@@ -110,7 +110,7 @@ BACKEND = Backend(
     name="redis",
     default_url="redis://127.0.0.1:6379/0",
     contenders=contenders,
-    quick_count=3_000,
+    quick_count=2_000,
     full_count=20_000,
     notes=["raw: pipelined XADD, 1000 per pipeline, 8 pipelines in flight; XREADGROUP COUNT 100 + XACK per batch",
            "FastStream: publish(pipeline=) in the same pipelines; StreamSub consumer group (batch=True when on)",

@@ -159,7 +159,7 @@ BACKEND = Backend(
     name="sqs",
     default_url="sqs://?endpoint_url=http://127.0.0.1:9324&region=us-east-1",
     contenders=contenders,
-    quick_count=1_000,
+    quick_count=500,
     full_count=5_000,
     latency_rate=100.0,
     notes=["ElasticMQ on the same machine: the client's CPU (botocore), not the network, bounds every side",
