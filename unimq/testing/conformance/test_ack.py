@@ -17,6 +17,7 @@ from unimq.testing.plugin import Names
 pytestmark = pytest.mark.asyncio
 
 
+@pytest.mark.requires("persistence")
 async def test_nack_redelivers_with_next_attempt(broker: unimq.Broker, names: Names, timing: Timing) -> None:
     dest, group = await queue(broker, names)
     async with broker.consumer(dest, group) as consumer:

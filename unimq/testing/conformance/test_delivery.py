@@ -108,6 +108,7 @@ async def test_message_properties(broker: unimq.Broker, names: Names, timing: Ti
         sent.key, sent.message_id, sent.correlation_id, sent.reply_to, sent.content_type)
 
 
+@pytest.mark.requires("persistence")
 async def test_default_group_gets_messages_sent_before_it_starts(broker: unimq.Broker, names: Names,
                                                                  timing: Timing) -> None:
     """group=None addresses the destination's own queue/stream: messages sent after ensure() wait for it."""
@@ -118,7 +119,7 @@ async def test_default_group_gets_messages_sent_before_it_starts(broker: unimq.B
         await collect_all(consumer, bodies(5, "early"), timing)
 
 
-@pytest.mark.requires("fanout")
+@pytest.mark.requires("fanout", "persistence")
 async def test_ensured_group_gets_messages_sent_before_it_starts(broker: unimq.Broker, names: Names,
                                                                  timing: Timing) -> None:
     """A group created by ensure() receives what was sent before any consumer of it ran."""

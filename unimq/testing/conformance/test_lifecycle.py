@@ -85,6 +85,7 @@ async def test_cancelling_a_pending_receive_is_clean(broker: unimq.Broker, names
         await collect_all(later, [b"next consumer"], timing)
 
 
+@pytest.mark.requires("persistence")
 async def test_close_with_unacked_messages_redelivers(broker: unimq.Broker, names: Names, timing: Timing) -> None:
     """Messages received but not settled when a consumer closes go to the next consumer, with the next attempt."""
     dest, group = await queue(broker, names)
@@ -99,6 +100,7 @@ async def test_close_with_unacked_messages_redelivers(broker: unimq.Broker, name
         assert delivery.attempt >= 2, f"a redelivery counts as a new attempt: {describe(delivery)}"
 
 
+@pytest.mark.requires("persistence")
 async def test_reopening_continues_without_loss(broker: unimq.Broker, names: Names, timing: Timing) -> None:
     """Consumers opened and closed in turn, each taking a few messages: together they get everything."""
     dest, group = await queue(broker, names)

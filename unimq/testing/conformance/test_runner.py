@@ -43,6 +43,7 @@ async def run_until(
     return held
 
 
+@pytest.mark.requires("persistence")
 async def test_failing_handler_retried_until_it_succeeds(broker: unimq.Broker, names: Names, timing: Timing) -> None:
     """A handler failing twice then succeeding: attempts 1, 2, 3, one success, nothing left; others unaffected."""
     dest, group = await queue(broker, names)
@@ -87,6 +88,7 @@ async def test_always_failing_handler_dead_letters(broker: unimq.Broker, names: 
         await expect_nothing(consumer, timing, "a dead-lettered message stayed in its destination")
 
 
+@pytest.mark.requires("persistence")
 async def test_concurrency_processes_in_parallel(broker: unimq.Broker, names: Names, timing: Timing) -> None:
     dest, group = await queue(broker, names)
     await broker.producer(dest).send_many(bodies(8, "par"))
@@ -107,6 +109,7 @@ async def test_concurrency_processes_in_parallel(broker: unimq.Broker, names: Na
     assert peak >= 2, "concurrency=4 never ran two handlers at once"
 
 
+@pytest.mark.requires("persistence")
 async def test_cancelling_the_runner_loses_nothing(broker: unimq.Broker, names: Names, timing: Timing) -> None:
     """Cancel consume() with handlers in flight: they are nacked, and a new runner finishes every message."""
     dest, group = await queue(broker, names)

@@ -15,7 +15,7 @@ from unimq.testing.plugin import Names
 pytestmark = pytest.mark.asyncio
 
 
-@pytest.mark.requires("fanout")
+@pytest.mark.requires("fanout", "persistence")
 async def test_each_group_gets_everything(broker: unimq.Broker, names: Names, timing: Timing) -> None:
     dest, groups = names.dest, (names.group(), names.group())
     await broker.ensure(dest, groups=groups)
