@@ -66,13 +66,19 @@ class AioPika(Contender):
         await asyncio.gather(*(one(body) for body in payloads))
 
     async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
-        queue = await self.channel.declare_queue(dest, passive=True)
-        async with queue.iterator() as messages:
-            async for message in messages:
-                await message.ack()
-                quota.take()
-                if quota.finished:
-                    return
+        # A channel per consumer, as aio-pika recommends: cancelling one consumer cannot break the others'.
+        channel = await self.connection.channel()
+        try:
+            await channel.set_qos(prefetch_count=PREFETCH)
+            queue = await channel.declare_queue(dest, passive=True)
+            async with queue.iterator() as messages:
+                async for message in messages:
+                    await message.ack()
+                    quota.take()
+                    if quota.finished:
+                        return
+        finally:
+            await asyncio.shield(channel.close())
 
     async def send_one(self, dest: str, body: bytes) -> None:
         await self._publish(dest, body)
