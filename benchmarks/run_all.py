@@ -99,7 +99,8 @@ def module_for(name: str) -> Any:
     return importlib.import_module(f"{name}_bench")
 
 
-async def run_matrix(names: list[str], quick: bool, full_subset: bool, sizes: list[int]) -> list[dict[str, Any]]:
+async def run_matrix(names: list[str], quick: bool, full_subset: bool, sizes: list[int],
+                     repeat: int | None) -> list[dict[str, Any]]:
     figures: list[dict[str, Any]] = []
     for name in names:
         try:
@@ -110,11 +111,11 @@ async def run_matrix(names: list[str], quick: bool, full_subset: bool, sizes: li
         url = os.environ.get(f"UNIMQ_TEST_{name.upper()}_URL", backend.default_url)
         runs: list[tuple[str, harness.Profile, list[int], list[bool], list[int], list[str]]] = []
         if quick:
-            runs.append(("quick", backend.profile(True, None), sizes, [True, False], [1, 8], list(harness.OPS)))
+            runs.append(("quick", backend.profile(True, repeat), sizes, [True, False], [1, 8], list(harness.OPS)))
         if full_subset:
-            runs.append(("full", backend.profile(False, None), [1024], [True], [1], ["produce", "consume"]))
+            runs.append(("full", backend.profile(False, repeat), [1024], [True], [1], ["produce", "consume"]))
         if not quick and not full_subset:
-            runs.append(("full", backend.profile(False, None), sizes, [True, False], [1, 8], list(harness.OPS)))
+            runs.append(("full", backend.profile(False, repeat), sizes, [True, False], [1, 8], list(harness.OPS)))
         for profile_name, profile, sz, batches, conc, ops in runs:
             before = load()
             started = datetime.datetime.now(datetime.UTC)
@@ -145,6 +146,8 @@ def main() -> None:
     parser.add_argument("--full-subset", action="store_true", help="full profile for 1 KiB, batching on, c=1")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--sizes", default=",".join(map(str, harness.SIZES)))
+    parser.add_argument("--skip-matrix", action="store_true", help="only --migrate / --soak")
+    parser.add_argument("--repeat", type=int, default=None, help="repetitions per figure (at least 5)")
     parser.add_argument("--migrate", action="store_true", help="dual-publish and mirror throughput")
     parser.add_argument("--soak", action="store_true", help="RSS over 1,000,000 messages (memory://, redis)")
     parser.add_argument("--soak-messages", type=int, default=1_000_000)
@@ -167,7 +170,8 @@ def main() -> None:
                      "skipped": sorted(set(names) - set(up))},
     }
     sizes = [int(s) for s in args.sizes.split(",")]
-    results["figures"] = asyncio.run(run_matrix(up, args.quick, args.full_subset, sizes))
+    results["figures"] = [] if args.skip_matrix else asyncio.run(
+        run_matrix(up, args.quick, args.full_subset, sizes, args.repeat))
     if args.migrate:
         pairs = [p for p in (("redis", "nats"), ("rabbitmq", "kafka")) if p[0] in up and p[1] in up]
         count = "2000" if args.quick else "10000"
