@@ -280,6 +280,8 @@ def render(results: dict[str, Any], doc: Path, img: Path) -> None:
         notes.setdefault(f["backend"], f.get("notes", []))
     clients = sorted({f"{f['contender']}: {f['client']}" for f in results.get("figures", []) if f.get("client")})
     found = misses(results)
+    notes_file = Path(__file__).with_name("analysis.md")
+    analysis = notes_file.read_text().strip() if notes_file.exists() else "_none recorded_"
     parts = [
         "# Benchmarks",
         "",
@@ -326,6 +328,10 @@ def render(results: dict[str, Any], doc: Path, img: Path) -> None:
         "Every miss in this run (quick-profile misses on short runs are noisy: read them with the CPU ratio):",
         "",
         *([f"- {x}" for x in found] or ["- none"]),
+        "",
+        "## Profiles of the worst misses",
+        "",
+        analysis,
         "",
         "## The whole matrix (quick profile)",
         "",
