@@ -125,8 +125,8 @@ class ControlAdmin(Admin):
         from azure.servicebus._pyamqp.message import Message
 
         if self._client is None:
-            client = AMQPClientAsync(self._host, use_tls=False, auth=_Anonymous())
-            await client.open_async()
+            client = AMQPClientAsync(self._host, use_tls=False, auth=_Anonymous())  # type: ignore[no-untyped-call]
+            await client.open_async()  # type: ignore[no-untyped-call]
             self._client = client
         request = Message(value=body, application_properties={"operation": operation})
         status, description, response = await self._client.mgmt_request_async(
@@ -277,6 +277,7 @@ class AzureAdmin(Admin):
             return
 
     async def stats(self, name: str, group: str | None) -> EntityStats:
+        props: Any
         if group:
             props = await self._client.get_subscription_runtime_properties(name, group)
         elif await self.kind(name) == "topic":

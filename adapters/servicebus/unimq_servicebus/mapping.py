@@ -31,7 +31,7 @@ def to_servicebus(message: Message) -> ServiceBusMessage:
     """The outgoing SDK message; the body bytes go into a single data section unchanged."""
     out = ServiceBusMessage(
         message.body,
-        application_properties=dict(message.headers) if message.headers else None,
+        application_properties=dict(message.headers) if message.headers else None,  # type: ignore[arg-type]
         message_id=message.message_id,
         correlation_id=message.correlation_id,
         reply_to=message.reply_to,

@@ -77,8 +77,9 @@ def endpoint(url: BrokerURL, options: ServiceBusOptions) -> Endpoint:
         if not host:
             raise ConfigError("servicebus: option 'connection_string' has no Endpoint=sb://...")
         emulator = options.emulator or lowered.get("usedevelopmentemulator") == "true"
-        name, _, port = host.partition(":")
-        return Endpoint(name, connection_string=text, emulator=emulator, port=int(port) if port.isdigit() else None)
+        name, _, port_text = host.partition(":")
+        return Endpoint(name, connection_string=text, emulator=emulator,
+                        port=int(port_text) if port_text.isdigit() else None)
     host = url.host
     if options.emulator:
         name = url.username or EMULATOR_KEY_NAME
@@ -96,7 +97,7 @@ def endpoint(url: BrokerURL, options: ServiceBusOptions) -> Endpoint:
         host += DEFAULT_SUFFIX
     if options.credential == "default":
         try:
-            from azure.identity.aio import DefaultAzureCredential
+            from azure.identity.aio import DefaultAzureCredential  # type: ignore[import-untyped]
         except ImportError:
             raise ConfigError("servicebus: credential=default needs azure-identity: "
                               "pip install 'unimq-servicebus[identity]'") from None

@@ -156,8 +156,8 @@ class ServiceBusSubscription(Subscription):
                 await delivery.token.renew_message_lock(received)
 
     async def close(self) -> None:
-        for task in self._held:
-            task.cancel()
+        for held in self._held:
+            held.cancel()
         if self._held:
             await asyncio.gather(*self._held, return_exceptions=True)
         pending = list(self._pending.items())

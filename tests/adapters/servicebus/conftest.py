@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from azure.servicebus.aio import ServiceBusClient
+from unimq_servicebus.options import ServiceBusOptions, endpoint
 
 import unimq
 from unimq.testing.brokers import reachable
 from unimq.url import parse_options, parse_url
-from unimq_servicebus.options import ServiceBusOptions, endpoint
 
 SB_URL = os.environ.get(
     "UNIMQ_TEST_SERVICEBUS_URL", "servicebus://RootManageSharedAccessKey:SAS_KEY_VALUE@127.0.0.1:5673?emulator=true")

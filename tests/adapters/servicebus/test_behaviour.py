@@ -8,10 +8,10 @@ from datetime import timedelta
 
 import pytest
 from azure.servicebus.aio import ServiceBusClient
+from unimq_servicebus.options import ServiceBusOptions, endpoint
 
 import unimq
 from unimq.url import parse_options, parse_url
-from unimq_servicebus.options import ServiceBusOptions, endpoint
 
 
 async def test_groups_are_subscriptions_and_topic_dlq_reads_them_all(broker: unimq.Broker, name: str) -> None:
