@@ -26,6 +26,13 @@ def _quiet_kwargs() -> dict[str, Any]:
     return {"logger": None}
 
 
+def _kombu() -> Any:
+    """Kombu is untyped: used through Any."""
+    import importlib
+
+    return importlib.import_module("kombu")
+
+
 async def _forever() -> None:
     await asyncio.Event().wait()
 
@@ -161,7 +168,7 @@ class FastStreamRedis(_FastStream):
 
         self._consumers += 1
         return self.broker.subscriber(stream=StreamSub(
-            dest, group=self.GROUP, consumer=f"c{self._consumers}", batch=batch,
+            dest, group=self.GROUP, consumer=f"c{self._consumers}", batch=bool(batch),
             max_records=self.read_count if batch else None))
 
     async def send_one(self, dest: str, body: bytes) -> None:
@@ -177,10 +184,9 @@ class FastStreamKafka(_FastStream):
         self.broker = KafkaBroker(bootstrap, **producer, **_quiet_kwargs())
         self.bootstrap = bootstrap
         self.max_batch_size = int(producer.get("max_batch_size", 16384))
-        self._groups = 0
 
     async def create(self, dest: str, w: Workload) -> None:
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await admin.start()
@@ -216,7 +222,6 @@ class FastStreamKafka(_FastStream):
         await asyncio.gather(*futures)
 
     def subscriber(self, dest: str, batch: bool | None) -> Any:
-        self._groups += 1
         return self.broker.subscriber(dest, group_id=f"{dest}-fs", auto_offset_reset="earliest", batch=batch,
                                       max_records=1000 if batch else None)
 
@@ -285,9 +290,7 @@ class Kombu(Contender):
         return f"Kombu {version('kombu')}"
 
     async def open(self) -> None:
-        from kombu import Connection
-
-        self.connection = Connection(self.url, transport_options=self.transport_options)
+        self.connection = _kombu().Connection(self.url, transport_options=self.transport_options)
         self.pool = self.connection.Pool(limit=24)
         await asyncio.to_thread(self._with_conn, lambda conn: conn.ensure_connection(max_retries=1))
 
@@ -301,9 +304,8 @@ class Kombu(Contender):
 
     @staticmethod
     def _queue(dest: str) -> Any:
-        from kombu import Exchange, Queue
-
-        return Queue(dest, exchange=Exchange(dest, type="direct"), routing_key=dest, durable=True)
+        kombu = _kombu()
+        return kombu.Queue(dest, exchange=kombu.Exchange(dest, type="direct"), routing_key=dest, durable=True)
 
     async def create(self, dest: str, w: Workload) -> None:
         await asyncio.to_thread(self._with_conn, lambda conn: self._queue(dest)(conn.default_channel).declare())
@@ -346,8 +348,11 @@ class Kombu(Contender):
     async def receive_all(self, dest: str, on_body: Callable[[bytes], None]) -> None:
         loop = asyncio.get_running_loop()
         cancelled = threading.Event()
+
+        def hand_over(body: bytes) -> None:
+            loop.call_soon_threadsafe(on_body, body)
+
         try:
-            await asyncio.to_thread(self._with_conn, lambda conn: self._drain(
-                conn, dest, lambda body: loop.call_soon_threadsafe(on_body, body), cancelled.is_set))
+            await asyncio.to_thread(self._with_conn, lambda conn: self._drain(conn, dest, hand_over, cancelled.is_set))
         finally:
             cancelled.set()

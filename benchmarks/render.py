@@ -94,7 +94,7 @@ def headline(results: dict[str, Any]) -> str:
             by = groups.get((backend, profile, op, "1024B batch=on c=1"))
             if not by:
                 continue
-            raw = by.get("raw") or by.get("unimq")
+            raw = by.get("raw") or by.get("unimq") or {}
             ours = by.get("unimq", {})
             cols = [_fmt_ratio(by[p].get("ratio")) if p in by and by[p].get("rate") else
                     ("failed" if p in by else "n/a") for p in PEERS]

@@ -69,7 +69,8 @@ async def broker_versions(up: list[str]) -> dict[str, str]:
             import aiormq
 
             conn = await aiormq.connect("amqp://guest:guest@127.0.0.1:5672/")
-            out["rabbitmq"] = f"RabbitMQ {conn.server_properties.get('version')}"
+            version = conn.server_properties.get("version")
+            out["rabbitmq"] = f"RabbitMQ {version.decode() if isinstance(version, bytes) else version}"
             await conn.close()
     with contextlib.suppress(Exception):
         if "redis" in up:
