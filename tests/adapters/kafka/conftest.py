@@ -12,23 +12,16 @@ from collections.abc import AsyncIterator
 import pytest
 
 import unimq
-from unimq.testing.brokers import reachable
 
 KAFKA_URL = os.environ.get("UNIMQ_TEST_KAFKA_URL", "kafka://127.0.0.1:9092")
 BOOTSTRAP = KAFKA_URL.split("://", 1)[1].split("?", 1)[0].rsplit("@", 1)[-1]
-BROKER_TESTS = ("test_interop", "test_rebalance", "test_behaviour")
+BROKER_TESTS = ("test_kafka_interop", "test_rebalance", "test_kafka_behaviour")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if reachable(KAFKA_URL):
-        return
-    problem = f"no Kafka at {KAFKA_URL}: run `scripts/brokers up kafka` or set UNIMQ_TEST_KAFKA_URL"
     for item in items:
         if "tests/adapters/kafka" in str(item.path) and item.path.stem in BROKER_TESTS:
-            if os.environ.get("CI") == "true":
-                item.add_marker(pytest.mark.xfail(reason=problem, strict=True, run=False))
-            else:
-                item.add_marker(pytest.mark.skip(reason=problem))
+            item.add_marker(pytest.mark.needs_broker("kafka"))
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import pytest
 from nats.aio.client import Client
 
 import unimq
-from unimq.testing.brokers import reachable
 
 NATS_URL = os.environ.get("UNIMQ_TEST_NATS_URL", "nats://127.0.0.1:4222")
 CORE_URL = os.environ.get("UNIMQ_TEST_NATS_CORE_URL", "nats://127.0.0.1:4222?jetstream=false")
@@ -22,15 +21,9 @@ SERVER = "nats://" + NATS_URL.split("://", 1)[1].split("?", 1)[0].rsplit("@", 1)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if reachable(NATS_URL):
-        return
-    problem = f"no nats-server at {NATS_URL}: run `scripts/brokers up nats` or set UNIMQ_TEST_NATS_URL"
     for item in items:
         if "tests/adapters/nats" in str(item.path):
-            if os.environ.get("CI") == "true":
-                item.add_marker(pytest.mark.xfail(reason=problem, strict=True, run=False))
-            else:
-                item.add_marker(pytest.mark.skip(reason=problem))
+            item.add_marker(pytest.mark.needs_broker("nats"))
 
 
 @pytest.fixture

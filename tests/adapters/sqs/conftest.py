@@ -11,7 +11,6 @@ import boto3
 import pytest
 
 import unimq
-from unimq.testing.brokers import reachable
 from unimq.url import parse_url
 
 SQS_URL = os.environ.get("UNIMQ_TEST_SQS_URL", "sqs://?endpoint_url=http://127.0.0.1:9324&region=us-east-1")
@@ -19,15 +18,9 @@ FIFO_URL = os.environ.get("UNIMQ_TEST_SQS_FIFO_URL", SQS_URL + "&fifo=true")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if reachable(SQS_URL):
-        return
-    problem = f"no SQS at {SQS_URL}: run `scripts/brokers up sqs` or set UNIMQ_TEST_SQS_URL"
     for item in items:
         if "tests/adapters/sqs" in str(item.path):
-            if os.environ.get("CI") == "true":
-                item.add_marker(pytest.mark.xfail(reason=problem, strict=True, run=False))
-            else:
-                item.add_marker(pytest.mark.skip(reason=problem))
+            item.add_marker(pytest.mark.needs_broker("sqs"))
 
 
 @pytest.fixture(scope="session")
