@@ -43,6 +43,8 @@ SHORT_LOCK: dict[str, float | None] = {"redis": 2.0, "nats": 2.0, "sqs": 2.0, "r
 IN_MEMORY_SERVERS = {
     "sqs": "ElasticMQ as scripts/brokers runs it keeps queues in memory: a restart deletes every queue, "
            "including other tests'. Reconnection is covered by test_broker_unreachable_mid_stream.",
+    "servicebus": "the in-repo Service Bus double keeps entities in memory: a restart deletes them, including "
+                  "other tests'. Reconnection is covered by test_broker_unreachable_mid_stream.",
 }
 #: How long a test waits for everything sent to arrive.
 SETTLE = {"kafka": 60.0, "servicebus": 45.0}
