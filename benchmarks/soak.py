@@ -38,7 +38,7 @@ def rss_mb() -> float:
 class Soak:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.total = args.messages
+        self.total: int = args.messages
         self.sent = bytearray(self.total)  # 1 = send() returned
         self.seen = bytearray(self.total)  # handler successes, capped at 255
         self.duplicates = 0
