@@ -42,7 +42,7 @@ def _prepare(url: str) -> Any:
 
 # URLs and options ------------------------------------------------------------------------------
 
-_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
+_text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=30)
 
 
 @st.composite
@@ -128,8 +128,8 @@ async def _roundtrip(broker: unimq.Broker, dest: str, **send: Any) -> unimq.Mess
         return delivery.message
 
 
-_header_keys = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=20)
-_header_values = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+_header_keys = st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), min_size=1, max_size=20)
+_header_values = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
 
 
 @given(headers=st.dictionaries(_header_keys.filter(lambda k: not k.lower().startswith("x-unimq")), _header_values,
@@ -196,7 +196,7 @@ async def test_poison_payloads_are_dead_lettered_and_do_not_block(broker: unimq.
     runner = asyncio.create_task(broker.consume(dest, handle, schema=Order, stop=done))
     await asyncio.wait_for(runner, timeout)
     assert sorted(seen) == list(range(5)), "good messages after the poison ones were not all processed"
-    reasons = []
+    reasons: list[str] = []
     async with broker.consumer(broker.dead_letter_destination(dest)) as dlq:
         while len(reasons) < 2:
             delivery = await dlq.receive(timeout=timeout)

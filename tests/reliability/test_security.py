@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -130,9 +131,9 @@ async def _roundtrip(url: str) -> None:
 
 async def _refused(url: str, *words: str) -> UnimqError:
     """Connecting and sending must fail with a UnimqError naming one of ``words``, within 30 s."""
+    options: dict[str, Any] = {"connect_attempts": 1} if url.startswith(("nats", "tls")) else {}
     with pytest.raises(UnimqError) as info:
-        async with asyncio.timeout(30), unimq.connect(url, **({"connect_attempts": 1} if "nats" in url or
-                                                              url.startswith("tls") else {})) as broker:
+        async with asyncio.timeout(30), unimq.connect(url, **options) as broker:
             await broker.producer(f"sec-{uuid.uuid4().hex[:8]}", retry=None).send(b"x")
     text = str(info.value).lower()
     assert any(w.lower() in text for w in words), f"{info.value!r} names none of {words}"
