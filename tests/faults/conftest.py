@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import resolve
+from unimq.testing.brokers import require
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,7 +17,7 @@ def broker_url() -> Callable[[str], str]:
     """Like the shared fixture, but only brokers that scripts/brokers can stop and start."""
 
     def url(target: str) -> str:
-        resolution = resolve(target)
+        resolution = require(target)
         if resolution.how != "scripts/brokers":
             pytest.skip(f"{target}: fault tests stop and start brokers via scripts/brokers only")
         return str(resolution.url)

@@ -281,3 +281,29 @@ class Provisioner:
 
 def with_timing(target: Target, scale: float) -> Target:
     return replace(target, timing=target.timing.scaled(scale))
+
+
+_SHARED = Provisioner()
+
+
+def require(target: str) -> Resolution:
+    """Where ``target``'s broker runs, for tests outside the conformance suite.
+
+    Unreachable (or its adapter missing): the calling test fails when ``CI=true`` — a backend that
+    cannot be reached is a failure in CI, never a silent skip — and is skipped locally, with the
+    command that starts it.
+    """
+    import pytest
+
+    try:
+        (chosen,) = select_targets([target])
+    except ConfigError as exc:
+        problem = str(exc)
+    else:
+        resolution = _SHARED.resolve(chosen)
+        if resolution.url is not None:
+            return resolution
+        problem = resolution.problem
+    if os.environ.get("CI") == "true":
+        pytest.fail(problem, pytrace=False)
+    pytest.skip(problem)
