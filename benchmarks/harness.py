@@ -34,6 +34,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -360,7 +361,7 @@ async def run_consume(c: Contender, filler: Contender, backend: Backend, w: Work
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+            await _quietly(asyncio.gather(*tasks, return_exceptions=True))
     finally:
         await _quietly(filler.delete(dest))
 
@@ -402,7 +403,7 @@ async def run_latency(c: Contender, backend: Backend, size: int, rate: float, se
             await asyncio.sleep(0.01)
     finally:
         receiver.cancel()
-        await asyncio.gather(receiver, return_exceptions=True)
+        await _quietly(asyncio.gather(receiver, return_exceptions=True))
         await _quietly(c.delete(dest))
     return samples
 
@@ -420,6 +421,9 @@ async def run_backend(backend: Backend, url: str, profile: Profile, sizes: Seque
                       concurrencies: Sequence[int], ops: Sequence[str], only: Sequence[str] | None = None
                       ) -> list[Figure]:
     """Run the matrix for one backend; return one Figure per (contender, op, workload)."""
+    # Sync clients (boto3, Kombu) run in threads: 8 pollers x 8 consumers must not queue behind
+    # asyncio's default of cpu+4 workers.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=160))
     contenders = [c for c in backend.contenders(url) if not only or c.name in only]
     opened: list[Contender] = []
     figures: list[Figure] = []
@@ -470,8 +474,9 @@ async def run_backend(backend: Backend, url: str, profile: Profile, sizes: Seque
                             fig.error = fig.error or f"body of {size} B exceeds {c.name}'s limit"
                             continue
                         try:
-                            pooled[c.name] += await run_latency(c, backend, size, profile.latency_rate,
-                                                                profile.latency_seconds)
+                            pooled[c.name] += await asyncio.wait_for(
+                                run_latency(c, backend, size, profile.latency_rate, profile.latency_seconds),
+                                profile.latency_seconds + backend.run_timeout)
                         except Exception as exc:
                             fig.error = f"{type(exc).__name__}: {exc}"[:300]
                             _log(f"{backend.name} latency {size}B {c.name}: FAILED {fig.error}")

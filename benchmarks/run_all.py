@@ -101,7 +101,8 @@ def module_for(name: str) -> Any:
 
 
 async def run_matrix(names: list[str], quick: bool, full_subset: bool, sizes: list[int],
-                     repeat: int | None) -> list[dict[str, Any]]:
+                     repeat: int | None, save: Any) -> list[dict[str, Any]]:
+    """Run each backend's profile(s); ``save(figures)`` after each, so an interrupted run keeps its results."""
     figures: list[dict[str, Any]] = []
     for name in names:
         try:
@@ -126,6 +127,7 @@ async def run_matrix(names: list[str], quick: bool, full_subset: bool, sizes: li
             for fig in result:
                 figures.append({**asdict(fig), "profile": profile_name, "load_before": before, "load_after": load(),
                                 "notes": backend.notes})
+            save(figures)
     return figures
 
 
@@ -171,8 +173,14 @@ def main() -> None:
                      "skipped": sorted(set(names) - set(up))},
     }
     sizes = [int(s) for s in args.sizes.split(",")]
+    path = RESULTS / f"{datetime.date.today().isoformat()}.json"
+
+    def save(figures: list[dict[str, Any]]) -> None:
+        previous = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps(merge(previous, {**results, "figures": figures}), indent=1))
+
     results["figures"] = [] if args.skip_matrix else asyncio.run(
-        run_matrix(up, args.quick, args.full_subset, sizes, args.repeat))
+        run_matrix(up, args.quick, args.full_subset, sizes, args.repeat, save))
     if args.migrate:
         pairs = [p for p in (("redis", "nats"), ("rabbitmq", "kafka")) if p[0] in up and p[1] in up]
         count = "2000" if args.quick else "10000"
@@ -183,10 +191,8 @@ def main() -> None:
                            for name, url in (("memory", "memory://soak?lock_timeout=60"),
                                              ("redis", "redis://127.0.0.1:6379/0")) if name in up]
     results["machine"]["load_at_end"] = load()
-    path = RESULTS / f"{datetime.date.today().isoformat()}.json"
-    if path.exists():
-        results = merge(json.loads(path.read_text()), results)
-    path.write_text(json.dumps(results, indent=1))
+    save(results["figures"])
+    results = json.loads(path.read_text())
     harness._log(f"wrote {path}")
     import render
 
