@@ -35,8 +35,9 @@ async def soak(url: str, messages: int, size: int, lag: int) -> dict[str, Any]:
     consumed = 0
     started = time.perf_counter()
     async with unimq.connect(url) as broker:
-        group = "soak" if broker.capabilities_for(dest).fanout else None
-        await broker.ensure(dest, groups=(group,) if group else ())
+        # The default group only: a named group beside it would leave every message waiting in the default one.
+        group = None
+        await broker.ensure(dest)
         trim = broker.native if broker.backend == "redis" else None
         progressed = asyncio.Event()
 
