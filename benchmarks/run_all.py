@@ -57,7 +57,8 @@ def machine() -> dict[str, Any]:
                 break
     mem = ""
     with contextlib.suppress(OSError):
-        mem = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
+        kib = int(Path("/proc/meminfo").read_text().splitlines()[0].split()[1])
+        mem = f"{kib / 1024 / 1024:.0f} GiB RAM"
     return {"cpus": os.cpu_count(), "cpu": model, "memory": mem, "python": platform.python_version(),
             "platform": platform.platform(), "load_at_start": load()}
 
@@ -84,7 +85,7 @@ async def broker_versions(up: list[str]) -> dict[str, str]:
             import nats
 
             nc = await nats.connect("nats://127.0.0.1:4222")
-            out["nats"] = f"nats-server {nc.connected_server_version}"
+            out["nats"] = f"nats-server {nc._server_info.get('version')}"
             await nc.close()
     for name, pattern, label in (("kafka", "kafka_2.13-*.jar", "Apache Kafka (KRaft) "),
                                  ("sqs", "elasticmq-server_*.jar", "ElasticMQ ")):
