@@ -114,7 +114,9 @@ BACKEND = Backend(
     full_count=20_000,
     notes=["raw: pipelined XADD, 1000 per pipeline, 8 pipelines in flight; XREADGROUP COUNT 100 + XACK per batch",
            "FastStream: publish(pipeline=) in the same pipelines; StreamSub consumer group (batch=True when on)",
-           "Kombu's Redis transport is list-based (LPUSH/BRPOP), one publish per round trip"],
+           "Kombu's Redis transport is list-based (LPUSH/BRPOP), one publish per round trip",
+           "FastStream's batch stream subscriber JSON-dumps bodies: random binary fails (UnicodeDecodeError), "
+           "so every backend's bodies are random ASCII"],
 )
 
 if __name__ == "__main__":

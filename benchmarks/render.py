@@ -277,7 +277,7 @@ def render(results: dict[str, Any], doc: Path, img: Path) -> None:
     loads = [f["load_before"][0] for f in results.get("figures", []) if f.get("load_before")]
     notes: dict[str, list[str]] = {}
     for f in results.get("figures", []):
-        notes.setdefault(f["backend"], f.get("notes", []))
+        notes[f["backend"]] = f.get("notes") or notes.get(f["backend"], [])
     clients = sorted({f"{f['contender']}: {f['client']}" for f in results.get("figures", []) if f.get("client")})
     found = misses(results)
     notes_file = Path(__file__).with_name("analysis.md")
