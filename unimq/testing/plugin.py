@@ -238,6 +238,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report: pytest.TestReport = yield
     state = _state(item.config)
     if item.nodeid in state.target_of:
+        if report.when == "setup":  # each attempt (reruns too) starts afresh; the last one counts
+            state.outcomes[item.nodeid] = _Outcome()
         outcome = state.outcomes.setdefault(item.nodeid, _Outcome())
         if report.failed:
             outcome.outcome = "failed"
