@@ -7,6 +7,7 @@ SAS key or token registered with :func:`register_secret` can appear in it.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -34,6 +35,33 @@ def scrub(text: str) -> str:
         if secret in text:
             text = text.replace(secret, REDACTED)
     return _SECRET_PATTERNS.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+class ScrubSecrets(logging.Filter):
+    """A logging filter that scrubs secrets from records: for client libraries that log them.
+
+    Attach it to each logger that may log a credential (a filter on a logger applies only to
+    records logged to that very logger), e.g. ``scrub_loggers("botocore")``.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = scrub(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+_SCRUBBER = ScrubSecrets()
+
+
+def scrub_loggers(prefix: str) -> None:
+    """Attach :class:`ScrubSecrets` to the logger ``prefix`` and every existing logger below it."""
+    names = [prefix, *(n for n in logging.root.manager.loggerDict if n.startswith(prefix + "."))]
+    for name in names:
+        logger = logging.getLogger(name)
+        if _SCRUBBER not in logger.filters:
+            logger.addFilter(_SCRUBBER)
 
 
 class UnimqError(Exception):

@@ -35,6 +35,7 @@ from unimq.errors import (
     NotFound,
     UnimqError,
     register_secret,
+    scrub_loggers,
     wrap,
 )
 from unimq.message import Message
@@ -137,6 +138,8 @@ class SqsDriver(Driver):
     # -- connection ---------------------------------------------------------------------------
 
     async def open(self) -> None:
+        # botocore logs signed requests (with the session token) at DEBUG: scrub its loggers.
+        scrub_loggers("botocore")
         self._client = await asyncio.get_running_loop().run_in_executor(self._io, self._make_client)
 
     def _make_client(self) -> Any:
