@@ -126,7 +126,7 @@ BACKEND = Backend(
     default_url="kafka://127.0.0.1:9092",
     contenders=contenders,
     quick_count=3_000,
-    full_count=50_000,
+    full_count=30_000,
     consume_from_first=True,
     notes=["producers: acks=all, idempotent, linger 5 ms, 64 KiB batches; batching on: 10,000 records then await",
            "topics have `concurrency` partitions; the raw consumer reads a topic written by unimq",

@@ -160,7 +160,7 @@ BACKEND = Backend(
     default_url="sqs://?endpoint_url=http://127.0.0.1:9324&region=us-east-1",
     contenders=contenders,
     quick_count=500,
-    full_count=5_000,
+    full_count=3_000,
     latency_rate=100.0,
     notes=["ElasticMQ on the same machine: the client's CPU (botocore), not the network, bounds every side",
            "raw: SendMessageBatch ×10, 8 in flight; 8 pollers × ReceiveMessage 10 + DeleteMessageBatch per consumer",
