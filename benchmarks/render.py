@@ -85,8 +85,9 @@ def _flat(items: Any) -> list[dict[str, Any]]:
 def headline(results: dict[str, Any]) -> str:
     """1 KiB, batching on, c=1: the full profile where measured, else the quick one."""
     groups = _grouped(_figures(results))
-    lines = ["| backend | profile | op | raw client | raw msg/s | raw CPU µs/msg | unimq × raw | unimq CPU × raw "
-             "| FastStream × raw | Kombu × raw |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| backend | profile | op | messages/run | raw client | raw msg/s | raw CPU µs/msg | unimq × raw "
+             "| unimq CPU × raw | FastStream × raw | Kombu × raw |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     backends = sorted({k[0] for k in groups}, key=_rank)
     for backend in backends:
         profile = "full" if any(k[0] == backend and k[1] == "full" for k in groups) else "quick"
@@ -98,7 +99,8 @@ def headline(results: dict[str, Any]) -> str:
             ours = by.get("unimq", {})
             cols = [_fmt_ratio(by[p].get("ratio")) if p in by and by[p].get("rate") else
                     ("failed" if p in by else "n/a") for p in PEERS]
-            lines.append(f"| {backend} | {profile} | {op} | {raw.get('client', '')} | {raw.get('rate') or 0:,.0f} "
+            lines.append(f"| {backend} | {profile} | {op} | {raw.get('count') or 0:,} | {raw.get('client', '')} "
+                         f"| {raw.get('rate') or 0:,.0f} "
                          f"| {raw.get('cpu_us_per_msg') or 0:.1f} | **{_fmt_ratio(ours.get('ratio'))}** "
                          f"| {_fmt_ratio(ours.get('cpu_ratio'))} | {cols[0]} | {cols[1]} |")
     return "\n".join(lines)
@@ -308,8 +310,9 @@ def render(results: dict[str, Any], doc: Path, img: Path) -> None:
         "offered rate, timestamp in the body, p50/p99 over 5 interleaved windows. Bodies are random ASCII of "
         "100 B, 1 KiB, 64 KiB.",
         "- **Profiles**: `--quick` (the whole matrix, small counts: a few hundred to a few thousand messages "
-        "per run — short runs, so fixed costs weigh more) and full (20,000–50,000 messages per run; here for "
-        "1 KiB, batching on, c = 1 on every backend).",
+        "per run — short runs, so fixed costs such as Kafka's ~3 s group join weigh more; the whole quick "
+        "matrix takes ~20 min here, most of it Kafka group joins and SQS) and full (3,000–200,000 messages "
+        "per run by backend; here for 1 KiB, batching on, c = 1 on every backend).",
         "",
         "Per-backend settings:",
         "",
