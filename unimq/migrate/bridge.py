@@ -74,29 +74,16 @@ class Mirror:
         producer = self.target.producer(self.target_dest)
         last = time.monotonic()
         async with self.source.consumer(self.source_dest, self.group, prefetch=self.batch * 2) as consumer:
-            # One batch is forwarded while the next is received (prefetch holds both), so the
-            # mirror runs at the pace of the slower side rather than the sum of the two.
-            forwarding: asyncio.Task[None] | None = None
-            try:
-                while not stop.is_set():
-                    wait = 1.0 if idle is None else min(1.0, idle)
-                    deliveries = await _receive_batch(consumer, self.batch, wait=wait)
-                    if forwarding is not None:
-                        await forwarding
-                        forwarding = None
-                        if on_batch is not None:
-                            on_batch(self.stats)
-                    if not deliveries:
-                        if idle is not None and time.monotonic() - last >= idle:
-                            break
-                        continue
-                    last = time.monotonic()
-                    forwarding = asyncio.create_task(self._forward(producer, deliveries))
-            finally:
-                if forwarding is not None:
-                    await forwarding
-                    if on_batch is not None:
-                        on_batch(self.stats)
+            while not stop.is_set():
+                deliveries = await _receive_batch(consumer, self.batch, wait=1.0 if idle is None else min(1.0, idle))
+                if not deliveries:
+                    if idle is not None and time.monotonic() - last >= idle:
+                        break
+                    continue
+                last = time.monotonic()
+                await self._forward(producer, deliveries)
+                if on_batch is not None:
+                    on_batch(self.stats)
         return self.stats
 
     async def _forward(self, producer: Producer, deliveries: list[Delivery]) -> None:
