@@ -477,14 +477,35 @@ class Consumer:
 
     async def receive_many(self, count: int, timeout: timedelta | float) -> list[Delivery]:
         """Up to ``count`` deliveries, waiting at most ``timeout`` in all."""
+        if self._closed:
+            raise Closed(f"consumer of {self.destination!r} is closed")
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         deadline = time.monotonic() + seconds
-        out: list[Delivery] = []
+        out = await self._take(count)
         while len(out) < count:
-            delivery = await self.receive(max(0.0, deadline - time.monotonic()))
+            # _next fetches the next batch into the buffer and returns its first delivery; the
+            # rest of the batch is taken in one pass rather than one receive() per message.
+            delivery = await self._next(max(0.0, deadline - time.monotonic()))
             if delivery is None:
                 break
             out.append(delivery)
+            out += await self._take(count - len(out))
+        return out
+
+    async def _take(self, limit: int) -> list[Delivery]:
+        """Up to ``limit`` buffered deliveries, decoded; those that fail to decode are dead-lettered."""
+        buffer = self._buffer
+        out: list[Delivery] = []
+        while buffer and len(out) < limit:
+            delivery = buffer.popleft()
+            needs_decoding = self._decode or CONTENT_ENCODING in delivery.message.headers
+            if needs_decoding and not await self._decode_payload(delivery):
+                continue
+            out.append(delivery)
+        self._unsettled += len(out)
+        if telemetry.current is not None:
+            for delivery in out:
+                telemetry.current.received(self._broker.backend, self.destination, self.group, delivery)
         return out
 
     async def _next(self, timeout: float | None) -> Delivery | None:
