@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-u
 from aiokafka import errors as kerr
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic  # type: ignore[import-untyped]
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType  # type: ignore[import-untyped]
+from aiokafka.conn import create_conn  # type: ignore[import-untyped]
 from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 from pydantic import BaseModel
@@ -168,10 +169,28 @@ class KafkaDriver(Driver):
         )
         try:
             await producer.start()
-        except BaseException:
+        except BaseException as exc:
             await producer.stop()
+            if isinstance(exc, kerr.KafkaConnectionError):
+                cause = await self._bootstrap_cause()
+                if cause is not None:
+                    raise cause from exc
             raise
         self._producer = producer
+
+    async def _bootstrap_cause(self) -> BaseException | None:
+        """Why the first bootstrap server refuses us (wrong password, untrusted certificate, ...).
+
+        aiokafka only logs it and raises "Unable to bootstrap"; one direct connection finds it.
+        """
+        host, port = self.url.hosts[0] if self.url.hosts else ("localhost", None)
+        try:
+            conn = await create_conn(host, port or 9092, client_id=self.options.client_id,
+                                     request_timeout_ms=self.options.request_timeout_ms, **self.security_kwargs())
+        except (OSError, TimeoutError, kerr.KafkaError) as exc:
+            return exc
+        conn.close()
+        return None
 
     async def close(self) -> None:
         for name in ("_inspector", "_admin", "_producer"):
