@@ -55,7 +55,7 @@ class Mirror:
         group: str | None = "unimq-mirror",
         origin: str | None = None,
         target_origin: str | None = None,
-        batch: int = 100,
+        batch: int = 500,
     ) -> None:
         self.source, self.source_dest = source, source_dest
         self.target, self.target_dest = target, target_dest
@@ -81,19 +81,18 @@ class Mirror:
                         break
                     continue
                 last = time.monotonic()
-                await self._forward(producer, deliveries)
+                await self._forward(consumer, producer, deliveries)
                 if on_batch is not None:
                     on_batch(self.stats)
         return self.stats
 
-    async def _forward(self, producer: Producer, deliveries: list[Delivery]) -> None:
-        forward: list[Delivery] = []
-        for delivery in deliveries:
-            if delivery.message.headers.get(ORIGIN) == self.target_origin:
-                self.stats.skipped_loops += 1
-                await delivery.ack()
-            else:
-                forward.append(delivery)
+    async def _forward(self, consumer: Consumer, producer: Producer, deliveries: list[Delivery]) -> None:
+        target_origin = self.target_origin
+        forward = [d for d in deliveries if d.message.headers.get(ORIGIN) != target_origin]
+        if len(forward) < len(deliveries):
+            loops = [d for d in deliveries if d.message.headers.get(ORIGIN) == target_origin]
+            self.stats.skipped_loops += len(loops)
+            await consumer.ack_many(loops)
         if not forward:
             return
         copies = [self._copy(d.message) for d in forward]
@@ -115,11 +114,11 @@ class Mirror:
             except PublishError as exc:
                 results = list(exc.results)
         self.stats.batches += 1
+        landed = [d for d, result in zip(forward, results, strict=True) if result is None]
+        self.stats.forwarded += len(landed)
+        await consumer.ack_many(landed)
         for delivery, result in zip(forward, results, strict=True):
-            if result is None:
-                self.stats.forwarded += 1
-                await delivery.ack()
-            else:
+            if result is not None:
                 self.stats.failed += 1
                 await delivery.nack()
 
@@ -130,16 +129,11 @@ class Mirror:
 
 
 async def _receive_batch(consumer: Consumer, size: int, wait: float) -> list[Delivery]:
+    """Wait up to ``wait`` for the first delivery, then take what is already buffered, up to ``size``."""
     first = await consumer.receive(timeout=wait)
     if first is None:
         return []
-    out = [first]
-    while len(out) < size:
-        more = await consumer.receive(timeout=0)
-        if more is None:
-            break
-        out.append(more)
-    return out
+    return [first, *await consumer.receive_many(size - 1, timeout=0)]
 
 
 async def drain(

@@ -100,7 +100,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--group", default="unimq-mirror")
     p.add_argument("--origin", help="label of the source side (default: its URL)")
     p.add_argument("--target-origin", help="label of the target side (default: its URL)")
-    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--batch", type=int, default=500)
     p.add_argument("--until-idle", type=float, help="stop after this many idle seconds (default: run forever)")
     p.set_defaults(func=cmd_mirror)
 
