@@ -327,15 +327,33 @@ class Broker:
 class RabbitMQ(Broker):
     """Debian's rabbitmq-server, run as root from its real scripts (not the `su rabbitmq` wrapper)
     with our own node name, HOME (Erlang cookie), mnesia and log dirs. The foreground
-    rabbitmq-server script traps SIGTERM and shuts the node down cleanly."""
+    rabbitmq-server script traps SIGTERM and shuts the node down cleanly.
+
+    ``home``, ``ports`` (AMQP, Erlang distribution) and ``node`` run a second, private node
+    (tests/reliability starts one with a TLS listener); ``config`` is appended to its rabbitmq.conf.
+    """
 
     name = "rabbitmq"
     port = 5672
+    dist_port = 25672
     url = f"amqp://guest:guest@{HOST}:5672/"
     start_timeout = 90.0
     stop_timeout = 30.0
     node = "unimq@localhost"
     bin = Path("/usr/lib/rabbitmq/bin")
+
+    def __init__(self, home: Path | None = None, ports: tuple[int, int] | None = None, node: str | None = None,
+                 config: str = "") -> None:
+        super().__init__()
+        if ports is not None:
+            self.port, self.dist_port = ports
+            self.url = f"amqp://guest:guest@{HOST}:{self.port}/"
+        if home is not None:
+            self.dir = home
+            self.data, self.logs = home / "data", home / "logs"
+            self.log, self.pidfile = self.logs / "server.log", home / "server.pid"
+        self.node = node or self.node
+        self.extra_config = config
 
     def missing_packages(self) -> list[str]:
         return [] if (self.bin / "rabbitmq-server").exists() else ["rabbitmq-server"]
@@ -351,6 +369,7 @@ class RabbitMQ(Broker):
             f"listeners.tcp.default = {HOST}:{self.port}\n"
             f"distribution.listener.interface = {HOST}\n"
             "loopback_users.guest = true\n"
+            + self.extra_config
         )
         (self.dir / "enabled_plugins").write_text("[].\n")
 
@@ -359,7 +378,7 @@ class RabbitMQ(Broker):
             os.environ,
             HOME=str(self.dir / "home"),
             RABBITMQ_NODENAME=self.node,
-            RABBITMQ_DIST_PORT="25672",
+            RABBITMQ_DIST_PORT=str(self.dist_port),
             RABBITMQ_CONFIG_FILE=str(self.dir / "rabbitmq"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / "enabled_plugins"),
             RABBITMQ_MNESIA_BASE=str(self.data),
@@ -433,7 +452,12 @@ class Nats(Broker):
 
 class Kafka(Broker):
     """Apache Kafka in KRaft combined mode (broker + controller, node 1) from Maven jars,
-    tuned so that a single consumer joins its group at once."""
+    tuned so that a single consumer joins its group at once.
+
+    ``home`` and ``ports`` run a second, private instance from the same jars (tests/reliability
+    starts one with TLS and SASL/SCRAM listeners): ``settings`` add to or replace entries of its
+    server.properties, ``format_args`` go to ``kafka-storage format`` (e.g. ``--add-scram``).
+    """
 
     name = "kafka"
     port = 9092
@@ -446,53 +470,73 @@ class Kafka(Broker):
     start_timeout = 120.0
     stop_timeout = 30.0
 
-    def __init__(self) -> None:
+    def __init__(self, home: Path | None = None, ports: tuple[int, int] | None = None,
+                 settings: dict[str, str] | None = None, format_args: tuple[str, ...] = (),
+                 heap: str = "512m") -> None:
         super().__init__()
-        self.libs = self.dir / "libs"
+        self.libs = self.dir / "libs"  # shared by every instance
+        if ports is not None:
+            self.port, self.controller_port = ports
+            self.url = f"kafka://{HOST}:{self.port}"
+        if home is not None:
+            self.dir = home
+            self.data, self.logs = home / "data", home / "logs"
+            self.log, self.pidfile = self.logs / "server.log", home / "server.pid"
         self.config = self.dir / "server.properties"
+        self.extra_settings = settings or {}
+        self.format_args = format_args
+        self.heap = heap
 
     def install(self) -> None:
         maven_libs("kafka", self.libs)
 
     def java(self, main: str, *args: str) -> list[str]:
-        return ["java", "-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+        return ["java", "-Xms128m", f"-Xmx{self.heap}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                 "-Djava.awt.headless=true", f"-Dkafka.logs.dir={self.logs}",
                 f"-Dlog4j.configuration=file:{JARS / 'kafka' / 'log4j.properties'}",
                 "-cp", f"{self.libs}/*", main, *args]
 
+    def settings(self) -> dict[str, str]:
+        """server.properties entries (a private instance's ``settings`` last)."""
+        return {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{HOST}:{self.controller_port}",
+            "controller.listener.names": "CONTROLLER",
+            "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port},"
+                         f"PROXY://{HOST}:{self.proxy_listener_port}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port},PROXY://{HOST}:{self.proxy_port}",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXY:PLAINTEXT",
+            "log.dirs": str(self.data),
+            "num.partitions": "1",
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "true",
+            "delete.topic.enable": "true",
+            "num.network.threads": "2",
+            "num.io.threads": "2",
+            "log.flush.interval.messages": "1",
+            **self.extra_settings,
+        }
+
     def prepare(self) -> None:
-        self.config.write_text(
-            "process.roles=broker,controller\n"
-            "node.id=1\n"
-            f"controller.quorum.voters=1@{HOST}:{self.controller_port}\n"
-            "controller.listener.names=CONTROLLER\n"
-            f"listeners=PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port},"
-            f"PROXY://{HOST}:{self.proxy_listener_port}\n"
-            f"advertised.listeners=PLAINTEXT://{HOST}:{self.port},PROXY://{HOST}:{self.proxy_port}\n"
-            "inter.broker.listener.name=PLAINTEXT\n"
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXY:PLAINTEXT\n"
-            f"log.dirs={self.data}\n"
-            "num.partitions=1\n"
-            "default.replication.factor=1\n"
-            "min.insync.replicas=1\n"
-            "offsets.topic.replication.factor=1\n"
-            "offsets.topic.num.partitions=1\n"
-            "transaction.state.log.replication.factor=1\n"
-            "transaction.state.log.min.isr=1\n"
-            "transaction.state.log.num.partitions=1\n"
-            "group.initial.rebalance.delay.ms=0\n"
-            "auto.create.topics.enable=true\n"
-            "delete.topic.enable=true\n"
-            "num.network.threads=2\n"
-            "num.io.threads=2\n"
-            "log.flush.interval.messages=1\n"
-        )
+        # Java properties: a multi-line value (an inline PEM) is written with \n escapes.
+        lines = (f"{key}={value}".replace("\n", "\\n") for key, value in self.settings().items())
+        self.config.write_text("\n".join(lines) + "\n")
         if not (self.data / "meta.properties").exists():
             cluster_id = "-"
             while cluster_id.startswith("-"):  # a leading "-" would be parsed as an option
                 cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
             result = subprocess.run(
-                self.java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config)),
+                self.java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config),
+                          *self.format_args),
                 check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             )
             if result.returncode != 0:
