@@ -83,6 +83,12 @@ async def test_unknown_user_is_refused(kafka: SecureKafka, pki: Pki) -> None:
     await refused(url, "SaslAuthenticationFailed", secrets=(PASSWORD,))
 
 
+async def test_mechanism_the_listener_does_not_enable_is_refused(kafka: SecureKafka, pki: Pki) -> None:
+    error = await refused(_sasl_url(kafka, pki.ca, mechanism="PLAIN"), "UnsupportedSaslMechanism",
+                          secrets=(PASSWORD,))
+    assert not error.retryable
+
+
 async def test_server_signed_by_another_ca_fails_verification(kafka: SecureKafka, pki: Pki) -> None:
     await refused(_sasl_url(kafka, pki.other_ca), "CERTIFICATE_VERIFY_FAILED", secrets=(PASSWORD,))
     await refused(f"kafka://{kafka.ssl}?security_protocol=SSL&ssl_cafile={pki.other_ca}",
