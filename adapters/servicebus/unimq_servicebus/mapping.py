@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
-from azure.servicebus.amqp import AmqpMessageBodyType
+from azure.servicebus.amqp import AmqpAnnotatedMessage, AmqpMessageBodyType
 
 from unimq.message import Message, new_message_id
 from unimq.reliability import DEAD_LETTER_REASON, DEAD_LETTER_SOURCE
@@ -67,9 +67,8 @@ def text(value: Any) -> str:
     return str(value)
 
 
-def body_of(received: ServiceBusReceivedMessage) -> bytes:
+def body_of(raw: AmqpAnnotatedMessage) -> bytes:
     """The data sections joined; a value or sequence body from another client becomes bytes or JSON."""
-    raw = received.raw_amqp_message
     body = raw.body
     kind = raw.body_type
     if kind == AmqpMessageBodyType.DATA:
@@ -85,9 +84,17 @@ def body_of(received: ServiceBusReceivedMessage) -> bytes:
     return json.dumps(body, default=text, separators=(",", ":")).encode()
 
 
+def attempt_of(received: ServiceBusReceivedMessage) -> int:
+    """The AMQP delivery-count (earlier attempts, 0 on the first delivery) + 1."""
+    header = received.raw_amqp_message.header
+    count = header.delivery_count if header is not None else None
+    return (count or 0) + 1
+
+
 def to_message(received: ServiceBusReceivedMessage, dead_letter: bool) -> Message:
     """The unimq view of a received message; from a DLQ, the reason under x-unimq-dead-letter-reason."""
-    props = received.application_properties
+    raw = received.raw_amqp_message
+    props = raw.application_properties
     headers = {text(k): text(v) for k, v in props.items()} if props else {}
     if dead_letter:
         reason = headers.pop(REASON, "")
@@ -101,15 +108,24 @@ def to_message(received: ServiceBusReceivedMessage, dead_letter: bool) -> Messag
         source = received.dead_letter_source
         if source:
             headers[DEAD_LETTER_SOURCE] = source
-    message_id = received.message_id
+    # The properties section is read directly: each of the SDK's per-field accessors first tests
+    # the section's truthiness, which lists its keys (~1.7 µs a field, per message).
+    section = raw.properties
+    message_id = correlation_id = reply_to = content_type = group_id = None
+    if section is not None:
+        message_id = section.message_id
+        correlation_id = section.correlation_id
+        reply_to = section.reply_to
+        content_type = section.content_type
+        group_id = section.group_id
     return Message(
-        body=body_of(received),
-        key=received.partition_key or received.session_id,
+        body=body_of(raw),
+        key=received.partition_key or _optional(group_id),
         headers=headers,
         message_id=text(message_id) if message_id is not None else new_message_id(),
-        correlation_id=_optional(received.correlation_id),
-        reply_to=_optional(received.reply_to),
-        content_type=_optional(received.content_type),
+        correlation_id=_optional(correlation_id),
+        reply_to=_optional(reply_to),
+        content_type=_optional(content_type),
         timestamp=received.enqueued_time_utc,
     )
 

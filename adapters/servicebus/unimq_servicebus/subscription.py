@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from azure.servicebus.exceptions import MessageAlreadySettled, MessageLockLostEr
 from unimq.driver import Subscription
 from unimq.errors import CapabilityError
 from unimq.message import Delivery
-from unimq_servicebus.mapping import dead_letter_fields, to_message
+from unimq_servicebus.mapping import attempt_of, dead_letter_fields, to_message
 
 if TYPE_CHECKING:
     from unimq_servicebus.driver import ServiceBusDriver
@@ -86,8 +86,7 @@ class ServiceBusSubscription(Subscription):
         unsettled = self._unsettled
         append = self._backlog.append
         for received in batch:
-            count = received.delivery_count
-            delivery = Delivery(to_message(received, dead_letter), (count or 0) + 1, received, receiver)
+            delivery = Delivery(to_message(received, dead_letter), attempt_of(received), received, receiver)
             if track:
                 unsettled[id(received)] = (receiver, received)
             append(delivery)
@@ -105,6 +104,19 @@ class ServiceBusSubscription(Subscription):
     async def ack(self, delivery: Delivery) -> None:
         if self._peek_lock:
             await self._settle(delivery, delivery.token.complete_message)
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Complete them concurrently: a peek-lock settlement waits for the service's outcome, so
+        one at a time costs a round trip each, while concurrent ones share the link's round trips."""
+        if not self._peek_lock or not deliveries:
+            return
+        if len(deliveries) == 1:
+            await self.ack(deliveries[0])
+            return
+        results = await asyncio.gather(*(self.ack(d) for d in deliveries), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
         if not self._peek_lock:

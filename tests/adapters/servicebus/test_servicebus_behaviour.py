@@ -150,3 +150,20 @@ async def test_receive_and_delete_mode(sb_url: str, name: str) -> None:
             await delivery.ack()
         assert (await broker.stats(name)).depth == 0
         await broker.delete(name)
+
+
+async def test_ack_many_completes_every_message(broker: unimq.Broker, name: str) -> None:
+    """ack_many settles concurrently; each message is completed once, none comes back."""
+    await broker.ensure(name)
+    await broker.producer(name).send_many([str(i).encode() for i in range(20)])
+    async with broker.consumer(name, prefetch=20) as consumer:
+        got = await consumer.receive_many(20, timeout=10)
+        while len(got) < 20:
+            more = await consumer.receive_many(20 - len(got), timeout=5)
+            assert more, "all 20 messages arrive"
+            got += more
+        await got[0].ack()
+        await consumer.ack_many(got)
+        stats = await broker.stats(name)
+        assert (stats.depth, stats.in_flight) == (0, 0)
+        assert await consumer.receive(timeout=1) is None
