@@ -558,7 +558,15 @@ class Kafka(Broker):
 
 class ElasticMQ(Broker):
     """ElasticMQ, an SQS-compatible server, from Maven jars. Queues (standard and FIFO) are
-    created by the tests through the API; nothing is predeclared."""
+    created by the tests through the API; nothing is predeclared.
+
+    The shared instance keeps everything in memory: `restart sqs` empties it. ``persistent``
+    keeps queues and messages in an H2 database under data/ (ElasticMQ's ``messages-storage``;
+    the jars come with elasticmq-server), so a restart keeps them; messages received but not
+    deleted are visible again after it. It is off for the shared instance because it cost
+    20-50 % of ElasticMQ's throughput here (docs/reliability.md). ``port`` and ``home`` run a
+    second, private instance: tests/faults restarts one of its own, persistent.
+    """
 
     name = "sqs"
     port = 9324
@@ -566,15 +574,29 @@ class ElasticMQ(Broker):
     url = f"sqs://?endpoint_url=http://{HOST}:9324&region={region}"
     start_timeout = 60.0
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None, home: Path | None = None, persistent: bool = False) -> None:
         super().__init__()
-        self.libs = self.dir / "libs"
+        self.libs = self.dir / "libs"  # shared by every instance
+        if port is not None:
+            self.port = port
+            self.url = f"sqs://?endpoint_url=http://{HOST}:{port}&region={self.region}"
+        if home is not None:
+            self.dir = home
+            self.data, self.logs = home / "data", home / "logs"
+            self.log, self.pidfile = self.logs / "server.log", home / "server.pid"
+        self.persistent = persistent
         self.config = self.dir / "elasticmq.conf"
+        self.queues_at_stop = self.dir / "queues-at-stop"
 
     def install(self) -> None:
         maven_libs("elasticmq", self.libs)
 
     def prepare(self) -> None:
+        # H2 must not close itself on SIGTERM (ElasticMQ still serves a few ms after that and then
+        # loses acknowledged sends); WRITE_DELAY=0 writes each commit at once, so even a SIGKILL
+        # keeps every acknowledged send.
+        uri = f"jdbc:h2:{self.data / 'elasticmq'};DB_CLOSE_ON_EXIT=FALSE;WRITE_DELAY=0"
+        storage = f'messages-storage {{ enabled = true, uri = "{uri}" }}\n' if self.persistent else ""
         self.config.write_text(
             'include classpath("application.conf")\n'
             f'node-address {{ protocol = http, host = "{HOST}", port = {self.port}, context-path = "" }}\n'
@@ -582,6 +604,7 @@ class ElasticMQ(Broker):
             "rest-stats { enabled = false }\n"
             "generate-node-address = false\n"
             f'aws {{ region = "{self.region}", accountId = "000000000000" }}\n'
+            + storage
         )
 
     def command(self) -> list[str]:
@@ -591,15 +614,54 @@ class ElasticMQ(Broker):
     def ready(self) -> bool:
         return http_status(self.port, "/?Action=ListQueues") == 200
 
+    def queue_count(self) -> int:
+        try:
+            conn = http.client.HTTPConnection(HOST, self.port, timeout=2.0)
+            conn.request("GET", "/?Action=ListQueues")
+            body = conn.getresponse().read()
+            conn.close()
+        except OSError:
+            return -1
+        return body.count(b"<QueueUrl>")
+
+    def booted(self) -> bool:
+        """A persistent ElasticMQ answers before it has restored its queues from H2: until then
+        they do not exist for clients. Wait for as many queues as there were at the last stop."""
+        try:
+            expected = int(self.queues_at_stop.read_text())
+        except (OSError, ValueError):
+            return True
+        return self.queue_count() >= expected
+
+    def stop(self) -> None:
+        if self.persistent and self.pid() is not None:
+            self.queues_at_stop.write_text(f"{max(self.queue_count(), 0)}\n")
+        super().stop()
+
 
 class ServiceBusDouble(Broker):
-    """The in-repo Azure Service Bus test double (AMQP 1.0 on 5673), a Python module."""
+    """The in-repo Azure Service Bus test double (AMQP 1.0 on 5673), a Python module.
+
+    It keeps its state in data/state.pickle (``--data-dir``), written on SIGTERM and about
+    every second, so `restart servicebus` keeps entities and messages. ``port`` and ``home``
+    run a second, private instance (tests/faults restarts one of its own).
+    """
 
     name = "servicebus"
     port = 5673
     url = SERVICEBUS_CONNECTION_STRING
     module = "unimq.testing.servicebus_double"
     start_timeout = 30.0
+
+    def __init__(self, port: int | None = None, home: Path | None = None) -> None:
+        super().__init__()
+        if port is not None:
+            self.port = port
+            self.url = SERVICEBUS_CONNECTION_STRING.replace(":5673;", f":{port};")
+        if home is not None:
+            self.dir = home
+            self.data, self.logs = home / "data", home / "logs"
+            self.log, self.pidfile = self.logs / "server.log", home / "server.pid"
 
     def python(self) -> str:
         venv = ROOT / ".venv" / "bin" / "python"
@@ -618,7 +680,8 @@ class ServiceBusDouble(Broker):
                               "(the Service Bus test double is not in the tree yet)")
 
     def command(self) -> list[str]:
-        return [self.python(), "-m", self.module, "--host", HOST, "--port", str(self.port)]
+        return [self.python(), "-m", self.module, "--host", HOST, "--port", str(self.port),
+                "--data-dir", str(self.data)]
 
     def ready(self) -> bool:
         # AMQP 1.0 SASL protocol header; an AMQP 1.0 server answers with the same header.

@@ -1,4 +1,5 @@
-"""``python -m unimq.testing.servicebus_double --host 127.0.0.1 --port 5673 [--config entities.json]``."""
+"""``python -m unimq.testing.servicebus_double --host 127.0.0.1 --port 5673 [--config entities.json]
+[--data-dir DIR]``."""
 
 import argparse
 import logging
@@ -14,14 +15,16 @@ def main(argv=None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5673)
     parser.add_argument("--config", help="JSON file declaring entities (see docs/servicebus-double.md)")
+    parser.add_argument("--data-dir", help="keep the state in DIR across restarts (written on SIGTERM and "
+                                           "about every second; see persistence.py)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.config:
-        double = ServiceBusDouble.from_config_file(args.config, args.host, args.port)
+        double = ServiceBusDouble.from_config_file(args.config, args.host, args.port, args.data_dir)
     else:
-        double = ServiceBusDouble(args.host, args.port)
+        double = ServiceBusDouble(args.host, args.port, data_dir=args.data_dir)
     # SIGTERM/SIGINT ask the reactor thread to stop; run() then returns and the process exits 0.
     signal.signal(signal.SIGTERM, lambda *_: double.stop(timeout=0))
     signal.signal(signal.SIGINT, lambda *_: double.stop(timeout=0))

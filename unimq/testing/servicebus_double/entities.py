@@ -473,6 +473,47 @@ class Queue:
         return result
 
 
+    # ------------------------------------------------------------ persistence
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a restart keeps (see :mod:`.persistence`); locks and consumers are not kept."""
+        return {
+            "name": self.name, "kind": self.kind, "config": self.config.as_dict(),
+            "messages": list(self.messages.values()),
+            "locked": sorted({lock.message.seq for lock in self.locks.values()}),
+            "session_state": dict(self.session_state), "counters": dict(self.counters),
+            "next_seq": self._next_seq, "auto_created": self.auto_created,
+            "dedup": None if self._dedup is None else list(self._dedup.seen_at.items()),
+            "dead_letter": None if self.dead_letter is None else self.dead_letter.snapshot(),
+        }
+
+    @classmethod
+    def restore(cls, state: dict[str, Any]) -> Queue:
+        """Rebuild from :meth:`snapshot`: a message that was locked counts as a lost lock
+        (``delivery_count`` + 1, dead-lettered at the max) and is receivable again."""
+        queue = cls(state["name"], EntityConfig(**state["config"]), kind=state["kind"])
+        if state["dead_letter"] is not None:
+            queue.dead_letter = cls.restore(state["dead_letter"])
+        queue.session_state = state["session_state"]
+        queue.counters.update(state["counters"])
+        queue._next_seq = state["next_seq"]
+        queue.auto_created = state["auto_created"]
+        if queue._dedup is not None and state["dedup"]:
+            queue._dedup.seen_at.update(state["dedup"])
+        locked = set(state["locked"])
+        for message in state["messages"]:
+            queue.messages[message.seq] = message
+            if message.seq in locked:
+                continue
+            if message.state == SCHEDULED:
+                heapq.heappush(queue._scheduled_heap, (message.scheduled_ms, message.seq))
+            elif message.state == ACTIVE:
+                queue._ready_queue(message).append(message.seq)
+        for seq in sorted(locked, reverse=True):  # appendleft: back in sequence order, at the front
+            queue._return(queue.messages[seq], failed=True)
+        return queue
+
+
 class Topic:
     """A topic: dedup and scheduling happen here; a due message is copied to every subscription."""
 
@@ -537,6 +578,30 @@ class Topic:
         return {"name": self.name, "kind": "topic", "scheduled": len(self.scheduled),
                 "subscriptions": sorted(s.name for s in self.subscriptions.values()),
                 "config": self.config.as_dict(), **self.counters}
+
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "kind": self.kind, "config": self.config.as_dict(),
+            "scheduled": list(self.scheduled.values()), "counters": dict(self.counters),
+            "next_seq": self._next_seq, "auto_created": self.auto_created,
+            "dedup": None if self._dedup is None else list(self._dedup.seen_at.items()),
+            "subscriptions": {key: sub.snapshot() for key, sub in self.subscriptions.items()},
+        }
+
+    @classmethod
+    def restore(cls, state: dict[str, Any]) -> Topic:
+        topic = cls(state["name"], EntityConfig(**state["config"]))
+        topic.counters.update(state["counters"])
+        topic._next_seq = state["next_seq"]
+        topic.auto_created = state["auto_created"]
+        if topic._dedup is not None and state["dedup"]:
+            topic._dedup.seen_at.update(state["dedup"])
+        for message in state["scheduled"]:
+            topic.scheduled[message.seq] = message
+            heapq.heappush(topic._scheduled_heap, (message.scheduled_ms, message.seq))
+        topic.subscriptions = {key: Queue.restore(sub) for key, sub in state["subscriptions"].items()}
+        return topic
 
 
 Entity = Queue | Topic
@@ -734,3 +799,14 @@ class Broker:
             self.configure_entity(name, kind="topic", **options)
             for sub, sub_options in subscriptions.items():
                 self.create_subscription(name, sub, **(sub_options or {}))
+
+    def snapshot(self) -> dict[str, Any]:
+        """The namespace's durable state: entities with their messages, and declared options."""
+        return {"declared": dict(self.declared),
+                "entities": {key: entity.snapshot() for key, entity in self.entities.items()}}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load a :meth:`snapshot` over this namespace (its entities win over a config file's)."""
+        self.declared.update(state["declared"])
+        for key, entity in state["entities"].items():
+            self.entities[key] = Topic.restore(entity) if entity["kind"] == "topic" else Queue.restore(entity)

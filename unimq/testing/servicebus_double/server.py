@@ -32,6 +32,7 @@ from proton.reactor import ApplicationEvent, Container, EventInjector
 
 from .codec import StoredMessage, now_ms, split_sections, unpack_transfer
 from .entities import ARGUMENT_ERROR, TIMEOUT, Broker, Queue, ServiceBusError, Topic, entity_path
+from .persistence import SnapshotStore
 
 log = logging.getLogger("unimq.servicebus_double")
 
@@ -126,8 +127,12 @@ def _guarded(method: Callable[..., None]) -> Callable[..., None]:
 class _Handler:
     """Proton event handler: connection plumbing plus routing of links to the broker."""
 
-    def __init__(self, broker: Broker, host: str, port: int, listening: threading.Event):
+    def __init__(self, broker: Broker, host: str, port: int, listening: threading.Event,
+                 store: SnapshotStore | None = None):
         self.broker = broker
+        self.store = store
+        #: Set by every event that may change durable state; a periodic snapshot clears it.
+        self.dirty = False
         self.host, self.port = host, port
         self.listening = listening
         self.injector = EventInjector()
@@ -150,12 +155,16 @@ class _Handler:
     def on_timer_task(self, event: Any) -> None:
         try:
             self.broker.tick(now_ms())
+            if self.store is not None and self.dirty and self.store.due():
+                self.dirty = False
+                self.store.save(self.broker)
         except Exception:
             log.exception("Service Bus double: error in the timer tick")
         self.container.schedule(TICK_SECONDS, self)
 
     def on_call(self, event: Any) -> None:
         """Run a function handed over by another thread (see ServiceBusDouble.call)."""
+        self.dirty = True
         function, future = self.calls.get()
         if future.set_running_or_notify_cancel():
             try:
@@ -164,6 +173,11 @@ class _Handler:
                 future.set_exception(exc)
 
     def on_stop(self, event: Any) -> None:
+        if self.store is not None:
+            try:
+                self.store.save(self.broker)
+            except Exception:
+                log.exception("Service Bus double: could not write the final snapshot")
         if self.acceptor is not None:
             self.acceptor.close()
         self.injector.close()
@@ -206,6 +220,7 @@ class _Handler:
 
     @_guarded
     def on_link_remote_open(self, event: Any) -> None:
+        self.dirty = True
         link = event.link
         link.source.copy(link.remote_source)
         link.target.copy(link.remote_target)
@@ -291,6 +306,7 @@ class _Handler:
 
     @_guarded
     def on_link_flow(self, event: Any) -> None:
+        self.dirty = True
         link = event.link
         consumer = getattr(link, "consumer", None)
         if link.is_sender and consumer is not None:
@@ -302,6 +318,7 @@ class _Handler:
 
     @_guarded
     def on_delivery(self, event: Any) -> None:
+        self.dirty = True
         delivery = event.delivery
         link = event.link
         if link.is_receiver:
@@ -500,24 +517,34 @@ class ServiceBusDouble:
     ``start()`` runs the reactor in a daemon thread; ``stop()`` shuts it down. Use ``port=0`` for
     an ephemeral port (read it back from ``.port``). All state changes go through the reactor
     thread, so ``configure_entity`` and ``stats`` are safe to call from tests at any time.
+
+    With ``data_dir``, the state survives a restart: it is loaded from there at construction and
+    written there on ``stop()`` and periodically (see :mod:`.persistence` for what is kept and
+    what a SIGKILL loses). Without it, everything is in memory.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 5673, config: dict[str, Any] | None = None):
+    def __init__(self, host: str = "127.0.0.1", port: int = 5673, config: dict[str, Any] | None = None,
+                 data_dir: str | None = None):
         self.host = host
         self.broker = Broker()
         if config:
             self.broker.load_config(config)
+        store = None
+        if data_dir is not None:
+            store = SnapshotStore(data_dir)
+            store.load(self.broker)
         self._listening = threading.Event()
-        self._handler = _Handler(self.broker, host, port, self._listening)
+        self._handler = _Handler(self.broker, host, port, self._listening, store)
         self._thread: threading.Thread | None = None
         self._container: Container | None = None
         self._stopped = threading.Event()
         self._startup_error: BaseException | None = None
 
     @classmethod
-    def from_config_file(cls, path: str, host: str = "127.0.0.1", port: int = 5673) -> ServiceBusDouble:
+    def from_config_file(cls, path: str, host: str = "127.0.0.1", port: int = 5673,
+                         data_dir: str | None = None) -> ServiceBusDouble:
         with open(path, encoding="utf-8") as handle:
-            return cls(host, port, json.load(handle))
+            return cls(host, port, json.load(handle), data_dir)
 
     @property
     def port(self) -> int:
