@@ -5,9 +5,9 @@ max_batch_size=64 KiB. Batching on: the raw side sends a chunk of 10,000 records
 each, then awaits the chunk as a whole (unimq's ``send_many`` chunk size); off: one
 ``send_and_wait`` per record. Consumers of one group (topics have ``concurrency`` partitions) read
 a topic written by unimq, so records carry the same ``message-id`` header on both sides; the raw
-consumer commits every 100 ms (batching on: ``getmany``, off: ``getone``), unimq acks every message
-(contiguous-offset commits). Consume throughput counts from the first record to the last: group
-join is not throughput.
+consumer commits every 100 ms (batching on: ``getmany``, off: ``getone``); unimq acks every message
+(contiguous-offset commits; batching on: ``receive_many`` + ``ack_many``, off: ``receive`` +
+``ack``). Consume throughput counts from the first record to the last: group join is not throughput.
 
     .venv/bin/python benchmarks/kafka_bench.py [--quick] [--url kafka://127.0.0.1:9092] [harness options]
 """
@@ -111,12 +111,27 @@ class AioKafka(Contender):
             await consumer.stop()
 
 
+class Unimq(UnimqContender):
+    """Batching on reads like the raw side: a batch of up to ``PREFETCH``, waiting at most 100 ms."""
+
+    async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
+        if not batch:
+            await super().consume(dest, quota, batch)
+            return
+        async with self._consumer(dest) as consumer:
+            while not quota.finished:
+                got = await consumer.receive_many(min(PREFETCH, quota.remaining), timeout=0.1)
+                if got:
+                    await consumer.ack_many(got)
+                    quota.take(len(got))
+
+
 def contenders(url: str) -> list[Contender]:
     bootstrap = bootstrap_of(url)
     return [
         AioKafka(url),
-        UnimqContender(url, prefetch=PREFETCH, group=lambda dest: f"{dest}-unimq",
-                       ensure=lambda w: {"partitions": max(1, w.concurrency), "dead_letter": False}),
+        Unimq(url, prefetch=PREFETCH, group=lambda dest: f"{dest}-unimq",
+              ensure=lambda w: {"partitions": max(1, w.concurrency), "dead_letter": False}),
         peers.FastStreamKafka(bootstrap, **PRODUCER),
     ]
 
@@ -131,6 +146,7 @@ BACKEND = Backend(
     notes=["producers: acks=all, idempotent, linger 5 ms, 64 KiB batches; batching on: 10,000 records then await",
            "topics have `concurrency` partitions; the raw consumer reads a topic written by unimq",
            "consume counted from the first record (group join excluded); raw commits every 100 ms",
+           "unimq consume: receive_many(1000, 0.1 s) + ack_many (batching on), receive + ack (off)",
            "FastStream: publish_batch per chunk that fits one 64 KiB record batch, unawaited, then awaited together"],
 )
 

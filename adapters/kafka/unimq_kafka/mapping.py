@@ -60,33 +60,55 @@ def timestamp_ms(message: Message) -> int | None:
 
 
 def from_record(record: Any) -> Message:
-    """A Message from an aiokafka ConsumerRecord. Duplicate header keys: the last one wins."""
+    """A Message from an aiokafka ConsumerRecord. Duplicate header keys: the last one wins.
+
+    The per-record hot path of every consumer: the common header (``message-id``) is tested
+    first, Message is built positionally (its field order is pinned by a test), and the
+    timestamp of the previous record is reused when it has the same millisecond.
+    """
     headers: dict[str, str] = {}
     message_id = correlation_id = reply_to = content_type = None
     for name, raw in record.headers:
         value = raw.decode(_ENC, _ERR) if raw is not None else ""
-        if name in MAPPED:
-            if name == MESSAGE_ID:
-                message_id = value
-            elif name == CORRELATION_ID:
-                correlation_id = value
-            elif name == REPLY_TO:
-                reply_to = value
-            else:
-                content_type = value
-        else:
+        if name == MESSAGE_ID:
+            message_id = value
+        elif name not in MAPPED:
             headers[name] = value
+        elif name == CORRELATION_ID:
+            correlation_id = value
+        elif name == REPLY_TO:
+            reply_to = value
+        else:
+            content_type = value
     key = record.key
+    value = record.value
     return Message(
-        body=record.value if record.value is not None else b"",
-        key=key.decode(_ENC, _ERR) if key is not None else None,
-        headers=headers,
-        message_id=message_id or f"{record.topic}-{record.partition}-{record.offset}",
-        correlation_id=correlation_id,
-        reply_to=reply_to,
-        content_type=content_type,
-        timestamp=datetime.fromtimestamp(record.timestamp / 1000, UTC) if record.timestamp is not None else None,
+        value if value is not None else b"",
+        key.decode(_ENC, _ERR) if key is not None else None,
+        headers,
+        message_id or f"{record.topic}-{record.partition}-{record.offset}",
+        correlation_id,
+        reply_to,
+        content_type,
+        _timestamp(record.timestamp),
     )
+
+
+#: The last (epoch ms, datetime) converted, in a one-slot list: a tuple swapped whole, so threads
+#: never see a mismatched pair.
+_last: list[tuple[int, datetime]] = [(0, datetime.fromtimestamp(0, UTC))]
+
+
+def _timestamp(ms: int | None) -> datetime | None:
+    """UTC datetime of epoch ``ms``; records of one producer batch mostly share the millisecond."""
+    if ms is None:
+        return None
+    last = _last[0]
+    if ms == last[0]:
+        return last[1]
+    dt = datetime.fromtimestamp(ms / 1000, UTC)
+    _last[0] = (ms, dt)
+    return dt
 
 
 def epoch_ms_header(message: Message, name: str) -> int:

@@ -1,9 +1,13 @@
 """A consumer-group reader of one topic and its group's retry topic.
 
-A background task polls aiokafka independently of the handlers, so a slow handler never makes
-the consumer miss ``max_poll_interval`` and leave its group: when the prefetch bound is reached
-it pauses every partition and keeps polling (empty) instead of stopping. Records become
-deliveries in an internal buffer that ``receive`` drains.
+A background task polls aiokafka independently of the handlers and turns records into
+deliveries in an internal read-ahead buffer that ``receive`` drains; the core bounds what the
+application holds unsettled (``prefetch``), and the buffer holds at most ``prefetch`` more
+(1.5×: it is refilled, a batch at a time, once half empty), so the next fetch overlaps the
+processing of the current one. A full buffer does not pause partitions — aiokafka drops a paused
+partition's fetched records, which then cost a refetch — because aiokafka already holds at most
+one fetch per partition. Only a stall long enough to threaten ``max_poll_interval`` pauses every
+partition and polls (empty), so a slow handler never makes the consumer leave its group.
 
 Emulations, all on the group's retry topic ``<topic>.retry.<group>`` (subscribed alongside the
 topic): ``nack(delay)`` republishes a redelivery copy there and acknowledges the original; a
@@ -20,6 +24,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +89,10 @@ class KafkaSubscription(Subscription):
                                 self._request_timeout_ms / 1000 - 5)
         self._trackers: dict[TopicPartition, OffsetTracker] = {}
         self._held: dict[TopicPartition, asyncio.TimerHandle] = {}
+        # Refill the read-ahead buffer when it is down to this: batches, not one record per receive.
+        self._low = self._prefetch // 2
+        self._keepalive = driver.options.max_poll_interval_ms / 1000 / 3
+        self._paused = False
         self._data = asyncio.Event()
         self._room = asyncio.Event()
         self._assigned = asyncio.Event()
@@ -115,12 +124,20 @@ class KafkaSubscription(Subscription):
             **driver.security_kwargs(),
         )
         self._consumer.subscribe([self._topic, self.retry_topic], listener=_Listener(self))
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._poll(), name=f"unimq-kafka-poll-{self._topic}")
-        try:
-            await asyncio.wait_for(self._assigned.wait(), JOIN_TIMEOUT)
-        except TimeoutError:
+        # start() waits for the group's assignment without a bound, and a rebalance waits for the
+        # other members' revokes, which wait for their in-flight messages: bound that wait here
+        # (the poll loop finishes it), or this open() would last until they give the messages up.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + JOIN_TIMEOUT
+        starting = asyncio.create_task(self._consumer.start())
+        done, _ = await asyncio.wait({starting}, timeout=JOIN_TIMEOUT)
+        if done:
+            starting.result()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._assigned.wait(), max(0.0, deadline - loop.time()))
+        if not self._assigned.is_set():
             log.warning("kafka: group %r got no assignment within %.0fs; continuing", self.group_id, JOIN_TIMEOUT)
+        self._task = asyncio.create_task(self._poll(starting), name=f"unimq-kafka-poll-{self._topic}")
 
     # Rebalance callbacks (awaited by aiokafka's coordinator during the rebalance).
 
@@ -186,26 +203,34 @@ class KafkaSubscription(Subscription):
 
     # The poll loop.
 
-    async def _poll(self) -> None:
+    async def _poll(self, starting: asyncio.Task[None]) -> None:
+        try:
+            await starting
+        except Exception as exc:
+            self._error = self._driver.map_error(exc, f"joining group {self.group_id}")
+            self._data.set()
+            return
         consumer = self._consumer
         interval = self._driver.options.commit_interval_ms / 1000
-        last_commit = time.monotonic()
-        paused = False
+        last_commit = last_poll = time.monotonic()
         while not self._stopping:
             try:
-                room = self._prefetch - len(self._buffer) - len(self._inflight)
-                if room <= 0:
-                    consumer.pause(*consumer.assignment())
-                    paused = True
+                if len(self._buffer) > self._low:
+                    if time.monotonic() - last_poll >= self._keepalive:
+                        # Full for long: poll (empty) so the group keeps this member.
+                        consumer.pause(*consumer.assignment())
+                        self._paused = True
+                        await consumer.getmany(timeout_ms=0)
+                        last_poll = time.monotonic()
                     self._room.clear()
-                    await consumer.getmany(timeout_ms=0)  # keeps the poll clock fresh
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._room.wait(), interval)
                 else:
-                    if paused:
+                    if self._paused:
                         consumer.resume(*(tp for tp in consumer.assignment() if tp not in self._held))
-                        paused = False
-                    batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=room)
+                        self._paused = False
+                    batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=self._prefetch)
+                    last_poll = time.monotonic()
                     if batch:
                         await self._accept(batch)
                 if self._dirty and time.monotonic() - last_commit >= interval:
@@ -224,36 +249,38 @@ class KafkaSubscription(Subscription):
 
     async def _accept(self, batch: dict[TopicPartition, list[Any]]) -> None:
         now_ms = time.time() * 1000
-        buffer = self._buffer
+        append = self._buffer.append
         retry_topic = self.retry_topic
         for tp, records in batch.items():
             tracker = self._trackers.get(tp)
             if tracker is None:
                 continue
+            track = tracker.track
             for record in records:
                 message = from_record(record)
+                offset = record.offset
                 headers = message.headers
                 if headers:
                     due = epoch_ms_header(message, NOT_BEFORE)
                     if due > now_ms:
                         if tp.topic == retry_topic:
-                            self._hold(tp, record.offset, (due - now_ms) / 1000)
+                            self._hold(tp, offset, (due - now_ms) / 1000)
                             break
-                        tracker.track(record.offset)
+                        track(offset)
                         await self._defer(record, tracker, tp)
                         continue
                     expires = epoch_ms_header(message, EXPIRES_AT)
                     if expires and expires <= now_ms:
-                        tracker.track(record.offset)
-                        tracker.ack(record.offset)
+                        track(offset)
+                        tracker.ack(offset)
                         self._dirty = True
                         continue
                     attempt = _attempt(headers)
                 else:
                     attempt = 1
-                tracker.track(record.offset)
-                buffer.append(Delivery(message, attempt, record, (tracker, record.offset)))
-        if buffer:
+                track(offset)
+                append(Delivery(message, attempt, record, (tracker, offset)))
+        if self._buffer:
             self._data.set()
 
     def _hold(self, tp: TopicPartition, offset: int, seconds: float) -> None:
@@ -268,7 +295,7 @@ class KafkaSubscription(Subscription):
 
     def _release(self, tp: TopicPartition) -> None:
         self._held.pop(tp, None)
-        if tp in self._trackers and len(self._inflight) + len(self._buffer) < self._prefetch:
+        if tp in self._trackers and not self._paused:
             self._consumer.resume(tp)
 
     async def _defer(self, record: Any, tracker: OffsetTracker, tp: TopicPartition) -> None:
@@ -331,20 +358,27 @@ class KafkaSubscription(Subscription):
         else:
             out = [buffer.popleft() for _ in range(max_messages)]
         self._inflight.update(out)
+        if len(buffer) <= self._low:
+            self._room.set()
         return out
 
     def _settled(self, delivery: Delivery) -> None:
         self._inflight.discard(delivery)
-        self._room.set()
 
     async def ack(self, delivery: Delivery) -> None:
         tracker, offset = delivery.token
         tracker.ack(offset)
         self._dirty = True
+        self._inflight.discard(delivery)
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """One loop over offsets: no commit or wake-up per message (the poll loop commits)."""
         inflight = self._inflight
-        inflight.discard(delivery)
-        if len(inflight) + len(self._buffer) < self._prefetch:
-            self._room.set()
+        for delivery in deliveries:
+            tracker, offset = delivery.token
+            tracker.ack(offset)
+            inflight.discard(delivery)
+        self._dirty = True
 
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
         tracker = delivery.token[0]
