@@ -16,7 +16,7 @@ from unimq.driver import ReceiveSettings, Subscription
 from unimq.message import Delivery
 from unimq.reliability import dead_letter_copy
 from unimq_redis import scripts
-from unimq_redis.fields import from_entry, now_ms, to_fields
+from unimq_redis.fields import from_flat, now_ms, to_fields
 
 if TYPE_CHECKING:
     from unimq_redis.driver import RedisDriver
@@ -43,11 +43,15 @@ class RedisSubscription(Subscription):
     def __init__(self, driver: RedisDriver, destination: str, group: str | None, settings: ReceiveSettings) -> None:
         self._driver = driver
         self._client = driver.client
+        self._command = driver.command
         self._destination = destination
         self._stream = driver.key(destination)
+        self._stream_key = self._stream.encode()
         self._default = group is None
         self._group = group or driver.options.default_group
         self._consumer = f"unimq-{uuid.uuid4().hex}"
+        self._read = [b"XREADGROUP", b"GROUP", self._group.encode(), self._consumer.encode(), b"COUNT"]
+        self._xack = [b"XACK", self._stream_key, self._group.encode()]
         self._settings = settings
         self._lock = settings.lock_timeout or driver.options.lock_timeout
         self._max_deliveries: int | None = None
@@ -58,6 +62,7 @@ class RedisSubscription(Subscription):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._acks: list[bytes] = []
         self._ack_waiters: list[asyncio.Future[None]] = []
+        self._ack_busy = False
         self._ack_task: asyncio.Task[None] | None = None
         self._extended: dict[bytes, float] = {}
         self._keepalive: asyncio.Task[None] | None = None
@@ -82,14 +87,14 @@ class RedisSubscription(Subscription):
             out = await self._maintain(max_messages)
             if out:
                 return out
-        block = min(timeout, self._next_maintenance - time.monotonic())
-        ms = int(block * 1000)
-        reply: Any = await self._client.xreadgroup(
-            self._group, self._consumer, {self._stream: ">"}, count=max_messages, block=ms if ms > 0 else None,
+        ms = int(min(timeout, self._next_maintenance - time.monotonic()) * 1000)
+        block = (b"BLOCK", b"%d" % ms) if ms > 0 else ()
+        reply: Any = await self._command(
+            *self._read, b"%d" % max_messages, *block, b"STREAMS", self._stream_key, b">",
         )
         if not reply:
             return []
-        return await self._deliveries([(entry_id, fields, 1) for entry_id, fields in reply[0][1]])
+        return await self._deliveries(reply[0][1])
 
     async def _maintain(self, count: int) -> list[Delivery]:
         """Move due delayed messages, then reclaim entries idle longer than the lock timeout."""
@@ -105,22 +110,26 @@ class RedisSubscription(Subscription):
         if due:
             wait = min(wait, max(0.0, int(due) / 1000 - time.time()))
         self._next_maintenance = time.monotonic() + wait
-        entries = [(entry_id, _pairs(fields), int(n)) for entry_id, fields, n in claimed]
-        return await self._deliveries(entries)
+        return await self._deliveries(claimed)
 
-    async def _deliveries(self, entries: Sequence[tuple[bytes, dict[bytes, bytes], int]]) -> list[Delivery]:
+    async def _deliveries(self, entries: Sequence[list[Any]]) -> list[Delivery]:
+        """Deliveries of raw entries: ``[id, [field, value, ...]]`` as XREADGROUP returns them, or
+        ``[id, fields, delivery count]`` from the reclaim script. Expired entries are acked and
+        entries past ``max_deliveries`` dead-lettered instead."""
         out: list[Delivery] = []
         drop: list[tuple[Delivery, str | None]] = []
         now = 0
-        for entry_id, fields, count in entries:
-            message, expires = from_entry(entry_id, fields)
+        for entry in entries:
+            entry_id = entry[0]
+            count = int(entry[2]) if len(entry) > 2 else 1
+            message, fields, expires = from_flat(entry_id, entry[1])
             delivery = Delivery(message, count, (entry_id, fields), entry_id)
             if expires:
                 now = now or now_ms()
                 if expires <= now:
                     drop.append((delivery, None))
                     continue
-            if self._max_deliveries and count > self._max_deliveries:
+            if count > 1 and self._max_deliveries and count > self._max_deliveries:
                 drop.append((delivery, f"delivered {count - 1} times without an ack"))
                 continue
             out.append(delivery)
@@ -134,27 +143,37 @@ class RedisSubscription(Subscription):
     # Settling
 
     async def ack(self, delivery: Delivery) -> None:
-        """Batched XACK: acks issued while one XACK is in flight go out together in the next.
+        """XACK; acks issued while one XACK is in flight go out together in the next.
 
-        ``ack()`` returns once the XACK carrying its id was answered.
+        With no XACK in flight the ack is sent at once, from the caller's task (the sequential
+        receive/ack loop costs no task or future). ``ack()`` returns once the XACK carrying its
+        id was answered.
         """
         if self._extended:
             self._extended.pop(delivery.token, None)
-        loop = self._loop or asyncio.get_running_loop()
-        done = loop.create_future()
-        self._acks.append(delivery.token)
-        self._ack_waiters.append(done)
-        if self._ack_task is None:
-            self._ack_task = loop.create_task(self._flush_acks())
-        await done
+        if self._ack_busy:
+            done = (self._loop or asyncio.get_running_loop()).create_future()
+            self._acks.append(delivery.token)
+            self._ack_waiters.append(done)
+            await done
+            return
+        self._ack_busy = True
+        try:
+            await self._command(*self._xack, delivery.token)
+        finally:
+            if self._acks:
+                self._ack_task = (self._loop or asyncio.get_running_loop()).create_task(self._flush_acks())
+            else:
+                self._ack_busy = False
 
     async def _flush_acks(self) -> None:
+        """Send the acks that queued behind an XACK in flight, until none are left."""
         try:
             while self._acks:
                 ids, waiters = self._acks, self._ack_waiters
                 self._acks, self._ack_waiters = [], []
                 try:
-                    await self._client.xack(self._stream, self._group, *ids)
+                    await self._command(*self._xack, *ids)
                 except Exception as exc:
                     for waiter in waiters:
                         if not waiter.done():
@@ -164,7 +183,17 @@ class RedisSubscription(Subscription):
                         if not waiter.done():
                             waiter.set_result(None)
         finally:
+            self._ack_busy = False
             self._ack_task = None
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """One XACK for the whole batch."""
+        if not deliveries:
+            return
+        if self._extended:
+            for delivery in deliveries:
+                self._extended.pop(delivery.token, None)
+        await self._command(*self._xack, *[d.token for d in deliveries])
 
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
         self._extended.pop(delivery.token, None)
@@ -229,8 +258,3 @@ class RedisSubscription(Subscription):
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-
-
-def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
-    """A Lua reply's flat [field, value, ...] list as a dict."""
-    return dict(zip(flat[::2], flat[1::2], strict=True))
