@@ -13,6 +13,7 @@ delivery costs two small encodes.
 
 from __future__ import annotations
 
+import operator
 import time
 from typing import Any
 
@@ -241,6 +242,18 @@ class StoredMessage:
             self.app_raw,
             self.tail_after_app,
         ))
+
+
+#: Persistence: a message as the tuple of its slots, which pickles several times faster than the object.
+message_fields = operator.attrgetter(*StoredMessage.__slots__)
+
+
+def message_from_fields(values: tuple[Any, ...]) -> StoredMessage:
+    """The inverse of :data:`message_fields`."""
+    message = StoredMessage.__new__(StoredMessage)
+    for name, value in zip(StoredMessage.__slots__, values, strict=True):
+        setattr(message, name, value)
+    return message
 
 
 def _to_ms(value: Any) -> int:

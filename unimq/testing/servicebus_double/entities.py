@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .codec import ACTIVE, DEFERRED, SCHEDULED, StoredMessage, now_ms
+from .codec import ACTIVE, DEFERRED, SCHEDULED, StoredMessage, message_fields, message_from_fields, now_ms
 
 log = logging.getLogger("unimq.servicebus_double")
 
@@ -479,7 +479,7 @@ class Queue:
         """Everything a restart keeps (see :mod:`.persistence`); locks and consumers are not kept."""
         return {
             "name": self.name, "kind": self.kind, "config": self.config.as_dict(),
-            "messages": list(self.messages.values()),
+            "messages": list(map(message_fields, self.messages.values())),
             "locked": sorted({lock.message.seq for lock in self.locks.values()}),
             "session_state": dict(self.session_state), "counters": dict(self.counters),
             "next_seq": self._next_seq, "auto_created": self.auto_created,
@@ -501,7 +501,8 @@ class Queue:
         if queue._dedup is not None and state["dedup"]:
             queue._dedup.seen_at.update(state["dedup"])
         locked = set(state["locked"])
-        for message in state["messages"]:
+        for values in state["messages"]:
+            message = message_from_fields(values)
             queue.messages[message.seq] = message
             if message.seq in locked:
                 continue
@@ -583,7 +584,7 @@ class Topic:
     def snapshot(self) -> dict[str, Any]:
         return {
             "name": self.name, "kind": self.kind, "config": self.config.as_dict(),
-            "scheduled": list(self.scheduled.values()), "counters": dict(self.counters),
+            "scheduled": list(map(message_fields, self.scheduled.values())), "counters": dict(self.counters),
             "next_seq": self._next_seq, "auto_created": self.auto_created,
             "dedup": None if self._dedup is None else list(self._dedup.seen_at.items()),
             "subscriptions": {key: sub.snapshot() for key, sub in self.subscriptions.items()},
@@ -597,7 +598,8 @@ class Topic:
         topic.auto_created = state["auto_created"]
         if topic._dedup is not None and state["dedup"]:
             topic._dedup.seen_at.update(state["dedup"])
-        for message in state["scheduled"]:
+        for values in state["scheduled"]:
+            message = message_from_fields(values)
             topic.scheduled[message.seq] = message
             heapq.heappush(topic._scheduled_heap, (message.scheduled_ms, message.seq))
         topic.subscriptions = {key: Queue.restore(sub) for key, sub in state["subscriptions"].items()}
