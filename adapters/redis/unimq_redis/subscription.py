@@ -117,7 +117,8 @@ class RedisSubscription(Subscription):
         ``[id, fields, delivery count]`` from the reclaim script. Expired entries are acked and
         entries past ``max_deliveries`` dead-lettered instead."""
         out: list[Delivery] = []
-        drop: list[tuple[Delivery, str | None]] = []
+        expired: list[Delivery] = []
+        exhausted: list[Delivery] = []
         now = 0
         for entry in entries:
             entry_id = entry[0]
@@ -127,17 +128,16 @@ class RedisSubscription(Subscription):
             if expires:
                 now = now or now_ms()
                 if expires <= now:
-                    drop.append((delivery, None))
+                    expired.append(delivery)
                     continue
             if count > 1 and self._max_deliveries and count > self._max_deliveries:
-                drop.append((delivery, f"delivered {count - 1} times without an ack"))
+                exhausted.append(delivery)
                 continue
             out.append(delivery)
-        for delivery, reason in drop:
-            if reason is None:
-                await self.ack(delivery)
-            else:
-                await self.reject(delivery, reason)
+        if expired:
+            await self.ack_many(expired)
+        for delivery in exhausted:
+            await self.reject(delivery, f"delivered {delivery.attempt - 1} times without an ack")
         return out
 
     # Settling
