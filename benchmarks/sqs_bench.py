@@ -3,8 +3,9 @@
 Raw side: SendMessageBatch of 10 (split further to stay under 256 KiB) with 8 batches in flight
 from a thread pool per producer (unimq's ``send_many`` pipelines 8 batches too); consumers poll
 ReceiveMessage ×10 from 8 threads each and delete with DeleteMessageBatch (batching off: one
-DeleteMessage per message). unimq consumes with ``broker.consume(concurrency=80, prefetch=80)``
-per consumer, the same 10 × 8 messages in flight.
+DeleteMessage per message). unimq consumes with 8 loops of ``receive_many(10)`` + ``ack_many`` per
+consumer (batching off: ``broker.consume(concurrency=80, prefetch=80)``, one ``ack()`` per message),
+the same 10 × 8 messages in flight.
 
     .venv/bin/python benchmarks/sqs_bench.py [--quick] [--url sqs://?endpoint_url=...] [harness options]
 """
@@ -130,9 +131,18 @@ class Boto3(Contender):
 
 
 class Unimq(UnimqContender):
-    """unimq's handler runner, 10 × 8 messages in flight per consumer (the raw side's 8 pollers × 10)."""
+    """unimq as a user writes it, 10 × 8 messages in flight per consumer (the raw side's 8 pollers × 10).
+
+    Batching on: 8 loops of ``receive_many(10)`` + ``ack_many`` on one consumer (prefetch 80), as the
+    raw side's 8 threads of ReceiveMessage ×10 + DeleteMessageBatch. Off: ``broker.consume`` with
+    80 handlers, each acking its own message.
+    """
 
     async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
+        if batch:
+            async with self._consumer(dest) as consumer:
+                await asyncio.gather(*(self._batches(consumer, quota) for _ in range(DEPTH)))
+            return
         stop = asyncio.Event()
 
         async def handler(delivery: unimq.Delivery) -> None:
@@ -142,6 +152,14 @@ class Unimq(UnimqContender):
                 stop.set()
 
         await self.broker.consume(dest, handler, concurrency=BATCH * DEPTH, prefetch=BATCH * DEPTH, stop=stop)
+
+    @staticmethod
+    async def _batches(consumer: unimq.Consumer, quota: Quota) -> None:
+        while not quota.finished:
+            got = await consumer.receive_many(BATCH, timeout=1.0)
+            if got:
+                await consumer.ack_many(got)
+                quota.take(len(got))
 
 
 def contenders(url: str) -> list[Contender]:
@@ -164,7 +182,8 @@ BACKEND = Backend(
     latency_rate=100.0,
     notes=["ElasticMQ on the same machine: the client's CPU (botocore), not the network, bounds every side",
            "raw: SendMessageBatch ×10, 8 in flight; 8 pollers × ReceiveMessage 10 + DeleteMessageBatch per consumer",
-           "unimq: send_many (8 batches in flight); broker.consume(concurrency=80, prefetch=80) per consumer",
+           "unimq: send_many (8 batches in flight); 8 × receive_many(10) + ack_many per consumer "
+           "(batching off: broker.consume(concurrency=80, prefetch=80), one ack() each)",
            "Kombu's SQS transport: one SendMessage per publish (no batch API), JSON+base64 envelope"],
 )
 

@@ -95,6 +95,7 @@ class SqsDriver(Driver):
         self._fifo = capabilities(options, fifo=True)
         self._client: Any = None
         self._urls: dict[str, str] = {}
+        self._names: dict[str, str] = {}
         half = max(1, options.max_threads // 2)
         self._io = ThreadPoolExecutor(half, thread_name_prefix="unimq-sqs")
         self._polls = ThreadPoolExecutor(half, thread_name_prefix="unimq-sqs-poll")
@@ -118,6 +119,12 @@ class SqsDriver(Driver):
 
     def queue_name(self, destination: str) -> str:
         """The SQS queue name of ``destination``; a ConfigError when SQS would refuse it."""
+        name = self._names.get(destination)
+        if name is None:
+            name = self._names[destination] = self._check_name(destination)
+        return name
+
+    def _check_name(self, destination: str) -> str:
         name = destination
         if self.options.fifo and not name.endswith(".fifo"):
             name += ".fifo"
@@ -159,6 +166,9 @@ class SqsDriver(Driver):
             max_pool_connections=2 * max(1, o.max_threads // 2),
             retries={"mode": "standard", "total_max_attempts": o.client_retries},
             connect_timeout=5, read_timeout=o.wait_time + 30,
+            # The adapter builds every request itself (mapping.encode checks what SQS would refuse),
+            # so botocore's per-call re-validation is pure CPU: ~9 µs per message in a batch of 10.
+            parameter_validation=False,
         )
         return session.client("sqs", region_name=region, endpoint_url=o.endpoint_url, config=config, **keys)
 
@@ -309,6 +319,8 @@ class SqsDriver(Driver):
         url = await self.queue_url(destination)
         fifo = self.is_fifo(destination)
         opts = self.options
+        if len(messages) == 1:
+            return [await self._send_one(url, destination, messages[0], fifo)]
         results: list[BaseException | None] = [None] * len(messages)
         batches: list[list[tuple[int, dict[str, Any]]]] = []
         batch: list[tuple[int, dict[str, Any]]] = []
@@ -334,6 +346,20 @@ class SqsDriver(Driver):
         else:
             await asyncio.gather(*(self._send_batch(url, destination, b, results) for b in batches))
         return results
+
+    async def _send_one(self, url: str, destination: str, message: Message, fifo: bool) -> BaseException | None:
+        """One message as SendMessage: less to serialise and parse than a batch of one."""
+        opts = self.options
+        try:
+            entry, _ = mapping.encode(message, fifo=fifo, default_group=opts.default_group_id,
+                                      max_bytes=opts.max_message_bytes)
+        except UnimqError as exc:
+            return exc
+        try:
+            await self.call("send_message", QueueUrl=url, **entry)
+        except Exception as exc:
+            return self.map_error(exc, f"publish to {destination}")
+        return None
 
     async def _send_batch(
         self, url: str, destination: str, batch: list[tuple[int, dict[str, Any]]], results: list[BaseException | None]

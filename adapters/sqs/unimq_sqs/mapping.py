@@ -40,6 +40,8 @@ _FIFO_ID = re.compile(r"[\x21-\x7e]{1,128}")
 # Characters SQS accepts in a body or attribute value (the XML 1.0 set).
 _NOT_SQS_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _PROPERTIES = ("correlation_id", "reply_to", "content_type")
+#: One encoder for every message: ``json.dumps`` with options builds a new JSONEncoder per call.
+_dump_meta = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def sqs_text(data: bytes) -> str | None:
@@ -118,7 +120,7 @@ def encode(
     if message.ttl is not None:
         meta["expires"] = int((time.time() + message.ttl.total_seconds()) * 1000)
     if meta:
-        packed = json.dumps(meta, separators=(",", ":"), ensure_ascii=False)
+        packed = _dump_meta(meta)
         attributes[META] = {"DataType": STRING, "StringValue": packed}
         size += len(META) + len(STRING) + len(packed.encode())
     if len(attributes) > MAX_ATTRIBUTES:

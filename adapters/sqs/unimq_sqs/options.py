@@ -29,7 +29,7 @@ class SqsOptions(BaseModel):
     auto_create: bool = Field(False, description="create a missing queue on first publish/consume, not NotFound")
     wait_time: int = Field(2, ge=0, le=20, description="long-poll seconds per ReceiveMessage (also bounds close)")
     max_receives: int = Field(8, ge=1, le=64, description="ReceiveMessage calls in flight per consumer")
-    max_threads: int = Field(32, ge=2, le=512, description="threads for blocking boto3 calls (two pools)")
+    max_threads: int = Field(128, ge=2, le=512, description="threads for blocking boto3 calls (two pools)")
     default_group_id: str = Field("unimq-default", min_length=1, max_length=128,
                                   description="FIFO MessageGroupId for messages without a key")
     max_message_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1024, le=1_048_576,

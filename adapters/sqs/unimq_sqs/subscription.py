@@ -3,7 +3,8 @@
 Several ReceiveMessage calls (10 messages each) run in the poll pool to fill the room the core
 asks for; results wait in a buffer bounded by that room, so prefetch stays bounded. An idle
 queue is polled by one call at a time. Acks go through :class:`DeleteBatcher`: ``ack()`` waits
-until the DeleteMessageBatch that carries its handle has returned.
+until the DeleteMessageBatch that carries its handle has returned; ``ack_many()`` sends its own
+DeleteMessageBatch calls of 10.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import contextlib
 import math
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions  # type: ignore[import-untyped]
 
 from unimq.driver import ReceiveSettings, Subscription
-from unimq.errors import CapabilityError, PublishError
+from unimq.errors import CapabilityError, PublishError, UnimqError
 from unimq.message import Delivery
 from unimq.reliability import dead_letter_copy
 from unimq_sqs import mapping
@@ -65,23 +67,30 @@ class DeleteBatcher:
             self._running -= 1
 
     async def _send(self, batch: list[tuple[str, asyncio.Future[None]]]) -> None:
-        entries = [{"Id": str(i), "ReceiptHandle": h} for i, (h, _) in enumerate(batch)]
+        errors = await self.delete_batch([handle for handle, _ in batch])
+        for (_, future), error in zip(batch, errors, strict=True):
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+    async def delete_batch(self, handles: list[str]) -> list[UnimqError | None]:
+        """One DeleteMessageBatch (at most 10 handles): per handle, None or its error.
+
+        A handle whose lock was lost counts as deleted (an ack must not raise for it).
+        """
+        entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(handles)]
         try:
             response = await self._driver.call("delete_message_batch", QueueUrl=self._url, Entries=entries)
         except Exception as exc:
-            error = self._driver.map_error(exc, f"ack on {self._destination}")
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            return
-        failed = {f["Id"]: f for f in response.get("Failed", ()) if f.get("Code") not in _STALE_HANDLE}
-        for i, (_, future) in enumerate(batch):
-            if future.done():
-                continue
-            if str(i) in failed:
-                future.set_exception(entry_error(failed[str(i)], f"ack on {self._destination}"))
-            else:
-                future.set_result(None)
+            return [self._driver.map_error(exc, f"ack on {self._destination}")] * len(handles)
+        errors: list[UnimqError | None] = [None] * len(handles)
+        for failed in response.get("Failed", ()):
+            if failed.get("Code") not in _STALE_HANDLE:
+                errors[int(failed["Id"])] = entry_error(failed, f"ack on {self._destination}")
+        return errors
 
     async def drain(self) -> None:
         if self._tasks:
@@ -198,6 +207,26 @@ class SqsSubscription(Subscription):
         self._unsettled.pop(delivery.token, None)
         assert self._deletes is not None
         await self._deletes.delete(delivery.token)
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """DeleteMessageBatch per 10, concurrently; raises the first failure after all were tried.
+
+        Uses the same call and error handling as single acks (which :class:`DeleteBatcher`
+        coalesces), without a future per message: the batch is already formed.
+        """
+        assert self._deletes is not None
+        handles = [d.token for d in deliveries]
+        for handle in handles:
+            self._unsettled.pop(handle, None)
+        chunks = [handles[i:i + MAX_BATCH] for i in range(0, len(handles), MAX_BATCH)]
+        if len(chunks) == 1:
+            results = [await self._deletes.delete_batch(chunks[0])]
+        else:
+            results = await asyncio.gather(*(self._deletes.delete_batch(c) for c in chunks))
+        for errors in results:
+            for error in errors:
+                if error is not None:
+                    raise error
 
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
         self._unsettled.pop(delivery.token, None)
