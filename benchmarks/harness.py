@@ -190,9 +190,9 @@ class UnimqContender(Contender):
         async with self._consumer(dest) as consumer:
             if batch and self.receive_batch:
                 while not quota.finished:
-                    got = await consumer.receive_many(min(self.receive_batch, quota.remaining), timeout=1.0)
-                    await asyncio.gather(*(d.ack() for d in got))
+                    got = await consumer.receive_batch(min(self.receive_batch, quota.remaining), timeout=1.0)
                     if got:
+                        await consumer.ack_many(got)
                         quota.take(len(got))
                 return
             while not quota.finished:

@@ -6,7 +6,7 @@ each, then awaits the chunk as a whole (unimq's ``send_many`` chunk size); off: 
 ``send_and_wait`` per record. Consumers of one group (topics have ``concurrency`` partitions) read
 a topic written by unimq, so records carry the same ``message-id`` header on both sides; the raw
 consumer commits every 100 ms (batching on: ``getmany``, off: ``getone``); unimq acks every message
-(contiguous-offset commits; batching on: ``receive_many`` + ``ack_many``, off: ``receive`` +
+(contiguous-offset commits; batching on: ``receive_batch`` + ``ack_many``, off: ``receive`` +
 ``ack``). Consume throughput counts from the first record to the last: group join is not throughput.
 
     .venv/bin/python benchmarks/kafka_bench.py [--quick] [--url kafka://127.0.0.1:9092] [harness options]
@@ -112,7 +112,7 @@ class AioKafka(Contender):
 
 
 class Unimq(UnimqContender):
-    """Batching on reads like the raw side: a batch of up to ``PREFETCH``, waiting at most 100 ms."""
+    """Batching on reads like the raw side: what is fetched, up to ``PREFETCH``, waiting at most 100 ms."""
 
     async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
         if not batch:
@@ -120,7 +120,7 @@ class Unimq(UnimqContender):
             return
         async with self._consumer(dest) as consumer:
             while not quota.finished:
-                got = await consumer.receive_many(min(PREFETCH, quota.remaining), timeout=0.1)
+                got = await consumer.receive_batch(min(PREFETCH, quota.remaining), timeout=0.1)
                 if got:
                     await consumer.ack_many(got)
                     quota.take(len(got))
@@ -146,7 +146,7 @@ BACKEND = Backend(
     notes=["producers: acks=all, idempotent, linger 5 ms, 64 KiB batches; batching on: 10,000 records then await",
            "topics have `concurrency` partitions; the raw consumer reads a topic written by unimq",
            "consume counted from the first record (group join excluded); raw commits every 100 ms",
-           "unimq consume: receive_many(1000, 0.1 s) + ack_many (batching on), receive + ack (off)",
+           "unimq consume: receive_batch(1000, 0.1 s) + ack_many (batching on), receive + ack (off)",
            "FastStream: publish_batch per chunk that fits one 64 KiB record batch, unawaited, then awaited together"],
 )
 

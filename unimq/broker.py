@@ -492,6 +492,17 @@ class Consumer:
             out += await self._take(count - len(out))
         return out
 
+    async def receive_batch(self, max_messages: int, timeout: timedelta | float) -> list[Delivery]:
+        """Wait up to ``timeout`` for one delivery, then return it with what is already buffered.
+
+        The batch-processing call (like Kafka's ``getmany`` or a JetStream fetch): it never waits
+        to fill the batch, so a consumer settles what it has while the next batch is fetched.
+        """
+        first = await self.receive(timeout)
+        if first is None:
+            return []
+        return [first, *await self._take(max_messages - 1)]
+
     async def _take(self, limit: int) -> list[Delivery]:
         """Up to ``limit`` buffered deliveries, decoded; those that fail to decode are dead-lettered."""
         buffer = self._buffer
@@ -618,8 +629,13 @@ class Consumer:
         try:
             await self._broker._guard(self._sub.ack_many(pending), f"ack on {self.destination}")
         finally:
-            for delivery in pending:
-                self._settled(delivery, "ack")
+            if telemetry.current is not None:
+                for delivery in pending:
+                    telemetry.current.settled(self._broker.backend, self.destination, self.group, delivery, "ack")
+            self._unsettled -= len(pending)
+            room = self._room
+            if room is not None and not room.done():
+                room.set_result(None)
 
     async def _nack(self, delivery: Delivery, delay: float | None) -> None:
         try:

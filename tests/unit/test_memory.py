@@ -154,3 +154,16 @@ async def test_ack_many_settles_each_once(broker: unimq.Broker) -> None:
         assert all(d.settled for d in got)
         assert await c.receive(timeout=0.4) is None  # nothing redelivered after the lock (0.3 s)
     assert (await broker.stats("am")).in_flight == 0
+
+
+async def test_receive_batch_returns_what_is_buffered_without_waiting_to_fill(broker: unimq.Broker) -> None:
+    await broker.producer("rb").send_many([b"1", b"2", b"3"])
+    async with broker.consumer("rb", prefetch=10) as c:
+        started = time.monotonic()
+        batch = await c.receive_batch(10, timeout=5)
+        assert [d.message.body for d in batch] == [b"1", b"2", b"3"]
+        assert time.monotonic() - started < 1  # did not wait out the timeout to fill 10
+        await c.ack_many(batch)
+        assert await c.receive_batch(10, timeout=0.1) == []
+    async with broker.consumer("rb") as c:
+        assert await c.receive(timeout=0.4) is None  # the batch ack settled all three

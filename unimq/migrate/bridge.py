@@ -75,7 +75,7 @@ class Mirror:
         last = time.monotonic()
         async with self.source.consumer(self.source_dest, self.group, prefetch=self.batch * 2) as consumer:
             while not stop.is_set():
-                deliveries = await _receive_batch(consumer, self.batch, wait=1.0 if idle is None else min(1.0, idle))
+                deliveries = await consumer.receive_batch(self.batch, 1.0 if idle is None else min(1.0, idle))
                 if not deliveries:
                     if idle is not None and time.monotonic() - last >= idle:
                         break
@@ -126,14 +126,6 @@ class Mirror:
         headers = dict(message.headers)
         headers.setdefault(ORIGIN, self.origin)
         return replace(message, headers=headers, delay=None)
-
-
-async def _receive_batch(consumer: Consumer, size: int, wait: float) -> list[Delivery]:
-    """Wait up to ``wait`` for the first delivery, then take what is already buffered, up to ``size``."""
-    first = await consumer.receive(timeout=wait)
-    if first is None:
-        return []
-    return [first, *await consumer.receive_many(size - 1, timeout=0)]
 
 
 async def drain(
