@@ -3,7 +3,8 @@
 aio-pika pushes messages; they wait in a deque that ``basic.qos(prefetch)`` bounds, and
 ``receive`` drains it. Settlement:
 
-- ack → basic.ack;
+- ack → basic.ack, coalesced once per event-loop turn: the acked prefix of the channel's
+  delivered tags goes as one basic.ack(multiple=True), acks past an unsettled tag one by one;
 - nack → quorum: basic.nack(requeue) (the broker counts it in ``x-delivery-count``);
   classic: republish a copy with ``x-unimq-attempt`` = attempt + 1, confirmed, then ack, because
   classic queues cannot count redeliveries;
@@ -20,6 +21,7 @@ import contextlib
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
+import aiormq.abc
 import aiormq.exceptions as amqp_errors
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, ConsumerTag
 
@@ -48,6 +50,65 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+class _Acks:
+    """The acks of one channel, sent once per event-loop turn instead of one frame per message.
+
+    Delivery tags are per channel and increase; ``basic.ack(multiple=True)`` with tag ``t`` settles
+    every outstanding tag up to ``t``. So the acks below the oldest tag still unsettled go as one
+    frame, and acks past it one by one. A consumer draining its buffer acks many messages in one
+    turn: one frame (and one socket write) instead of one per message.
+    """
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+        self.channel = channel
+        self._order: deque[int] = deque()  # delivered tags, oldest first; settled ones pruned lazily
+        self._open: set[int] = set()  # delivered and not settled
+        self._pending: list[int] = []  # acked, frame not yet queued
+        self._task: asyncio.Task[None] | None = None
+
+    def delivered(self, tag: int) -> None:
+        self._order.append(tag)
+        self._open.add(tag)
+
+    def settled(self, tag: int) -> None:
+        """``tag`` was settled by a frame of its own (basic.nack)."""
+        self._open.discard(tag)
+
+    def ack(self, tag: int) -> None:
+        self._open.discard(tag)
+        self._pending.append(tag)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._send())
+
+    async def flush(self) -> None:
+        """Queue every pending ack now (before the channel closes)."""
+        if self._task is None and self._pending:
+            self._task = asyncio.get_running_loop().create_task(self._send())
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def _send(self) -> None:
+        # One sender at a time: an ack(multiple) must not overtake single acks of tags it covers.
+        try:
+            while self._pending:
+                pending, self._pending = self._pending, []
+                order, unsettled = self._order, self._open
+                while order and order[0] not in unsettled:
+                    order.popleft()
+                oldest = order[0] if order else None
+                below = [tag for tag in pending if oldest is None or tag < oldest]
+                past = [tag for tag in pending if oldest is not None and tag > oldest]
+                if len(order) > 2 * len(unsettled) + 64:  # a long-held message: keep the deque bounded
+                    self._order = deque(tag for tag in order if tag in unsettled)
+                with contextlib.suppress(*LOST):  # the channel is gone: the broker redelivers
+                    if below:
+                        await self.channel.basic_ack(max(below), multiple=len(below) > 1, wait=False)
+                    for tag in past:
+                        await self.channel.basic_ack(tag, wait=False)
+        finally:
+            self._task = None
+
+
 class RabbitMQSubscription(Subscription):
     def __init__(self, driver: RabbitMQDriver, destination: str, group: str | None, settings: ReceiveSettings) -> None:
         self._driver = driver
@@ -62,6 +123,7 @@ class RabbitMQSubscription(Subscription):
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: ConsumerTag | None = None
+        self._acks: _Acks | None = None
 
     async def open(self) -> None:
         connection = self._driver.native
@@ -74,6 +136,14 @@ class RabbitMQSubscription(Subscription):
         self._tag = await self._queue.consume(self._on_message)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            channel = message.channel
+        except amqp_errors.ChannelInvalidStateError:
+            return  # delivered on a channel lost since: the broker redelivers it
+        acks = self._acks
+        if acks is None or acks.channel is not channel:
+            acks = self._acks = _Acks(channel)  # a new channel (recovered connection): tags restart
+        acks.delivered(cast(int, message.delivery_tag))
         self._inbox.append(message)
         if self._waiter is not None:
             _wake(self._waiter)
@@ -115,10 +185,19 @@ class RabbitMQSubscription(Subscription):
         await self._ack(delivery.native)
 
     async def _ack(self, incoming: AbstractIncomingMessage) -> None:
-        # basic.ack has no reply: queue the frame without waiting for the socket to drain, as a
-        # lost ack only means a redelivery. (aio-pika's own ack() waits for the drain.)
-        with contextlib.suppress(*LOST):  # the lock is lost: the broker redelivers the message
-            await incoming.channel.basic_ack(cast(int, incoming.delivery_tag), wait=False)
+        # basic.ack has no reply and a lost ack only means a redelivery: hand the tag to the
+        # channel's coalescer rather than waiting for the socket (aio-pika's own ack() waits).
+        acks = self._acks
+        try:
+            channel = incoming.channel
+        except amqp_errors.ChannelInvalidStateError:
+            return  # the lock is lost: the broker redelivers the message
+        tag = cast(int, incoming.delivery_tag)
+        if acks is not None and acks.channel is channel:
+            acks.ack(tag)
+            return
+        with contextlib.suppress(*LOST):  # a channel this consumer does not track: ack directly
+            await channel.basic_ack(tag, wait=False)
 
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
         incoming: AbstractIncomingMessage = delivery.native
@@ -127,6 +206,8 @@ class RabbitMQSubscription(Subscription):
         if delay is None and self._quorum:
             with contextlib.suppress(*LOST):
                 await incoming.nack(requeue=True)
+                if self._acks is not None and self._acks.channel is incoming.channel:
+                    self._acks.settled(cast(int, incoming.delivery_tag))
             return
         target = self._queue_name
         if delay:
@@ -163,6 +244,8 @@ class RabbitMQSubscription(Subscription):
             return
         with contextlib.suppress(*LOST):
             try:
+                if self._acks is not None:
+                    await self._acks.flush()
                 if self._queue is not None and self._tag is not None:
                     await self._queue.cancel(self._tag)
             finally:

@@ -223,6 +223,33 @@ async def test_close_requeues_buffered_messages(broker: unimq.Broker, dest: str)
     assert sorted(d.message.body for d in got if d) == [b"1", b"2", b"3"]
 
 
+async def test_coalesced_acks_settle_exactly_what_was_acked(broker: unimq.Broker, dest: str) -> None:
+    """Acks go out coalesced (one basic.ack multiple=True below the oldest unsettled tag, single
+    acks past it): acking out of order around held and nacked messages settles exactly the acked
+    ones, and no ack closes the channel (a wrong multiple-ack would: unknown delivery tag)."""
+    await broker.ensure(dest)
+    bodies = [str(i).encode() for i in range(20)]
+    await broker.producer(dest).send_many(bodies)
+    async with broker.consumer(dest, prefetch=20) as consumer:
+        got = await consumer.receive_many(20, timeout=5)
+        assert [d.message.body for d in got] == bodies
+        held, nacked = {3, 11}, 7
+        for i in [*range(19, 11, -1), *range(0, 11)]:
+            if i not in held and i != nacked:
+                await got[i].ack()
+            if i == 15:
+                await asyncio.sleep(0.05)  # let a flush go out between acks
+        await got[nacked].nack()
+        again = await consumer.receive(timeout=5)
+        assert again is not None and again.message.body == bodies[nacked] and again.attempt == 2
+        await again.ack()
+    async with broker.consumer(dest) as consumer:
+        back = await consumer.receive_many(20, timeout=2)
+        assert sorted(d.message.body for d in back) == sorted(bodies[i] for i in held)
+        for delivery in back:
+            await delivery.ack()
+
+
 def test_delay_buckets_round_up_to_two_digits() -> None:
     assert [delay_bucket(s) for s in (0.0001, 0.057, 0.1234, 1.0, 12.345)] == [1, 57, 130, 1000, 13000]
 
