@@ -3,7 +3,7 @@
 * produce: plain pipelined XADD (batches of 1000, up to 8 pipelines in flight, as the core sends)
   vs ``producer.send_many``; batching off: one awaited XADD / ``send`` per message;
 * consume: plain XREADGROUP COUNT 100 + one XACK per batch (batching off: one XACK per message)
-  vs a unimq consumer: ``receive_many(100)`` + ``ack_many`` (one XACK per batch), batching off
+  vs a unimq consumer: ``receive_batch(100)`` + ``ack_many`` (one XACK per batch), batching off
   ``receive`` + ``ack`` per message. Consumers share one group (competing).
 
 Kombu's Redis transport uses lists (LPUSH/BRPOP), not streams: same broker, its own structure.
@@ -97,23 +97,10 @@ class RedisPy(Contender):
                 await self.redis.xack(dest, GROUP, *(entry_id for entry_id, _ in entries))
 
 
-class Unimq(UnimqContender):
-    async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
-        if not batch:
-            await super().consume(dest, quota, batch)
-            return
-        async with self._consumer(dest) as consumer:
-            while not quota.finished:
-                got = await consumer.receive_many(min(READ_COUNT, quota.remaining), timeout=1.0)
-                await consumer.ack_many(got)
-                if got:
-                    quota.take(len(got))
-
-
 def contenders(url: str) -> list[Contender]:
     return [
         RedisPy(url),
-        Unimq(url, prefetch=READ_COUNT, group="unimq", start="earliest"),
+        UnimqContender(url, prefetch=READ_COUNT, group="unimq", receive_batch=READ_COUNT, start="earliest"),
         peers.FastStreamRedis(url, batch_size=BATCH, depth=DEPTH, read_count=READ_COUNT),
         peers.Kombu(url, prefetch=READ_COUNT),
     ]
@@ -126,7 +113,7 @@ BACKEND = Backend(
     quick_count=2_000,
     full_count=20_000,
     notes=["raw: pipelined XADD, 1000 per pipeline, 8 pipelines in flight; XREADGROUP COUNT 100 + XACK per batch",
-           "unimq: send_many / receive_many(100) + ack_many (batching on), send / receive + ack (off)",
+           "unimq: send_many / receive_batch(100) + ack_many (batching on), send / receive + ack (off)",
            "FastStream: publish(pipeline=) in the same pipelines; StreamSub consumer group (batch=True when on)",
            "Kombu's Redis transport is list-based (LPUSH/BRPOP), one publish per round trip",
            "FastStream's batch stream subscriber JSON-dumps bodies: random binary fails (UnicodeDecodeError), "
