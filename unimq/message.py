@@ -7,6 +7,7 @@ message; validation happens once, at the producer, against the backend's capabil
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -15,9 +16,16 @@ if TYPE_CHECKING:
     from unimq.broker import Consumer
 
 
+#: A private generator, seeded from the OS and reseeded in forked children, so that an
+#: application calling ``random.seed()`` cannot make two processes mint the same ids.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+_bits = _ids.getrandbits
+
+
 def new_message_id() -> str:
-    """128 random bits as 32 hex digits (same shape as ``uuid4().hex``, ~5x cheaper)."""
-    return os.urandom(16).hex()
+    """128 random bits as 32 hex digits (same shape as ``uuid4().hex``; no system call per id)."""
+    return _bits(128).to_bytes(16).hex()
 
 
 @dataclass(slots=True)
