@@ -4,6 +4,11 @@ Each receiver's ``receive_messages`` runs in a task of its own, so a cancelled `
 never drops a batch: what arrives afterwards is returned by the next call, and on close every
 message received but not settled is abandoned (it comes back with the next attempt at once,
 instead of after its lock expires).
+
+Settlements go one at a time, ``ack_many`` included (the inherited loop): the SDK's reads and
+writes share one lock, and a settlement waiting for its outcome reads while holding it, so
+concurrent settlements stall for the socket timeout (0.2 s) once the last outcome has been read
+(10 concurrent completes: ~200 ms, one after another: ~5 ms).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -104,19 +109,6 @@ class ServiceBusSubscription(Subscription):
     async def ack(self, delivery: Delivery) -> None:
         if self._peek_lock:
             await self._settle(delivery, delivery.token.complete_message)
-
-    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        """Complete them concurrently: a peek-lock settlement waits for the service's outcome, so
-        one at a time costs a round trip each, while concurrent ones share the link's round trips."""
-        if not self._peek_lock or not deliveries:
-            return
-        if len(deliveries) == 1:
-            await self.ack(deliveries[0])
-            return
-        results = await asyncio.gather(*(self.ack(d) for d in deliveries), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
 
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
         if not self._peek_lock:
