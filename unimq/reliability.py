@@ -16,6 +16,8 @@ from unimq.message import Message
 HEADER_PREFIX = "x-unimq-"
 ATTEMPT = "x-unimq-attempt"
 NOT_BEFORE = "x-unimq-not-before"
+#: Emulated TTL: the epoch-milliseconds time after which unimq consumers drop the message.
+EXPIRES_AT = "x-unimq-expires-at"
 DEAD_LETTER_REASON = "x-unimq-dead-letter-reason"
 DEAD_LETTER_SOURCE = "x-unimq-dead-letter-source"
 DEAD_LETTER_GROUP = "x-unimq-dead-letter-group"
@@ -66,21 +68,38 @@ def redelivery_copy(message: Message, attempt: int, delay: float | None) -> Mess
     headers = dict(message.headers)
     headers[ATTEMPT] = str(attempt)
     if delay:
-        headers[NOT_BEFORE] = str(int((time.time() + delay) * 1000))
+        headers[NOT_BEFORE] = str(epoch_ms_after(delay))
     else:
         headers.pop(NOT_BEFORE, None)
     return replace(message, headers=headers, delay=None)
 
 
+def epoch_ms_after(seconds: float) -> int:
+    """Epoch milliseconds ``seconds`` from now: how emulated delays and TTLs are stamped."""
+    return int((time.time() + seconds) * 1000)
+
+
+def epoch_ms(headers: dict[str, str] | None, name: str) -> int:
+    """The epoch-milliseconds header ``name`` (``NOT_BEFORE``, ``EXPIRES_AT``); 0 if absent or malformed."""
+    raw = headers.get(name) if headers else None
+    if not raw:
+        return 0
+    try:
+        return int(raw)
+    except ValueError:
+        return 0
+
+
+def seconds_until(headers: dict[str, str] | None, name: str) -> float:
+    """Seconds until the time in header ``name`` (negative if past, inf if absent)."""
+    stamp = epoch_ms(headers, name)
+    return stamp / 1000 - time.time() if stamp else float("inf")
+
+
 def seconds_until_due(message: Message) -> float:
     """Seconds until an emulated delay is over (0 if none or past)."""
-    due = message.headers.get(NOT_BEFORE)
-    if not due:
-        return 0.0
-    try:
-        return max(0.0, int(due) / 1000 - time.time())
-    except ValueError:
-        return 0.0
+    due = epoch_ms(message.headers, NOT_BEFORE)
+    return max(0.0, due / 1000 - time.time()) if due else 0.0
 
 
 def attempt_from_headers(message: Message, native_count: int = 1) -> int:

@@ -8,19 +8,16 @@ non-unimq applications can read and write them: ``message-id``, ``correlation-id
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 from unimq.message import Message
-from unimq.reliability import NOT_BEFORE
+from unimq.reliability import EXPIRES_AT, NOT_BEFORE, epoch_ms_after
 
 MESSAGE_ID = "message-id"
 CORRELATION_ID = "correlation-id"
 REPLY_TO = "reply-to"
 CONTENT_TYPE = "content-type"
-#: Emulated TTL: epoch milliseconds after which unimq consumers drop the message.
-EXPIRES_AT = "x-unimq-expires-at"
 #: Where a dead-lettered record came from (in addition to the core's reason/source/group headers).
 DEAD_LETTER_TOPIC = "x-unimq-dead-letter-topic"
 DEAD_LETTER_PARTITION = "x-unimq-dead-letter-partition"
@@ -45,9 +42,9 @@ def to_headers(message: Message) -> RecordHeaders:
     if message.headers:
         out += [(k, v.encode(_ENC, _ERR)) for k, v in message.headers.items() if k not in MAPPED]
     if message.delay is not None and message.delay.total_seconds() > 0:
-        out.append((NOT_BEFORE, str(int((time.time() + message.delay.total_seconds()) * 1000)).encode()))
+        out.append((NOT_BEFORE, b"%d" % epoch_ms_after(message.delay.total_seconds())))
     if message.ttl is not None:
-        out.append((EXPIRES_AT, str(int((time.time() + message.ttl.total_seconds()) * 1000)).encode()))
+        out.append((EXPIRES_AT, b"%d" % epoch_ms_after(message.ttl.total_seconds())))
     return out
 
 
@@ -110,13 +107,3 @@ def _timestamp(ms: int | None) -> datetime | None:
     _last[0] = (ms, dt)
     return dt
 
-
-def epoch_ms_header(message: Message, name: str) -> int:
-    """An epoch-milliseconds header as int (0 when absent or malformed)."""
-    raw = message.headers.get(name)
-    if not raw:
-        return 0
-    try:
-        return int(raw)
-    except ValueError:
-        return 0

@@ -34,13 +34,11 @@ from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 from unimq.driver import ReceiveSettings, Subscription
 from unimq.errors import PublishError
 from unimq.message import Delivery
-from unimq.reliability import ATTEMPT, NOT_BEFORE, dead_letter_copy, redelivery_copy
+from unimq.reliability import ATTEMPT, EXPIRES_AT, NOT_BEFORE, dead_letter_copy, epoch_ms, redelivery_copy
 from unimq_kafka.mapping import (
     DEAD_LETTER_OFFSET,
     DEAD_LETTER_PARTITION,
     DEAD_LETTER_TOPIC,
-    EXPIRES_AT,
-    epoch_ms_header,
     from_record,
 )
 from unimq_kafka.offsets import OffsetTracker
@@ -261,7 +259,7 @@ class KafkaSubscription(Subscription):
                 offset = record.offset
                 headers = message.headers
                 if headers:
-                    due = epoch_ms_header(message, NOT_BEFORE)
+                    due = epoch_ms(headers, NOT_BEFORE)
                     if due > now_ms:
                         if tp.topic == retry_topic:
                             self._hold(tp, offset, (due - now_ms) / 1000)
@@ -269,7 +267,7 @@ class KafkaSubscription(Subscription):
                         track(offset)
                         await self._defer(record, tracker, tp)
                         continue
-                    expires = epoch_ms_header(message, EXPIRES_AT)
+                    expires = epoch_ms(headers, EXPIRES_AT)
                     if expires and expires <= now_ms:
                         track(offset)
                         tracker.ack(offset)

@@ -39,13 +39,12 @@ from unimq.errors import (
     wrap,
 )
 from unimq.message import Message
-from unimq.reliability import NOT_BEFORE
+from unimq.reliability import EXPIRES_AT, NOT_BEFORE, seconds_until
 from unimq.url import BrokerURL
 from unimq_nats.core import CoreSubscription
 from unimq_nats.jetstream import JetStreamSubscription
 from unimq_nats.mapping import (
     DEFAULT_DURABLE,
-    EXPIRES,
     HEADER_RESERVE,
     check_subject,
     core_capabilities,
@@ -53,7 +52,6 @@ from unimq_nats.mapping import (
     described,
     durable_name,
     jetstream_capabilities,
-    seconds_until,
     stream_name,
     to_headers,
     to_message,
@@ -422,7 +420,7 @@ class NatsDriver(Driver):
                 break
             seq = (raw.seq or seq) + 1
             headers = raw.headers
-            if seconds_until(headers, EXPIRES) <= 0 or 0 < seconds_until(headers, NOT_BEFORE) < float("inf"):
+            if seconds_until(headers, EXPIRES_AT) <= 0 or 0 < seconds_until(headers, NOT_BEFORE) < float("inf"):
                 continue
             out.append(to_message(raw.data or b"", headers, f"{stream}-{raw.seq}", raw.time))
         return out

@@ -21,8 +21,8 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from unimq.driver import ReceiveSettings, Subscription
 from unimq.errors import NotFound, PublishError
 from unimq.message import Delivery, Message
-from unimq.reliability import NOT_BEFORE, dead_letter_copy
-from unimq_nats.mapping import EXPIRES, described, durable_name, seconds_until, to_message
+from unimq.reliability import EXPIRES_AT, NOT_BEFORE, dead_letter_copy, seconds_until
+from unimq_nats.mapping import described, durable_name, to_message
 
 if TYPE_CHECKING:
     from unimq_nats.driver import NatsDriver
@@ -128,8 +128,8 @@ class JetStreamSubscription(Subscription):
             headers = msg.headers
             meta = msg.metadata
             seq = meta.sequence.stream
-            if headers and (EXPIRES in headers or NOT_BEFORE in headers):
-                if seconds_until(headers, EXPIRES) <= 0:
+            if headers and (EXPIRES_AT in headers or NOT_BEFORE in headers):
+                if seconds_until(headers, EXPIRES_AT) <= 0:
                     await msg.ack()
                     continue
                 due = seconds_until(headers, NOT_BEFORE)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import re
-import time
 from datetime import datetime, timedelta
 from typing import Any
 
 from unimq.capabilities import Capabilities, emulated, native, none
 from unimq.errors import ConfigError
 from unimq.message import Message
-from unimq.reliability import NOT_BEFORE
+from unimq.reliability import EXPIRES_AT, NOT_BEFORE, epoch_ms, epoch_ms_after
 
 #: Header names unimq's fields travel in. ``message_id`` travels as JetStream's de-duplication header
 #: ``Nats-Msg-Id`` on destinations ensured with ``deduplication=``, else as ``Message-Id``: the server's
@@ -23,8 +22,6 @@ CONTENT_TYPE = "Content-Type"
 CORRELATION_ID = "Correlation-Id"
 REPLY_TO = "Reply-To"
 KEY = "Message-Key"
-#: Emulated per-message TTL: absolute expiry, epoch milliseconds (server 2.11's Nats-TTL is not used).
-EXPIRES = "x-unimq-expires"
 #: Prefix of the stream/durable description where unimq records what ensure() asked for.
 MARKER = "unimq "
 DEFAULT_DURABLE = "default"
@@ -111,9 +108,9 @@ def to_headers(message: Message, dedup: bool) -> dict[str, str]:
     if message.key is not None:
         headers[KEY] = message.key
     if message.delay is not None and message.delay.total_seconds() > 0:
-        headers[NOT_BEFORE] = str(int((time.time() + message.delay.total_seconds()) * 1000))
+        headers[NOT_BEFORE] = str(epoch_ms_after(message.delay.total_seconds()))
     if message.ttl is not None:
-        headers[EXPIRES] = str(int((time.time() + message.ttl.total_seconds()) * 1000))
+        headers[EXPIRES_AT] = str(epoch_ms_after(message.ttl.total_seconds()))
     return headers
 
 
@@ -125,9 +122,10 @@ def to_message(data: bytes, headers: dict[str, str] | None, fallback_id: str, ti
     message_id = headers.pop(MSG_ID, None) or headers.pop(PLAIN_MSG_ID, None) or fallback_id
     headers.pop(PLAIN_MSG_ID, None)
     ttl = None
-    expires = headers.pop(EXPIRES, None)
+    expires = epoch_ms(headers, EXPIRES_AT)
+    headers.pop(EXPIRES_AT, None)
     if expires and timestamp is not None:
-        ttl = timedelta(milliseconds=max(0, _int(expires) - int(timestamp.timestamp() * 1000)))
+        ttl = timedelta(milliseconds=max(0, expires - int(timestamp.timestamp() * 1000)))
     return Message(
         body=data, headers=headers, message_id=message_id, key=headers.pop(KEY, None),
         correlation_id=headers.pop(CORRELATION_ID, None), reply_to=headers.pop(REPLY_TO, None),
@@ -137,21 +135,6 @@ def to_message(data: bytes, headers: dict[str, str] | None, fallback_id: str, ti
 
 def _has_encoded(headers: dict[str, str]) -> bool:
     return any(k.startswith(_KEY_PREFIX) or v.startswith("=?") for k, v in headers.items())
-
-
-def seconds_until(headers: dict[str, str] | None, name: str) -> float:
-    """Seconds until the epoch-milliseconds time in header ``name`` (negative if past, inf if absent)."""
-    value = headers.get(name) if headers else None
-    if not value:
-        return float("inf")
-    return _int(value) / 1000 - time.time()
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        return 0
 
 
 def jetstream_capabilities(max_message_bytes: int, max_batch: int) -> Capabilities:
@@ -169,7 +152,7 @@ def jetstream_capabilities(max_message_bytes: int, max_batch: int) -> Capabiliti
         dead_letter=emulated(note="reject = copy to <destination>.dlq (reason in x-unimq-dead-letter-reason) "
                                   "then term; past max_deliveries the copy is made on the next receipt"),
         priority=none("JetStream has no priorities; use a destination per priority"),
-        message_ttl=emulated(note="x-unimq-expires header; an expired message is acked and dropped on receipt "
+        message_ttl=emulated(note="x-unimq-expires-at header; an expired message is acked and dropped on receipt "
                                   "and stays in the stream until its retention removes it"),
         deduplication=native(note="on destinations ensured with deduplication=: Nats-Msg-Id = message_id "
                                   "within the stream's duplicate_window"),

@@ -19,13 +19,10 @@ from aio_pika.abc import AbstractIncomingMessage
 from pamqp.commands import Basic
 
 from unimq.message import Message, new_message_id
-from unimq.reliability import ATTEMPT, DEAD_LETTER_REASON
+from unimq.reliability import ATTEMPT, DEAD_LETTER_REASON, EXPIRES_AT
 
 #: The routing key of a copy republished through the default exchange (delay, classic nack).
 KEY = "x-unimq-key"
-#: Absolute expiry (epoch ms) of a delayed message that also has a ttl: expiration cannot
-#: survive the dead-lettering that ends the delay, so the consumer checks this instead.
-EXPIRES_AT = "x-unimq-expires-at"
 DELIVERY_COUNT = "x-delivery-count"
 _DEATH = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
           "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason")

@@ -20,6 +20,7 @@ import uuid
 from datetime import UTC, datetime
 
 from unimq.message import Message
+from unimq.reliability import epoch_ms_after
 
 BODY = "body"
 HEADER = "h:"
@@ -71,7 +72,7 @@ def to_fields(message: Message, stamp: bool = False) -> list[bytes]:
     elif stamp:
         fields += (_TIMESTAMP, b"%d" % now_ms())
     if message.ttl is not None:
-        fields += (_EXPIRES, b"%d" % (now_ms() + int(message.ttl.total_seconds() * 1000)))
+        fields += (_EXPIRES, b"%d" % epoch_ms_after(message.ttl.total_seconds()))
     for name, value in message.headers.items():
         fields += ((HEADER + name).encode(), value.encode())
     return fields

@@ -23,7 +23,7 @@ from typing import Any
 
 from unimq.errors import CapabilityError, MessageTooLarge
 from unimq.message import Message
-from unimq.reliability import DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, HEADER_PREFIX
+from unimq.reliability import DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, HEADER_PREFIX, epoch_ms_after
 
 #: The one attribute carrying unimq's properties as JSON.
 META = "unimq"
@@ -123,7 +123,7 @@ def encode(
         if value is not None:
             meta[prop] = value
     if message.ttl is not None:
-        meta["expires"] = int((time.time() + message.ttl.total_seconds()) * 1000)
+        meta["expires"] = epoch_ms_after(message.ttl.total_seconds())
     if meta:
         packed = _dump_meta(meta)
         attributes[META] = {"DataType": STRING, "StringValue": packed}
