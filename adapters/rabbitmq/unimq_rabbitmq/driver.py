@@ -52,6 +52,10 @@ MAX_DELAY_SECONDS = (2**32 - 1) / 1000
 REDECLARE_EVERY = 30.0
 DELAY_QUEUE_GRACE_MS = 300_000
 BIND_ALL = "#"
+#: In a confirmed batch, bodies up to this size are queued without waiting for the socket write;
+#: larger ones wait, so a pipelined batch cannot pile up megabytes in the transport's buffer
+#: (Python 3.11's selector transport copies the unsent rest of that buffer after every partial write).
+NO_DRAIN_MAX_BYTES = 4096
 
 
 class RabbitMQDriver(Driver):
@@ -313,8 +317,9 @@ class RabbitMQDriver(Driver):
         """Publish (exchange, routing key, body, properties) tuples pipelined; await all confirms.
 
         The per-send hot path: no task per call (asyncio.timeout, not wait_for; one send awaited
-        directly, not through gather), and with confirms the publish does not also wait for the
-        socket write (``wait=False``), which would hold aiormq's channel lock until the writer ran.
+        directly, not through gather). With confirms a publish need not also wait for the socket
+        write (``wait=False``), which would hold aiormq's channel lock until its writer task ran;
+        the confirm is awaited anyway.
         """
         timeout = self.options.publish_timeout
         confirm = self.options.confirm
@@ -333,7 +338,7 @@ class RabbitMQDriver(Driver):
             return [self._result(result, exchange, key)]
         results = await asyncio.gather(
             *(channel.basic_publish(body, exchange=exchange, routing_key=key, properties=props, mandatory=True,
-                                    timeout=timeout, wait=not confirm)
+                                    timeout=timeout, wait=not confirm or len(body) > NO_DRAIN_MAX_BYTES)
               for exchange, key, body, props in sends),
             return_exceptions=True,
         )
