@@ -443,7 +443,18 @@ class KafkaSubscription(Subscription):
             try:
                 await self._commit()
             finally:
-                await self._consumer.stop()
+                await self._stop_consumer()
+
+    async def _stop_consumer(self) -> None:
+        """Stop aiokafka; its fetcher re-raises the cancellation of its own in-flight fetch
+        (seen when a connection dropped just before close), which is not the caller's."""
+        try:
+            await self._consumer.stop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            log.debug("kafka: consumer of %r stopped while a fetch was being retried", self._topic)
 
 
 def _attempt(headers: dict[str, str]) -> int:
