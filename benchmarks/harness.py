@@ -74,6 +74,12 @@ class Quota:
     def finished(self) -> bool:
         return self.remaining <= 0
 
+    def arrived(self) -> None:
+        """The first messages arrived (call before settling them, so settling is inside the timing)."""
+        with self._lock:
+            if not self.first:
+                self.first = time.perf_counter()
+
     def take(self, n: int = 1) -> None:
         with self._lock:
             if not self.first:
@@ -192,6 +198,7 @@ class UnimqContender(Contender):
                 while not quota.finished:
                     got = await consumer.receive_batch(min(self.receive_batch, quota.remaining), timeout=1.0)
                     if got:
+                        quota.arrived()
                         await consumer.ack_many(got)
                         quota.take(len(got))
                 return

@@ -122,6 +122,7 @@ class Unimq(UnimqContender):
             while not quota.finished:
                 got = await consumer.receive_batch(min(PREFETCH, quota.remaining), timeout=0.1)
                 if got:
+                    quota.arrived()
                     await consumer.ack_many(got)
                     quota.take(len(got))
 

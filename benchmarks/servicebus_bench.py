@@ -5,7 +5,7 @@ produce and consume. Raw side (what an SDK application at its best writes): one 
 packed into size-aware ``ServiceBusMessageBatch`` objects sent one after another; one PEEK_LOCK
 receiver with prefetch 500, ``receive_messages`` and ``complete_message`` for each message. unimq,
 as an application would write it: ``send_many``; a consumer with prefetch 500 reading with
-``receive_many`` and settling with ``ack_many`` (batching on), or ``receive`` and ``ack`` (off).
+``receive_batch`` and settling with ``ack_many`` (batching on), or ``receive`` and ``ack`` (off).
 
 Opening an AMQP link costs about 0.5 s with the SDK against the double, so both sides open their
 sender when the destination is created (untimed) and consume is timed from the first message.
@@ -17,7 +17,6 @@ Every repetition uses a fresh queue, provisioned through the double's control no
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
@@ -115,14 +114,10 @@ class Unimq(UnimqContender):
             return
         async with self._consumer(dest) as consumer:
             while not quota.finished:
-                got = await consumer.receive_many(min(PREFETCH, quota.remaining), timeout=1.0)
-                if got and not quota.first:
-                    # Timed from the first message received, as the raw side (which counts after
-                    # its first complete): counting after the first ack_many would leave the
-                    # first batch's settling out of the time.
-                    quota.first = time.perf_counter()
-                await consumer.ack_many(got)
+                got = await consumer.receive_batch(min(PREFETCH, quota.remaining), timeout=1.0)
                 if got:
+                    quota.arrived()  # timed from the first message received, settling included
+                    await consumer.ack_many(got)
                     quota.take(len(got))
 
 
