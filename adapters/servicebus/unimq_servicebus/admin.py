@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
-from unimq.errors import ConfigError, NotFound, UnimqError
+from unimq.errors import ConfigError, ConnectionError, NotFound, UnimqError
 from unimq_servicebus.options import Endpoint
 
 Kind = Literal["queue", "topic"]
@@ -124,13 +125,21 @@ class ControlAdmin(Admin):
         from azure.servicebus._pyamqp.aio import AMQPClientAsync
         from azure.servicebus._pyamqp.message import Message
 
-        if self._client is None:
-            client = AMQPClientAsync(self._host, use_tls=False, auth=_Anonymous())  # type: ignore[no-untyped-call]
-            await client.open_async()  # type: ignore[no-untyped-call]
-            self._client = client
         request = Message(value=body, application_properties={"operation": operation})
-        status, description, response = await self._client.mgmt_request_async(
-            request, operation=operation, operation_type=b"unimq", node=CONTROL_NODE, timeout=CONTROL_TIMEOUT)
+        try:
+            if self._client is None:
+                client = AMQPClientAsync(self._host, use_tls=False, auth=_Anonymous())  # type: ignore[no-untyped-call]
+                self._client = client
+                await client.open_async()  # type: ignore[no-untyped-call]
+            status, description, response = await self._client.mgmt_request_async(
+                request, operation=operation, operation_type=b"unimq", node=CONTROL_NODE, timeout=CONTROL_TIMEOUT)
+        except Exception as exc:
+            # The connection is gone (broker restarted, network): the next request opens a new one.
+            broken, self._client = self._client, None
+            with contextlib.suppress(Exception):
+                await broken.close_async()
+            raise ConnectionError(f"servicebus: {operation} failed, the control connection was lost: "
+                                  f"{type(exc).__name__}: {exc}") from exc
         text = description.decode() if isinstance(description, bytes) else str(description)
         if status == 404:
             raise NotFound(f"servicebus: {text}")

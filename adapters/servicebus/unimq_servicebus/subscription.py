@@ -26,7 +26,7 @@ from azure.servicebus.aio import ServiceBusReceiver
 from azure.servicebus.exceptions import MessageAlreadySettled, MessageLockLostError, SessionLockLostError
 
 from unimq.driver import Subscription
-from unimq.errors import CapabilityError
+from unimq.errors import CapabilityError, ConfigError, ConnectionError, NotFound
 from unimq.message import Delivery
 from unimq_servicebus.mapping import attempt_of, dead_letter_fields, to_message
 
@@ -68,6 +68,8 @@ class ServiceBusSubscription(Subscription):
             out.append(backlog.popleft())
         if out:
             return out
+        if not self._receivers:  # dropped after a failure: reopen (raises while the broker is away)
+            self._receivers = await self._driver.open_receivers(self._destination, self._group, self._prefetch)
         pending = self._pending
         wait = max(timeout, 0.01)
         for receiver in self._receivers:
@@ -77,13 +79,38 @@ class ServiceBusSubscription(Subscription):
         done, _ = await asyncio.wait(pending.values(), timeout=wait + 0.5, return_when=asyncio.FIRST_COMPLETED)
         if not done:
             return out
+        failure: BaseException | None = None
         for receiver, task in list(pending.items()):
             if task in done:
                 del pending[receiver]
-                self._accept(receiver, task.result())
+                if task.exception() is None:
+                    self._accept(receiver, task.result())
+                elif failure is None:
+                    failure = task.exception()
+        if failure is not None and not backlog:
+            await self._drop_receivers(failure)
         while backlog and len(out) < max_messages:
             out.append(backlog.popleft())
         return out
+
+    async def _drop_receivers(self, failure: BaseException) -> None:
+        """A receive failed. Missing entities and bad settings are the caller's; anything else
+        may have shut the SDK's handler down for good ("Handler failed" after a connection
+        reset), so close every receiver and let the next receive open new ones. Their unsettled
+        messages come back when their locks expire; settling them now is a no-op."""
+        mapped = self._driver.map_error(failure, f"receive from {self._destination}")
+        if isinstance(mapped, NotFound | ConfigError):
+            raise mapped from failure
+        receivers, self._receivers = self._receivers, []
+        for task in self._pending.values():
+            task.cancel()
+        self._pending.clear()
+        self._unsettled = {key: (r, m) for key, (r, m) in self._unsettled.items() if r not in receivers}
+        for receiver in receivers:
+            with contextlib.suppress(Exception):
+                await receiver.close()
+        raise ConnectionError(f"servicebus: receiving from {self._destination!r} failed; "
+                              f"the receiver will be reopened: {mapped}") from failure
 
     def _accept(self, receiver: ServiceBusReceiver, batch: list[ServiceBusReceivedMessage]) -> None:
         dead_letter = self._dead_letter
@@ -137,10 +164,11 @@ class ServiceBusSubscription(Subscription):
             else:
                 try:
                     await receiver.renew_message_lock(received)
-                except LOST:
+                except Exception:  # lock lost, or the receiver was shut down: it comes back anyway
                     self._unsettled.pop(id(received), None)
                     return
-        await self._settle(delivery, receiver.abandon_message)
+        with contextlib.suppress(Exception):  # as above: an abandon that fails leaves the lock to expire
+            await self._settle(delivery, receiver.abandon_message)
 
     async def reject(self, delivery: Delivery, reason: str) -> None:
         if not self._peek_lock:
