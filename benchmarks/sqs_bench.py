@@ -3,7 +3,9 @@
 Raw side: SendMessageBatch of 10 (split further to stay under 256 KiB) with 8 batches in flight
 from a thread pool per producer (unimq's ``send_many`` pipelines 8 batches too); consumers poll
 ReceiveMessage ×10 from 8 threads each and delete with DeleteMessageBatch (batching off: one
-DeleteMessage per message). unimq consumes with 8 loops of ``receive_many(10)`` + ``ack_many`` per
+DeleteMessage per message). ``raw+id`` is the same with a message-id attribute on every message,
+as unimq sends: the ratio to ``raw`` is the cost of unimq and its id, to ``raw+id`` unimq's alone.
+unimq consumes with 8 loops of ``receive_many(10)`` + ``ack_many`` per
 consumer (batching off: ``broker.consume(concurrency=80, prefetch=80)``, one ``ack()`` per message),
 the same 10 × 8 messages in flight.
 
@@ -13,6 +15,7 @@ the same 10 × 8 messages in flight.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -45,8 +48,15 @@ def _chunks(payloads: list[bytes]) -> list[list[bytes]]:
     return [c for c in out if c]
 
 
+def _id_attribute() -> dict[str, Any]:
+    """The message id as unimq's SQS mapping carries it (one String attribute, JSON)."""
+    return {"unimq": {"DataType": "String", "StringValue": f'{{"message_id":"{os.urandom(16).hex()}"}}'}}
+
+
 class Boto3(Contender):
     name = "raw"
+    #: Send a message-id attribute as unimq does (the ``raw+id`` baseline).
+    with_id = False
 
     def __init__(self, url: str) -> None:
         query = parse_url(url).query
@@ -74,7 +84,10 @@ class Boto3(Contender):
         await asyncio.to_thread(self.sqs.delete_queue, QueueUrl=self.urls.pop(dest))
 
     def _send(self, url: str, bodies: list[bytes]) -> None:
-        entries = [{"Id": str(i), "MessageBody": b.decode()} for i, b in enumerate(bodies)]
+        entries: list[dict[str, Any]] = [{"Id": str(i), "MessageBody": b.decode()} for i, b in enumerate(bodies)]
+        if self.with_id:
+            for entry in entries:
+                entry["MessageAttributes"] = _id_attribute()
         response = self.sqs.send_message_batch(QueueUrl=url, Entries=entries)
         if response.get("Failed"):
             raise RuntimeError(response["Failed"])
@@ -82,7 +95,7 @@ class Boto3(Contender):
     def _produce(self, url: str, payloads: list[bytes], batch: bool) -> None:
         if not batch:
             for body in payloads:
-                self.sqs.send_message(QueueUrl=url, MessageBody=body.decode())
+                self._send_one(url, body)
             return
         with ThreadPoolExecutor(DEPTH) as pool:
             list(pool.map(lambda chunk: self._send(url, chunk), _chunks(payloads)))
@@ -117,8 +130,13 @@ class Boto3(Contender):
         finally:
             cancelled.set()
 
+    def _send_one(self, url: str, body: bytes) -> None:
+        extra = {"MessageAttributes": _id_attribute()} if self.with_id else {}
+        self.sqs.send_message(QueueUrl=url, MessageBody=body.decode(), **extra)
+
     async def send_one(self, dest: str, body: bytes) -> None:
-        await asyncio.to_thread(self.sqs.send_message, QueueUrl=self.urls[dest], MessageBody=body.decode())
+        await asyncio.to_thread(self._send_one, self.urls[dest], body)
+
 
     async def receive_all(self, dest: str, on_body: Callable[[bytes], None]) -> None:
         loop = asyncio.get_running_loop()
@@ -128,6 +146,13 @@ class Boto3(Contender):
                                     lambda b: loop.call_soon_threadsafe(on_body, b), cancelled.is_set)
         finally:
             cancelled.set()
+
+
+class Boto3WithId(Boto3):
+    """boto3 carrying a message id attribute, as unimq does: the ratio to it is unimq's own cost."""
+
+    name = "raw+id"
+    with_id = True
 
 
 class Unimq(UnimqContender):
@@ -167,6 +192,7 @@ def contenders(url: str) -> list[Contender]:
     endpoint = str(query.get("endpoint_url", "http://127.0.0.1:9324")).split("://", 1)[1]
     return [
         Boto3(url),
+        Boto3WithId(url),
         Unimq(url, prefetch=BATCH * DEPTH, ensure=lambda w: {"dead_letter": False}),
         peers.Kombu(f"sqs://x:x@{endpoint}", prefetch=BATCH,
                     transport_options={"region": query.get("region", "us-east-1"), "is_secure": False}),
@@ -182,6 +208,7 @@ BACKEND = Backend(
     latency_rate=100.0,
     notes=["ElasticMQ on the same machine: the client's CPU (botocore), not the network, bounds every side",
            "raw: SendMessageBatch ×10, 8 in flight; 8 pollers × ReceiveMessage 10 + DeleteMessageBatch per consumer",
+           "raw+id: raw with a message-id attribute on every message, as unimq sends (its floor on this client)",
            "unimq: send_many (8 batches in flight); 8 × receive_many(10) + ack_many per consumer "
            "(batching off: broker.consume(concurrency=80, prefetch=80), one ack() each)",
            "Kombu's SQS transport: one SendMessage per publish (no batch API), JSON+base64 envelope"],
