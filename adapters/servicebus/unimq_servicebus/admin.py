@@ -119,7 +119,12 @@ class ControlAdmin(Admin):
     async def _request(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
         # One request at a time: pyamqp's management operation fails under concurrent requests.
         async with self._lock:
-            return await self._request_now(operation, body)
+            if self._client is None:
+                return await self._request_now(operation, body)
+            try:
+                return await self._request_now(operation, body)
+            except ConnectionError:  # the kept connection went stale (broker restarted): once more, anew
+                return await self._request_now(operation, body)
 
     async def _request_now(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
         from azure.servicebus._pyamqp.aio import AMQPClientAsync
