@@ -70,7 +70,7 @@ class ServiceBusDriver(Driver):
         self._endpoint = endpoint(url, options)
         self._caps = capabilities(options)
         self._client: ServiceBusClient | None = None
-        self._send_client: ServiceBusClient | None = None
+        self._link_client: ServiceBusClient | None = None
         self._admin: Admin | None = None
         self._senders: dict[str, ServiceBusSender] = {}
         self._sender_locks: dict[str, asyncio.Lock] = {}
@@ -95,15 +95,16 @@ class ServiceBusDriver(Driver):
         kwargs: dict[str, Any] = {}
         if self.options.transport == "amqp_ws":
             kwargs["transport_type"] = TransportType.AmqpOverWebsocket
-        # Senders get a client of their own with retry_total=0: the core retries sends (with
-        # jitter) and the SDK must not retry them as well. Receivers keep the SDK's reconnects.
+        # Senders and consumers' receivers get a client of their own with retry_total=0: the core
+        # retries sends (with jitter), and a consumer replaces a failed receiver instead of letting
+        # the SDK reopen it in place (see subscription.py). Peekers keep the SDK's reconnects.
         if ep.connection_string:
             self._client = ServiceBusClient.from_connection_string(ep.connection_string, **kwargs)
-            self._send_client = ServiceBusClient.from_connection_string(ep.connection_string, retry_total=0,
+            self._link_client = ServiceBusClient.from_connection_string(ep.connection_string, retry_total=0,
                                                                         **kwargs)
         else:
             self._client = ServiceBusClient(ep.namespace, ep.credential, **kwargs)
-            self._send_client = ServiceBusClient(ep.namespace, ep.credential, retry_total=0, **kwargs)
+            self._link_client = ServiceBusClient(ep.namespace, ep.credential, retry_total=0, **kwargs)
         self._admin = ControlAdmin(ep) if ep.emulator else AzureAdmin(ep)
 
     async def close(self) -> None:
@@ -113,7 +114,7 @@ class ServiceBusDriver(Driver):
         await asyncio.gather(*(h.close() for h in handlers), return_exceptions=True)
         if self._admin is not None:
             await self._admin.close()
-        for client in (self._send_client, self._client):
+        for client in (self._link_client, self._client):
             if client is not None:
                 await client.close()
         credential = self._endpoint.credential
@@ -139,9 +140,9 @@ class ServiceBusDriver(Driver):
         async with self._opening:
             sender = self._senders.get(destination)
             if sender is None:
-                if self._send_client is None:
+                if self._link_client is None:
                     raise ConnectionError("servicebus: the driver is not open")
-                sender = self._send_client.get_queue_sender(destination)
+                sender = self._link_client.get_queue_sender(destination)
                 await sender.__aenter__()
                 self._senders[destination] = sender
                 self._sender_locks[destination] = asyncio.Lock()
@@ -200,9 +201,13 @@ class ServiceBusDriver(Driver):
         prefetch = self.options.prefetch if self.options.prefetch is not None else settings.prefetch
         return ServiceBusSubscription(self, destination, group, prefetch)
 
-    async def open_receivers(self, destination: str, group: str | None, prefetch: int) -> list[ServiceBusReceiver]:
-        """The receivers a consumer of (destination, group) reads, opened."""
-        client = self._c()
+    async def open_receivers(self, destination: str, group: str | None, prefetch: int, *,
+                             retry: bool = False) -> list[ServiceBusReceiver]:
+        """The receivers a consumer of (destination, group) reads, opened; ``retry``: the SDK
+        reopens them inside a failing call (only for a handler used by one call at a time)."""
+        client = self._c() if retry else self._link_client
+        if client is None:
+            raise ConnectionError("servicebus: the driver is not open")
         mode = (ServiceBusReceiveMode.PEEK_LOCK if self.options.receive_mode == "peek_lock"
                 else ServiceBusReceiveMode.RECEIVE_AND_DELETE)
         common: dict[str, Any] = {"receive_mode": mode, "prefetch_count": prefetch}
@@ -273,7 +278,7 @@ class ServiceBusDriver(Driver):
     async def peek(self, destination: str, count: int) -> list[Message]:
         receiver = self._peekers.get(destination)
         if receiver is None:
-            [receiver] = await self.open_receivers(destination, None, 0)
+            [receiver] = await self.open_receivers(destination, None, 0, retry=True)
             self._peekers[destination] = receiver
         dead = destination.endswith(self.DLQ_SUFFIX)
         # sequence_number=1: a receiver otherwise continues after the last message it peeked.

@@ -5,16 +5,27 @@ never drops a batch: what arrives afterwards is returned by the next call, and o
 message received but not settled is abandoned (it comes back with the next attempt at once,
 instead of after its lock expires).
 
-Settlements go one at a time, ``ack_many`` included (the inherited loop): the SDK's reads and
-writes share one lock, and a settlement waiting for its outcome reads while holding it, so
-concurrent settlements stall for the socket timeout (0.2 s) once the last outcome has been read
+Settlements and lock renewals go one at a time per receiver, ``ack_many`` included: the SDK's
+reads and writes share one lock, and a settlement waiting for its outcome reads while holding it,
+so concurrent settlements stall for the socket timeout (0.2 s) once the last outcome has been read
 (10 concurrent completes: ~200 ms, one after another: ~5 ms).
+
+Serialising them is also what keeps a connection reset from leaking: after the link dies, every
+settlement in flight falls back to the management link, which reopens the receiver, and two
+concurrent reopens of one ServiceBusReceiver orphan a handler (its connection, session and SSL
+context) that its own keep-alive task keeps alive for good (~1 MiB each, ~20 per reset with 32
+concurrent handlers). So a receiver is never reopened in place: the first failure of any call on
+it marks it broken, later settlements on it are skipped (the message comes back when its lock
+expires), and the next receive closes every receiver, once no call is in flight on it, and opens
+new ones. Receivers come from a client with ``retry_total=0`` so the SDK does not reopen them
+inside a failing call either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -37,6 +48,8 @@ if TYPE_CHECKING:
 LOST = (MessageLockLostError, SessionLockLostError, MessageAlreadySettled)
 #: Renew a held lock when less than this many seconds of it are left.
 RENEW_MARGIN = 2.0
+#: Longest wait for a settlement in flight before its receiver is closed anyway.
+CLOSE_WAIT = 10.0
 
 
 class ServiceBusSubscription(Subscription):
@@ -52,10 +65,12 @@ class ServiceBusSubscription(Subscription):
         self._backlog: deque[Delivery] = deque()
         self._unsettled: dict[int, tuple[ServiceBusReceiver, ServiceBusReceivedMessage]] = {}
         self._held: set[asyncio.Task[None]] = set()
+        self._locks: dict[ServiceBusReceiver, asyncio.Lock] = {}
+        self._broken: set[ServiceBusReceiver] = set()
         self._renewer: Any = None
 
     async def open(self) -> None:
-        self._receivers = await self._driver.open_receivers(self._destination, self._group, self._prefetch)
+        await self._open_receivers()
         if self._driver.options.lock_renewal and self._peek_lock:
             from azure.servicebus.aio import AutoLockRenewer
 
@@ -68,8 +83,10 @@ class ServiceBusSubscription(Subscription):
             out.append(backlog.popleft())
         if out:
             return out
+        if self._broken:  # a settlement failed on one: none is reused in place
+            await self._close_receivers()
         if not self._receivers:  # dropped after a failure: reopen (raises while the broker is away)
-            self._receivers = await self._driver.open_receivers(self._destination, self._group, self._prefetch)
+            await self._open_receivers()
         pending = self._pending
         wait = max(timeout, 0.01)
         for receiver in self._receivers:
@@ -85,32 +102,74 @@ class ServiceBusSubscription(Subscription):
                 del pending[receiver]
                 if task.exception() is None:
                     self._accept(receiver, task.result())
-                elif failure is None:
-                    failure = task.exception()
+                else:
+                    self._broken.add(receiver)  # no settlement may reopen it meanwhile
+                    failure = failure or task.exception()
         if failure is not None and not backlog:
             await self._drop_receivers(failure)
         while backlog and len(out) < max_messages:
             out.append(backlog.popleft())
         return out
 
+    async def _open_receivers(self) -> None:
+        self._receivers = await self._driver.open_receivers(self._destination, self._group, self._prefetch)
+        self._locks = {receiver: asyncio.Lock() for receiver in self._receivers}
+
     async def _drop_receivers(self, failure: BaseException) -> None:
         """A receive failed. Missing entities and bad settings are the caller's; anything else
         may have shut the SDK's handler down for good ("Handler failed" after a connection
-        reset), so close every receiver and let the next receive open new ones. Their unsettled
-        messages come back when their locks expire; settling them now is a no-op."""
+        reset), so close every receiver and let the next receive open new ones."""
         mapped = self._driver.map_error(failure, f"receive from {self._destination}")
         if isinstance(mapped, NotFound | ConfigError):
             raise mapped from failure
-        receivers, self._receivers = self._receivers, []
-        for task in self._pending.values():
-            task.cancel()
-        self._pending.clear()
-        self._unsettled = {key: (r, m) for key, (r, m) in self._unsettled.items() if r not in receivers}
-        for receiver in receivers:
-            with contextlib.suppress(Exception):
-                await receiver.close()
+        await self._close_receivers()
         raise ConnectionError(f"servicebus: receiving from {self._destination!r} failed; "
                               f"the receiver will be reopened: {mapped}") from failure
+
+    async def _close_receivers(self) -> None:
+        """Close every receiver once nothing runs on it (closing one that a settlement is
+        reopening orphans the new handler). Their unsettled messages come back when their locks
+        expire; settling them from now on is a no-op."""
+        receivers, self._receivers = self._receivers, []
+        self._broken.update(receivers)
+        pending = [self._pending.pop(r) for r in receivers if r in self._pending]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        self._unsettled = {key: (r, m) for key, (r, m) in self._unsettled.items() if r not in receivers}
+        for receiver in receivers:
+            lock = self._locks.pop(receiver, None)
+            try:
+                if lock is not None:
+                    await asyncio.wait_for(lock.acquire(), CLOSE_WAIT)
+            except TimeoutError:
+                lock = None  # a settlement hangs: close under it rather than keep the consumer waiting
+            try:
+                with contextlib.suppress(Exception):
+                    await receiver.close()
+            finally:
+                if lock is not None:
+                    lock.release()
+        self._broken.clear()
+
+    async def _call(self, receiver: ServiceBusReceiver, call: Callable[[], Awaitable[object]]) -> bool:
+        """Run one settlement or lock renewal on ``receiver``: one at a time, never on a
+        receiver that failed or was closed (the call would reopen it); a failure marks it
+        broken. False when the call was skipped or the message's lock is gone."""
+        lock = self._locks.get(receiver)
+        if lock is None:
+            return False  # closed: its messages come back by themselves
+        async with lock:
+            if receiver in self._broken or self._locks.get(receiver) is not lock:
+                return False
+            try:
+                await call()
+            except LOST:
+                return False
+            except Exception:
+                self._broken.add(receiver)
+                raise
+        return True
 
     def _accept(self, receiver: ServiceBusReceiver, batch: list[ServiceBusReceivedMessage]) -> None:
         dead_letter = self._dead_letter
@@ -130,8 +189,7 @@ class ServiceBusSubscription(Subscription):
         received: ServiceBusReceivedMessage = delivery.native
         if self._unsettled.pop(id(received), None) is None and self._peek_lock:
             return  # already settled on close, or by a held nack
-        with contextlib.suppress(*LOST):
-            await action(received)
+        await self._call(delivery.token, functools.partial(action, received))
 
     async def ack(self, delivery: Delivery) -> None:
         if self._peek_lock:
@@ -163,8 +221,10 @@ class ServiceBusSubscription(Subscription):
                 return
             else:
                 try:
-                    await receiver.renew_message_lock(received)
-                except Exception:  # lock lost, or the receiver was shut down: it comes back anyway
+                    renewed = await self._call(receiver, functools.partial(receiver.renew_message_lock, received))
+                except Exception:  # the receiver failed: the message comes back anyway
+                    renewed = False
+                if not renewed:
                     self._unsettled.pop(id(received), None)
                     return
         with contextlib.suppress(Exception):  # as above: an abandon that fails leaves the lock to expire
@@ -184,8 +244,7 @@ class ServiceBusSubscription(Subscription):
     async def extend(self, delivery: Delivery, seconds: float) -> None:
         received: ServiceBusReceivedMessage = delivery.native
         if id(received) in self._unsettled:
-            with contextlib.suppress(*LOST):
-                await delivery.token.renew_message_lock(received)
+            await self._call(delivery.token, functools.partial(delivery.token.renew_message_lock, received))
 
     async def close(self) -> None:
         for held in self._held:
@@ -202,11 +261,9 @@ class ServiceBusSubscription(Subscription):
         self._backlog.clear()
         unsettled = list(self._unsettled.values())
         self._unsettled.clear()
-        if unsettled:
-            await asyncio.gather(*(receiver.abandon_message(m) for receiver, m in unsettled), return_exceptions=True)
+        for receiver, received in unsettled:
+            with contextlib.suppress(Exception):
+                await self._call(receiver, functools.partial(receiver.abandon_message, received))
         if self._renewer is not None:
             await self._renewer.close()
-        for receiver in self._receivers:
-            with contextlib.suppress(Exception):
-                await receiver.close()
-        self._receivers = []
+        await self._close_receivers()
