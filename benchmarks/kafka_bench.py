@@ -111,28 +111,12 @@ class AioKafka(Contender):
             await consumer.stop()
 
 
-class Unimq(UnimqContender):
-    """Batching on reads like the raw side: what is fetched, up to ``PREFETCH``, waiting at most 100 ms."""
-
-    async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
-        if not batch:
-            await super().consume(dest, quota, batch)
-            return
-        async with self._consumer(dest) as consumer:
-            while not quota.finished:
-                got = await consumer.receive_batch(min(PREFETCH, quota.remaining), timeout=0.1)
-                if got:
-                    quota.arrived()
-                    await consumer.ack_many(got)
-                    quota.take(len(got))
-
-
 def contenders(url: str) -> list[Contender]:
     bootstrap = bootstrap_of(url)
     return [
         AioKafka(url),
-        Unimq(url, prefetch=PREFETCH, group=lambda dest: f"{dest}-unimq",
-              ensure=lambda w: {"partitions": max(1, w.concurrency), "dead_letter": False}),
+        UnimqContender(url, prefetch=PREFETCH, receive_batch=PREFETCH, group=lambda dest: f"{dest}-unimq",
+                       ensure=lambda w: {"partitions": max(1, w.concurrency), "dead_letter": False}),
         peers.FastStreamKafka(bootstrap, **PRODUCER),
     ]
 

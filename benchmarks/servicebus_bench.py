@@ -108,21 +108,9 @@ class Unimq(UnimqContender):
         driver: Any = self.broker._driver
         await driver._sender(dest)  # open the link untimed, as the raw side does
 
-    async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
-        if not batch:
-            await super().consume(dest, quota, batch)
-            return
-        async with self._consumer(dest) as consumer:
-            while not quota.finished:
-                got = await consumer.receive_batch(min(PREFETCH, quota.remaining), timeout=1.0)
-                if got:
-                    quota.arrived()  # timed from the first message received, settling included
-                    await consumer.ack_many(got)
-                    quota.take(len(got))
-
 
 def contenders(url: str) -> list[Contender]:
-    return [PlainSdk(url), Unimq(url, prefetch=PREFETCH)]
+    return [PlainSdk(url), Unimq(url, prefetch=PREFETCH, receive_batch=PREFETCH)]
 
 
 BACKEND = Backend(
