@@ -131,7 +131,7 @@ BACKEND = Backend(
     notes=["producers: acks=all, idempotent, linger 5 ms, 64 KiB batches; batching on: 10,000 records then await",
            "topics have `concurrency` partitions; the raw consumer reads a topic written by unimq",
            "consume counted from the first record (group join excluded); raw commits every 100 ms",
-           "unimq consume: receive_batch(1000, 0.1 s) + ack_many (batching on), receive + ack (off)",
+           "unimq consume: receive_batch(1000) + ack_many (batching on), receive + ack (off)",
            "FastStream: publish_batch per chunk that fits one 64 KiB record batch, unawaited, then awaited together"],
 )
 
