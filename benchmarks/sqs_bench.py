@@ -5,7 +5,7 @@ from a thread pool per producer (unimq's ``send_many`` pipelines 8 batches too);
 ReceiveMessage ×10 from 8 threads each and delete with DeleteMessageBatch (batching off: one
 DeleteMessage per message). ``raw+id`` is the same with a message-id attribute on every message,
 as unimq sends: the ratio to ``raw`` is the cost of unimq and its id, to ``raw+id`` unimq's alone.
-unimq consumes with 8 loops of ``receive_many(10)`` + ``ack_many`` per
+unimq consumes with 8 loops of ``receive_batch(10)`` + ``ack_many`` per
 consumer (batching off: ``broker.consume(concurrency=80, prefetch=80)``, one ``ack()`` per message),
 the same 10 × 8 messages in flight.
 
@@ -158,7 +158,7 @@ class Boto3WithId(Boto3):
 class Unimq(UnimqContender):
     """unimq as a user writes it, 10 × 8 messages in flight per consumer (the raw side's 8 pollers × 10).
 
-    Batching on: 8 loops of ``receive_many(10)`` + ``ack_many`` on one consumer (prefetch 80), as the
+    Batching on: 8 loops of ``receive_batch(10)`` + ``ack_many`` on one consumer (prefetch 80), as the
     raw side's 8 threads of ReceiveMessage ×10 + DeleteMessageBatch. Off: ``broker.consume`` with
     80 handlers, each acking its own message.
     """
@@ -181,8 +181,9 @@ class Unimq(UnimqContender):
     @staticmethod
     async def _batches(consumer: unimq.Consumer, quota: Quota) -> None:
         while not quota.finished:
-            got = await consumer.receive_many(BATCH, timeout=1.0)
+            got = await consumer.receive_batch(BATCH, timeout=1.0)
             if got:
+                quota.arrived()
                 await consumer.ack_many(got)
                 quota.take(len(got))
 
@@ -209,7 +210,7 @@ BACKEND = Backend(
     notes=["ElasticMQ on the same machine: the client's CPU (botocore), not the network, bounds every side",
            "raw: SendMessageBatch ×10, 8 in flight; 8 pollers × ReceiveMessage 10 + DeleteMessageBatch per consumer",
            "raw+id: raw with a message-id attribute on every message, as unimq sends (its floor on this client)",
-           "unimq: send_many (8 batches in flight); 8 × receive_many(10) + ack_many per consumer "
+           "unimq: send_many (8 batches in flight); 8 × receive_batch(10) + ack_many per consumer "
            "(batching off: broker.consume(concurrency=80, prefetch=80), one ack() each)",
            "Kombu's SQS transport: one SendMessage per publish (no batch API), JSON+base64 envelope"],
 )

@@ -563,10 +563,12 @@ class Consumer:
             buffer.extend(batch)
 
     async def _wait_for_room(self, timeout: float | None) -> None:
-        self._room = asyncio.get_running_loop().create_future()
+        # One future shared by every task waiting on this consumer, so a settlement wakes them all.
+        room = self._room
+        if room is None or room.done():
+            room = self._room = asyncio.get_running_loop().create_future()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._room, timeout)
-        self._room = None
+            await asyncio.wait_for(asyncio.shield(room), timeout)
 
     def _settled(self, delivery: Delivery, outcome: str) -> None:
         if telemetry.current is not None:

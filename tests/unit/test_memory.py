@@ -167,3 +167,21 @@ async def test_receive_batch_returns_what_is_buffered_without_waiting_to_fill(br
         assert await c.receive_batch(10, timeout=0.1) == []
     async with broker.consumer("rb") as c:
         assert await c.receive(timeout=0.4) is None  # the batch ack settled all three
+
+
+async def test_every_task_waiting_for_room_wakes_on_a_settlement(broker: unimq.Broker) -> None:
+    await broker.producer("room").send_many([b"1", b"2", b"3"])
+    async with broker.consumer("room", prefetch=1) as c:
+        first = await c.receive(timeout=1)
+        assert first is not None
+        started = time.monotonic()
+        waiters = [asyncio.create_task(c.receive(timeout=3)) for _ in range(2)]
+        await asyncio.sleep(0.05)  # both wait for room
+        await first.ack()
+        done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        got = done.pop().result()
+        assert got is not None
+        await got.ack()
+        last = await pending.pop()
+        assert last is not None and {got.message.body, last.message.body} == {b"2", b"3"}
+        assert time.monotonic() - started < 1.5  # neither waited out its timeout
