@@ -367,7 +367,10 @@ def render(results: dict[str, Any], doc: Path, img: Path) -> None:
         "task waiting for prefetch room orphaned the first until its timeout — fixed right after this run "
         "(one shared room future); re-measured alone with `receive_batch`: 0.78× raw (3,000 × 1 KiB, 5 "
         "interleaved repetitions). The 0.1× cells below are that bug, not the adapter.",
-        "- Service Bus has no peer library (FastStream and Kombu do not support it): raw SDK and unimq only.",
+        "- Service Bus has no peer library (FastStream and Kombu do not support it): raw SDK and unimq only. "
+        "Its full profile (10,000 messages, the double consumes ~400 msg/s) was stopped for time, and so was "
+        "this run's RSS soak (the figures below are the previous run's; `benchmarks/soak.py` results with "
+        "resets, per backend, are in docs/reliability.md): the headline shows its quick figures.",
         "- FastStream has no SQS support and Kombu no NATS/Kafka support: those cells are empty, not zero.",
         "- Kafka: FastStream and the raw consumer join a fresh group per run (~3 s each, not timed); the "
         "quick profile spends most of its time there.",
