@@ -117,7 +117,8 @@ def capabilities(options: ServiceBusOptions) -> Capabilities:
     gone = "receive_mode=receive_and_delete removes a message when it is received"
     return Capabilities(
         backend="servicebus",
-        persistence=native(note="stored by Service Bus until settled (the test double: snapshot to disk about every second)"),
+        persistence=native(note="stored by Service Bus until settled "
+                                "(the test double: snapshot to disk about every second)"),
         fanout=native(note="ensure(dest, groups=...) makes dest a topic with one subscription per group"),
         competing_consumers=native(),
         ordering="none",
