@@ -205,8 +205,9 @@ class Broker:
     start_timeout = 30.0
     stop_timeout = 20.0
 
-    def __init__(self) -> None:
-        self.dir = STATE / self.name
+    def __init__(self, home: Path | None = None) -> None:
+        """``home`` runs a second, private instance with its own state, data and logs."""
+        self.dir = home or STATE / self.name
         self.data = self.dir / "data"
         self.logs = self.dir / "logs"
         self.log = self.logs / "server.log"
@@ -344,14 +345,10 @@ class RabbitMQ(Broker):
 
     def __init__(self, home: Path | None = None, ports: tuple[int, int] | None = None, node: str | None = None,
                  config: str = "") -> None:
-        super().__init__()
+        super().__init__(home)
         if ports is not None:
             self.port, self.dist_port = ports
             self.url = f"amqp://guest:guest@{HOST}:{self.port}/"
-        if home is not None:
-            self.dir = home
-            self.data, self.logs = home / "data", home / "logs"
-            self.log, self.pidfile = self.logs / "server.log", home / "server.pid"
         self.node = node or self.node
         self.extra_config = config
 
@@ -473,15 +470,11 @@ class Kafka(Broker):
     def __init__(self, home: Path | None = None, ports: tuple[int, int] | None = None,
                  settings: dict[str, str] | None = None, format_args: tuple[str, ...] = (),
                  heap: str = "512m") -> None:
-        super().__init__()
-        self.libs = self.dir / "libs"  # shared by every instance
+        super().__init__(home)
+        self.libs = STATE / self.name / "libs"  # shared by every instance
         if ports is not None:
             self.port, self.controller_port = ports
             self.url = f"kafka://{HOST}:{self.port}"
-        if home is not None:
-            self.dir = home
-            self.data, self.logs = home / "data", home / "logs"
-            self.log, self.pidfile = self.logs / "server.log", home / "server.pid"
         self.config = self.dir / "server.properties"
         self.extra_settings = settings or {}
         self.format_args = format_args
@@ -575,15 +568,11 @@ class ElasticMQ(Broker):
     start_timeout = 60.0
 
     def __init__(self, port: int | None = None, home: Path | None = None, persistent: bool = False) -> None:
-        super().__init__()
-        self.libs = self.dir / "libs"  # shared by every instance
+        super().__init__(home)
+        self.libs = STATE / self.name / "libs"  # shared by every instance
         if port is not None:
             self.port = port
             self.url = f"sqs://?endpoint_url=http://{HOST}:{port}&region={self.region}"
-        if home is not None:
-            self.dir = home
-            self.data, self.logs = home / "data", home / "logs"
-            self.log, self.pidfile = self.logs / "server.log", home / "server.pid"
         self.persistent = persistent
         self.config = self.dir / "elasticmq.conf"
         self.queues_at_stop = self.dir / "queues-at-stop"
@@ -654,14 +643,10 @@ class ServiceBusDouble(Broker):
     start_timeout = 30.0
 
     def __init__(self, port: int | None = None, home: Path | None = None) -> None:
-        super().__init__()
+        super().__init__(home)
         if port is not None:
             self.port = port
             self.url = SERVICEBUS_CONNECTION_STRING.replace(":5673;", f":{port};")
-        if home is not None:
-            self.dir = home
-            self.data, self.logs = home / "data", home / "logs"
-            self.log, self.pidfile = self.logs / "server.log", home / "server.pid"
 
     def python(self) -> str:
         venv = ROOT / ".venv" / "bin" / "python"
