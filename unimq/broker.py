@@ -573,7 +573,11 @@ class Consumer:
     def _settled(self, delivery: Delivery, outcome: str) -> None:
         if telemetry.current is not None:
             telemetry.current.settled(self._broker.backend, self.destination, self.group, delivery, outcome)
-        self._unsettled -= 1
+        self._release(1)
+
+    def _release(self, settled: int) -> None:
+        """``settled`` deliveries no longer count against prefetch: wake whoever waits for room."""
+        self._unsettled -= settled
         room = self._room
         if room is not None and not room.done():
             room.set_result(None)
@@ -634,10 +638,7 @@ class Consumer:
             if telemetry.current is not None:
                 for delivery in pending:
                     telemetry.current.settled(self._broker.backend, self.destination, self.group, delivery, "ack")
-            self._unsettled -= len(pending)
-            room = self._room
-            if room is not None and not room.done():
-                room.set_result(None)
+            self._release(len(pending))
 
     async def _nack(self, delivery: Delivery, delay: float | None) -> None:
         try:
