@@ -142,10 +142,10 @@ class KafkaSubscription(Subscription):
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._revoke_wait
-        while any(d.token[0] is self._trackers.get(tp) for d in self._inflight for tp in revoked):
+        while any(d.token is self._trackers.get(tp) for d in self._inflight for tp in revoked):
             if loop.time() >= deadline:
                 gone = {id(self._trackers.get(tp)) for tp in revoked}
-                await self._hand_back([d for d in self._inflight if id(d.token[0]) in gone])
+                await self._hand_back([d for d in self._inflight if id(d.token) in gone])
                 break
             await asyncio.sleep(0.05)
         offsets: dict[TopicPartition, int] = {}
@@ -160,7 +160,7 @@ class KafkaSubscription(Subscription):
             if handle is not None:
                 handle.cancel()
         if self._buffer:
-            self._buffer = deque(d for d in self._buffer if not d.token[0].revoked)
+            self._buffer = deque(d for d in self._buffer if not d.token.revoked)
         if offsets:
             try:
                 await self._consumer.commit(offsets)
@@ -277,7 +277,8 @@ class KafkaSubscription(Subscription):
                 else:
                     attempt = 1
                 track(offset)
-                append(Delivery(message, attempt, record, (tracker, offset)))
+                # token: the partition's tracker; the offset to ack is native.offset (no tuple per record)
+                append(Delivery(message, attempt, record, tracker))
         if self._buffer:
             self._data.set()
 
@@ -306,7 +307,7 @@ class KafkaSubscription(Subscription):
             if fut.cancelled() or fut.exception() is not None:
                 log.warning("kafka: could not defer a delayed message of %r; delivering it now", self._topic)
                 message = from_record(record)
-                self._buffer.append(Delivery(message, _attempt(message.headers), record, (tracker, record.offset)))
+                self._buffer.append(Delivery(message, _attempt(message.headers), record, tracker))
                 self._data.set()
             else:
                 tracker.ack(record.offset)
@@ -364,8 +365,7 @@ class KafkaSubscription(Subscription):
         self._inflight.discard(delivery)
 
     async def ack(self, delivery: Delivery) -> None:
-        tracker, offset = delivery.token
-        tracker.ack(offset)
+        delivery.token.ack(delivery.native.offset)
         self._dirty = True
         self._inflight.discard(delivery)
 
@@ -373,13 +373,12 @@ class KafkaSubscription(Subscription):
         """One loop over offsets: no commit or wake-up per message (the poll loop commits)."""
         inflight = self._inflight
         for delivery in deliveries:
-            tracker, offset = delivery.token
-            tracker.ack(offset)
+            delivery.token.ack(delivery.native.offset)
             inflight.discard(delivery)
         self._dirty = True
 
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
-        tracker = delivery.token[0]
+        tracker = delivery.token
         if tracker.revoked:
             self._settled(delivery)  # the partition's new owner redelivers it
             return
@@ -391,7 +390,7 @@ class KafkaSubscription(Subscription):
         await self._republish(self.retry_topic, copy, delivery)
 
     async def reject(self, delivery: Delivery, reason: str) -> None:
-        tracker = delivery.token[0]
+        tracker = delivery.token
         if tracker.revoked:
             self._settled(delivery)
             return
