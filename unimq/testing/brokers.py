@@ -81,6 +81,7 @@ def _target(name: str, url: str, backend: str) -> Target:
 
 
 _SQS = "sqs://?endpoint_url=http://127.0.0.1:9324&region=us-east-1"
+_SERVICEBUS = "servicebus://RootManageSharedAccessKey:SAS_KEY_VALUE@127.0.0.1:5673?emulator=true"
 
 TARGETS: tuple[Target, ...] = (
     _target("memory", "memory://conformance", "memory"),
@@ -92,8 +93,8 @@ TARGETS: tuple[Target, ...] = (
     _target("nats-core", "nats://127.0.0.1:4222?jetstream=false", "nats"),
     _target("sqs", _SQS, "sqs"),
     _target("sqs-fifo", _SQS + "&fifo=true", "sqs"),
-    _target("servicebus", "servicebus://RootManageSharedAccessKey:SAS_KEY_VALUE@127.0.0.1:5673?emulator=true",
-            "servicebus"),
+    _target("servicebus", _SERVICEBUS, "servicebus"),
+    _target("servicebus-sessions", _SERVICEBUS + "&sessions=true", "servicebus"),
 )
 
 

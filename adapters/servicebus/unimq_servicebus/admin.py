@@ -30,12 +30,15 @@ class EntityOptions:
     max_delivery_count: int | None = None
     duplicate_detection_window: float | None = None
     default_ttl: float | None = None
+    #: Set only when creating: Service Bus cannot change it on an existing entity.
+    requires_session: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def queue_options(self) -> dict[str, Any]:
         return {k: v for k, v in {
             "lock_duration": self.lock_duration, "max_delivery_count": self.max_delivery_count,
             "duplicate_detection_window": self.duplicate_detection_window, "default_ttl": self.default_ttl,
+            "requires_session": self.requires_session,
         }.items() if v is not None}
 
     def topic_options(self) -> dict[str, Any]:
@@ -46,7 +49,7 @@ class EntityOptions:
     def subscription_options(self) -> dict[str, Any]:
         return {k: v for k, v in {
             "lock_duration": self.lock_duration, "max_delivery_count": self.max_delivery_count,
-            "default_ttl": self.default_ttl,
+            "default_ttl": self.default_ttl, "requires_session": self.requires_session,
         }.items() if v is not None}
 
 
@@ -73,6 +76,11 @@ class Admin(abc.ABC):
 
     @abc.abstractmethod
     async def subscriptions(self, topic: str) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def requires_session(self, name: str, group: str | None) -> bool | None:
+        """Whether the queue, or the topic's subscription ``group``, requires sessions; for a topic
+        with ``group=None``, whether any of its subscriptions does. None if there is no such entity."""
 
     @abc.abstractmethod
     async def delete(self, name: str) -> None:
@@ -176,6 +184,16 @@ class ControlAdmin(Admin):
         return [str(e["name"])[len(prefix):] for e in listed.get("entities", [])
                 if e.get("kind") == "subscription" and str(e["name"]).lower().startswith(prefix)]
 
+    async def requires_session(self, name: str, group: str | None) -> bool | None:
+        try:
+            stats = await self._request("stats", {"name": f"{name}/Subscriptions/{group}" if group else name})
+            if stats.get("kind") != "topic":
+                return bool(stats.get("config", {}).get("requires_session"))
+            subscriptions = [await self._request("stats", {"name": sub}) for sub in stats.get("subscriptions", [])]
+        except NotFound:
+            return None
+        return any(sub.get("config", {}).get("requires_session") for sub in subscriptions)
+
     async def delete(self, name: str) -> None:
         try:
             await self._request("delete", {"name": name})
@@ -278,6 +296,20 @@ class AzureAdmin(Admin):
     async def subscriptions(self, topic: str) -> list[str]:
         return [s.name async for s in self._client.list_subscriptions(topic)]
 
+    async def requires_session(self, name: str, group: str | None) -> bool | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            if group:
+                return bool((await self._client.get_subscription(name, group)).requires_session)
+            try:
+                return bool((await self._client.get_queue(name)).requires_session)
+            except ResourceNotFoundError:
+                await self._client.get_topic(name)
+            return any([bool(s.requires_session) async for s in self._client.list_subscriptions(name)])
+        except ResourceNotFoundError:
+            return None
+
     async def delete(self, name: str) -> None:
         from azure.core.exceptions import ResourceNotFoundError
 
@@ -327,4 +359,6 @@ def _azure_settings(options: dict[str, Any]) -> dict[str, Any]:
         out["duplicate_detection_history_time_window"] = timedelta(seconds=options["duplicate_detection_window"])
     if "default_ttl" in options:
         out["default_message_time_to_live"] = timedelta(seconds=options["default_ttl"])
+    if "requires_session" in options:
+        out["requires_session"] = options["requires_session"]
     return out

@@ -8,6 +8,10 @@ costs round trips; each consumer has its own receiver.
 The dead-letter destination of ``dest`` is ``dest/$DeadLetterQueue``. Consumed with a group it is
 that subscription's dead-letter queue; with ``group=None`` it is the queue's, or, for a topic,
 every subscription's dead-letter queue read together.
+
+Sessions: whether an entity requires them is read from its properties once per destination (and
+group) and cached. Sends to a session entity carry the key as session id; consumers of one read
+it through session receivers (sessions.py).
 """
 
 from __future__ import annotations
@@ -49,11 +53,12 @@ from unimq.errors import (
     UnimqError,
     wrap,
 )
-from unimq.message import Message
+from unimq.message import Delivery, Message
 from unimq.url import BrokerURL
 from unimq_servicebus import mapping
 from unimq_servicebus.admin import Admin, AzureAdmin, ControlAdmin, EntityOptions, Kind
 from unimq_servicebus.options import ServiceBusOptions, capabilities, endpoint
+from unimq_servicebus.sessions import SessionSubscription
 from unimq_servicebus.subscription import ServiceBusSubscription
 
 SUBSCRIPTIONS = "/Subscriptions/"
@@ -68,7 +73,9 @@ class ServiceBusDriver(Driver):
     def __init__(self, url: BrokerURL, options: ServiceBusOptions) -> None:
         super().__init__(url, options)
         self._endpoint = endpoint(url, options)
-        self._caps = capabilities(options)
+        self._caps = capabilities(options, options.sessions)
+        self._session_caps = capabilities(options, True)
+        self._plain_caps = capabilities(options, False)
         self._client: ServiceBusClient | None = None
         self._link_client: ServiceBusClient | None = None
         self._admin: Admin | None = None
@@ -77,6 +84,7 @@ class ServiceBusDriver(Driver):
         self._opening = asyncio.Lock()
         self._peekers: dict[str, ServiceBusReceiver] = {}
         self._kinds: dict[str, Kind] = {}
+        self._sessions: dict[tuple[str, str | None], bool] = {}
 
     def __repr__(self) -> str:
         return f"<ServiceBusDriver {self._endpoint!r}>"
@@ -84,6 +92,15 @@ class ServiceBusDriver(Driver):
     @property
     def capabilities(self) -> Capabilities:
         return self._caps
+
+    def capabilities_for(self, destination: str) -> Capabilities:
+        """Per-key ordering where the destination is known to be a session entity."""
+        if destination.endswith(self.DLQ_SUFFIX):
+            return self._plain_caps
+        known = self._sessions.get((destination, None))
+        if known is None:
+            return self._caps
+        return self._session_caps if known else self._plain_caps
 
     @property
     def native(self) -> Any:
@@ -149,22 +166,38 @@ class ServiceBusDriver(Driver):
         return sender
 
     async def publish(self, destination: str, messages: Sequence[Message]) -> Sequence[BaseException | None]:
+        sessions = await self.requires_session(destination, None)
         sender = await self._sender(destination)
         # One send at a time per sender: concurrent send_messages on one aio sender break its
         # connection (checked with the plain SDK against the double).
         async with self._sender_locks[destination]:
-            return await self._publish(sender, messages)
+            return await self._publish(sender, messages, destination if sessions else None)
 
-    async def _publish(self, sender: ServiceBusSender, messages: Sequence[Message]) -> list[BaseException | None]:
+    def _outgoing(self, message: Message, session_entity: str | None) -> Any:
+        """The SDK message; on a session entity (``session_entity`` names it) with the key as session id."""
+        if session_entity is None:
+            return mapping.to_servicebus(message)
+        session_id = message.key or self.options.default_session_id
+        if not session_id:
+            raise ConfigError(f"servicebus: {session_entity!r} requires sessions and message "
+                              f"{message.message_id} has no key: send it with key=<session id>, or set "
+                              "the URL option default_session_id")
+        return mapping.to_servicebus(message, session_id)
+
+    async def _publish(self, sender: ServiceBusSender, messages: Sequence[Message],
+                       session_entity: str | None) -> list[BaseException | None]:
         if len(messages) == 1:
-            await sender.send_messages(mapping.to_servicebus(messages[0]))
+            await sender.send_messages(self._outgoing(messages[0], session_entity))
             return [None]
         results: list[BaseException | None] = [None] * len(messages)
         batch = await sender.create_message_batch()
         members: list[int] = []
         for index, message in enumerate(messages):
             try:
-                outgoing = mapping.to_servicebus(message)
+                outgoing = self._outgoing(message, session_entity)
+            except ConfigError as exc:
+                results[index] = exc
+                continue
             except ValueError as exc:
                 results[index] = ConfigError(f"servicebus: message {message.message_id}: {exc}")
                 continue
@@ -199,7 +232,33 @@ class ServiceBusDriver(Driver):
 
     def subscription(self, destination: str, group: str | None, settings: ReceiveSettings) -> Subscription:
         prefetch = self.options.prefetch if self.options.prefetch is not None else settings.prefetch
-        return ServiceBusSubscription(self, destination, group, prefetch)
+        if destination.endswith(self.DLQ_SUFFIX):  # dead-letter queues never require sessions
+            return ServiceBusSubscription(self, destination, group, prefetch)
+        return _Detected(self, destination, group, prefetch, settings.lock_timeout)
+
+    async def requires_session(self, destination: str, group: str | None) -> bool:
+        """Whether (destination, group) is a session entity; for sends (group None) to a topic,
+        whether any subscription is. Read once from the entity's properties; the sessions option
+        decides where they cannot be read (no Manage claim) or the entity does not exist yet."""
+        if destination.endswith(self.DLQ_SUFFIX):
+            return False
+        known = self._sessions.get((destination, group))
+        if known is not None:
+            return known
+        try:
+            found = await self._a().requires_session(destination, group)
+        except (ClientAuthenticationError, ServiceBusAuthorizationError):
+            found = None
+        if found is None:
+            return self.options.sessions
+        self._sessions[(destination, group)] = found
+        return found
+
+    def session_client(self) -> ServiceBusClient:
+        """The client session receivers come from (retry_total=0, as for consumers' receivers)."""
+        if self._link_client is None:
+            raise ConnectionError("servicebus: the driver is not open")
+        return self._link_client
 
     async def open_receivers(self, destination: str, group: str | None, prefetch: int, *,
                              retry: bool = False) -> list[ServiceBusReceiver]:
@@ -218,7 +277,7 @@ class ServiceBusDriver(Driver):
         receivers: list[ServiceBusReceiver]
         if group is not None:
             receivers = [client.get_subscription_receiver(base, group, **common)]
-        elif SUBSCRIPTIONS.lower() not in base.lower() and await self._kind(base) == "topic":
+        elif SUBSCRIPTIONS.lower() not in base.lower() and await self.entity_kind(base) == "topic":
             if not dead:
                 raise ConfigError(f"servicebus: {base!r} is a topic; consume it with group=<subscription>")
             subs = await self._a().subscriptions(base)
@@ -232,7 +291,8 @@ class ServiceBusDriver(Driver):
             raise
         return receivers
 
-    async def _kind(self, name: str) -> Kind | None:
+    async def entity_kind(self, name: str) -> Kind | None:
+        """'queue' or 'topic' (cached); None if missing, or unreadable without the Manage claim."""
         kind = self._kinds.get(name)
         if kind is None:
             try:
@@ -249,19 +309,20 @@ class ServiceBusDriver(Driver):
         return destination + self.DLQ_SUFFIX
 
     async def ensure(self, destination: str, spec: DestinationSpec) -> None:
-        refused = [name for name, value in (("sessions", spec.sessions), ("fifo", spec.fifo),
-                                            ("replication", spec.replication))
-                   if value]
+        refused = [name for name, value in (("fifo", spec.fifo), ("replication", spec.replication)) if value]
         if spec.partitions not in (None, 1):
             refused.append("partitions")
         if refused:
             raise CapabilityError(f"servicebus cannot honour ensure({', '.join(f'{n}=' for n in refused)}): "
-                                  "sessions, partitioning and FIFO are not implemented by this adapter")
+                                  "partitioning and FIFO are not implemented by this adapter (per-key order: "
+                                  "sessions=True)")
+        sessions = spec.sessions or self.options.sessions
         options = EntityOptions(
             lock_duration=_seconds(spec.lock_timeout),
             max_delivery_count=spec.max_deliveries,
             duplicate_detection_window=_seconds(spec.deduplication),
             default_ttl=_seconds(spec.retention),
+            requires_session=True if sessions else None,
         )
         admin = self._a()
         kind = await admin.kind(destination)
@@ -269,13 +330,31 @@ class ServiceBusDriver(Driver):
             if kind == "queue":
                 raise ConfigError(f"servicebus: {destination!r} is a queue; groups need a topic "
                                   "(delete the queue, or use another destination name)")
+            if sessions:
+                for group in spec.groups:
+                    await self._check_sessions(destination, group)
             await admin.create_topic(destination, options, spec.groups)
             self._kinds[destination] = "topic"
+            for group in spec.groups:
+                self._sessions.pop((destination, group), None)
         else:
+            if sessions and kind == "queue":
+                await self._check_sessions(destination, None)
             await admin.create_queue(destination, options)
             self._kinds[destination] = "queue"
+        self._sessions.pop((destination, None), None)
+
+    async def _check_sessions(self, destination: str, group: str | None) -> None:
+        """Service Bus cannot turn sessions on for an existing entity: say so instead of failing later."""
+        if await self._a().requires_session(destination, group) is False:
+            entity = f"{destination}/Subscriptions/{group}" if group else destination
+            raise ConfigError(f"servicebus: {entity!r} exists without sessions, and Service Bus cannot turn "
+                              "requires_session on for an existing entity: delete it, or use another name")
 
     async def peek(self, destination: str, count: int) -> list[Message]:
+        if await self.requires_session(destination, None):
+            raise CapabilityError(f"servicebus cannot peek {destination!r}: it requires sessions, and the SDK "
+                                  "peeks one locked session at a time; peek its dead-letter queue or use stats()")
         receiver = self._peekers.get(destination)
         if receiver is None:
             [receiver] = await self.open_receivers(destination, None, 0, retry=True)
@@ -283,7 +362,7 @@ class ServiceBusDriver(Driver):
         dead = destination.endswith(self.DLQ_SUFFIX)
         # sequence_number=1: a receiver otherwise continues after the last message it peeked.
         peeked = await receiver.peek_messages(max_message_count=count, sequence_number=1)
-        return [mapping.to_message(m, dead) for m in peeked]
+        return [mapping.to_message(m, dead, self.options.default_session_id) for m in peeked]
 
     async def stats(self, destination: str, group: str | None) -> Stats:
         found = await self._a().stats(destination, group)
@@ -299,6 +378,8 @@ class ServiceBusDriver(Driver):
             if handler is not None:
                 await handler.close()
         self._kinds.pop(destination, None)
+        for known in [k for k in self._sessions if k[0] == destination]:
+            del self._sessions[known]
         await self._a().delete(destination)
 
     def map_error(self, exc: BaseException, context: str) -> UnimqError:
@@ -327,3 +408,51 @@ class ServiceBusDriver(Driver):
 def _seconds(value: timedelta | None) -> float | None:
     return None if value is None else value.total_seconds()
 
+
+
+class _Detected(Subscription):
+    """A consumer's reader, chosen on open: session receivers for a session entity, else plain ones."""
+
+    def __init__(self, driver: ServiceBusDriver, destination: str, group: str | None, prefetch: int,
+                 lock_timeout: float | None) -> None:
+        self._driver = driver
+        self._args = (destination, group, prefetch)
+        self._lock_timeout = lock_timeout
+        self._inner: Subscription | None = None
+
+    @property
+    def inner(self) -> Subscription:
+        """The ServiceBusSubscription or SessionSubscription in use (once open)."""
+        if self._inner is None:
+            raise ConnectionError("servicebus: the consumer is not open")
+        return self._inner
+
+    async def open(self) -> None:
+        destination, group, prefetch = self._args
+        if await self._driver.requires_session(destination, group):
+            self._inner = SessionSubscription(self._driver, destination, group, prefetch, self._lock_timeout)
+        else:
+            self._inner = ServiceBusSubscription(self._driver, destination, group, prefetch)
+        await self._inner.open()
+
+    async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
+        return await self.inner.receive(max_messages, timeout)
+
+    async def ack(self, delivery: Delivery) -> None:
+        await self.inner.ack(delivery)
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        await self.inner.ack_many(deliveries)
+
+    async def nack(self, delivery: Delivery, delay: float | None) -> None:
+        await self.inner.nack(delivery, delay)
+
+    async def reject(self, delivery: Delivery, reason: str) -> None:
+        await self.inner.reject(delivery, reason)
+
+    async def extend(self, delivery: Delivery, seconds: float) -> None:
+        await self.inner.extend(delivery, seconds)
+
+    async def close(self) -> None:
+        if self._inner is not None:
+            await self._inner.close()

@@ -2,8 +2,9 @@
 
 The body is one AMQP data section holding the application's bytes. ``message_id``,
 ``correlation_id``, ``reply_to`` and ``content_type`` are the AMQP properties of those names;
-``headers`` are the application properties (strings); ``key`` is the partition key (read back from
-the session id when a plain client set only that); ``delay`` is the scheduled enqueue time and
+``headers`` are the application properties (strings); ``key`` is the partition key and, on a
+session entity, the session id (read back from the session id when a plain client set only that;
+the default session of unkeyed messages reads back as no key); ``delay`` is the scheduled enqueue time and
 ``ttl`` the header's time-to-live in milliseconds. ``attempt`` is the AMQP delivery-count + 1.
 """
 
@@ -27,8 +28,9 @@ DESCRIPTION = "DeadLetterErrorDescription"
 MAX_REASON = 4096
 
 
-def to_servicebus(message: Message) -> ServiceBusMessage:
-    """The outgoing SDK message; the body bytes go into a single data section unchanged."""
+def to_servicebus(message: Message, session_id: str | None = None) -> ServiceBusMessage:
+    """The outgoing SDK message; the body bytes go into a single data section unchanged.
+    ``session_id``: set for a session entity (the key, or the default session)."""
     out = ServiceBusMessage(
         message.body,
         application_properties=dict(message.headers) if message.headers else None,  # type: ignore[arg-type]
@@ -37,6 +39,7 @@ def to_servicebus(message: Message) -> ServiceBusMessage:
         reply_to=message.reply_to,
         content_type=message.content_type,
         partition_key=message.key,
+        session_id=session_id,
     )
     if message.delay is not None and message.delay.total_seconds() > 0:
         out.scheduled_enqueue_time_utc = datetime.now(UTC) + message.delay
@@ -91,8 +94,9 @@ def attempt_of(received: ServiceBusReceivedMessage) -> int:
     return (count or 0) + 1
 
 
-def to_message(received: ServiceBusReceivedMessage, dead_letter: bool) -> Message:
-    """The unimq view of a received message; from a DLQ, the reason under x-unimq-dead-letter-reason."""
+def to_message(received: ServiceBusReceivedMessage, dead_letter: bool, default_session: str | None = None) -> Message:
+    """The unimq view of a received message; from a DLQ, the reason under x-unimq-dead-letter-reason.
+    A session id equal to ``default_session`` (where unkeyed messages go) reads back as no key."""
     raw = received.raw_amqp_message
     props = raw.application_properties
     headers = {text(k): text(v) for k, v in props.items()} if props else {}
@@ -118,9 +122,10 @@ def to_message(received: ServiceBusReceivedMessage, dead_letter: bool) -> Messag
         reply_to = section.reply_to
         content_type = section.content_type
         group_id = section.group_id
+    key = received.partition_key or _optional(group_id)
     return Message(
         body=body_of(raw),
-        key=received.partition_key or _optional(group_id),
+        key=None if key is not None and key == default_session else key,
         headers=headers,
         message_id=text(message_id) if message_id is not None else new_message_id(),
         correlation_id=_optional(correlation_id),

@@ -24,6 +24,12 @@ MAX_LOCK = 300
 MAX_DEDUP_WINDOW = 7 * 24 * 3600
 #: nack(delay) holds the message's lock; beyond an hour that is the wrong tool.
 MAX_NACK_DELAY = 3600
+#: Session ids are at most 128 characters.
+MAX_SESSION_ID = 128
+#: The session of messages sent without a key to a session entity (read back as key=None).
+DEFAULT_SESSION = "unimq-default"
+#: Sessions one consumer holds at once unless max_sessions says otherwise.
+DEFAULT_MAX_SESSIONS = 8
 DEFAULT_SUFFIX = ".servicebus.windows.net"
 EMULATOR_KEY_NAME = "RootManageSharedAccessKey"
 EMULATOR_KEY = "SAS_KEY_VALUE"
@@ -48,6 +54,17 @@ class ServiceBusOptions(BaseModel):
     transport: Literal["amqp", "amqp_ws"] = Field("amqp", description="amqp_ws: AMQP over WebSockets (port 443)")
     max_message_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1024, le=100 * 1024 * 1024,
                                    description="largest body accepted; raise it for Premium namespaces")
+    sessions: bool = Field(False, description="ensure() makes session entities (requires_session): per-key "
+                                              "order, key → session id. Existing session entities are "
+                                              "detected without it")
+    default_session_id: str = Field(DEFAULT_SESSION, max_length=MAX_SESSION_ID,
+                                    description="session id of messages sent without a key to a session "
+                                                "entity; empty: such a send is refused")
+    max_sessions: int | None = Field(None, ge=1, le=256, description="sessions a consumer holds at once; "
+                                                                     f"default: its prefetch, at most "
+                                                                     f"{DEFAULT_MAX_SESSIONS}")
+    session_idle: float = Field(1.0, gt=0, le=300, description="seconds without a message after which a "
+                                                               "consumer releases a session for the next one")
 
 
 @dataclass(frozen=True)
@@ -111,23 +128,36 @@ def endpoint(url: BrokerURL, options: ServiceBusOptions) -> Endpoint:
                       "(servicebus://KEYNAME:KEY@NAMESPACE), or pass ?credential=default or ?connection_string=...")
 
 
-def capabilities(options: ServiceBusOptions) -> Capabilities:
-    """The declaration; receive_and_delete removes messages on receipt, so settlement features go."""
+def capabilities(options: ServiceBusOptions, sessions: bool) -> Capabilities:
+    """The declaration, for session entities or not; receive_and_delete removes messages on receipt,
+    so settlement features go."""
     locked = options.receive_mode == "peek_lock"
     gone = "receive_mode=receive_and_delete removes a message when it is received"
+    unkeyed = (f"messages without a key share the session {options.default_session_id!r}"
+               if options.default_session_id else "a message without a key is refused (default_session_id is empty)")
     return Capabilities(
         backend="servicebus",
         persistence=native(note="stored by Service Bus until settled "
                                 "(the test double: snapshot to disk about every second)"),
         fanout=native(note="ensure(dest, groups=...) makes dest a topic with one subscription per group"),
-        competing_consumers=native(),
-        ordering="none",
-        ordering_note="sessions (key → session id) are not implemented yet; abandon and lock expiry reorder",
+        competing_consumers=native(note="per session: a session is held by one consumer at a time"
+                                   if sessions else ""),
+        ordering="per_key" if sessions else "none",
+        ordering_note=(
+            f"sessions: key → session id; a consumer holds a session and gets its messages in order; {unkeyed}; "
+            "a nack or a lock given up puts a message back at its place, but messages after it may already "
+            "be in the consumer's hands"
+            if sessions else
+            "none without sessions (abandon and lock expiry reorder); per-key order: ?sessions=true or "
+            "ensure(sessions=True), or any entity created with requires_session (detected)"
+        ),
         delayed_delivery=native(note="scheduled enqueue time (x-opt-scheduled-enqueue-time)"),
         nack_delay=(
             emulated(limit=MAX_NACK_DELAY, note="the consumer keeps the lock (renewing it) for the delay, "
                                                 "then abandons; if the consumer dies first the message "
-                                                "returns when its lock expires (early, never lost)")
+                                                "returns when its lock expires (early, never lost)"
+                                                + ("; later messages of its session are delivered meanwhile"
+                                                   if sessions else ""))
             if locked else none(gone)
         ),
         dead_letter=(
@@ -142,12 +172,19 @@ def capabilities(options: ServiceBusOptions) -> Capabilities:
                                   "ensure(deduplication=window); window 20 s to 7 days"),
         replay=none("a completed message is gone"),
         lock_extension=(
-            native(limit=MAX_LOCK, note="renew-lock: each extend() renews for the entity's lock duration "
-                                        "(ensure(lock_timeout=), 5 s to 5 min)")
+            (native(limit=MAX_LOCK, note="a session's messages share its lock: extend() renews the session "
+                                         "lock; the consumer renews it while no message is held past the "
+                                         "lock duration (ensure(lock_timeout=) or the consumer's lock_timeout)")
+             if sessions else
+             native(limit=MAX_LOCK, note="renew-lock: each extend() renews for the entity's lock duration "
+                                         "(ensure(lock_timeout=), 5 s to 5 min)"))
             if locked else none(gone)
         ),
-        peek=native(note="peek-message from the first sequence number; a topic is peeked per subscription "
-                         "as 'topic/Subscriptions/name'"),
+        peek=(none("the SDK peeks a session entity only one locked session at a time; peek its dead-letter "
+                   "queue, or use stats()")
+              if sessions else
+              native(note="peek-message from the first sequence number; a topic is peeked per subscription "
+                          "as 'topic/Subscriptions/name'")),
         batch_send=native(limit=MAX_BATCH, note="ServiceBusMessageBatch, split to fit the link's size limit"),
         headers=native(note="application properties (string values)"),
         transactions=none("the Python SDK has no transactions"),

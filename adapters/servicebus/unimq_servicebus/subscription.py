@@ -173,11 +173,13 @@ class ServiceBusSubscription(Subscription):
 
     def _accept(self, receiver: ServiceBusReceiver, batch: list[ServiceBusReceivedMessage]) -> None:
         dead_letter = self._dead_letter
+        default_session = self._driver.options.default_session_id or None
         track = self._peek_lock
         unsettled = self._unsettled
         append = self._backlog.append
         for received in batch:
-            delivery = Delivery(to_message(received, dead_letter), attempt_of(received), received, receiver)
+            delivery = Delivery(to_message(received, dead_letter, default_session), attempt_of(received), received,
+                                receiver)
             if track:
                 unsettled[id(received)] = (receiver, received)
             append(delivery)

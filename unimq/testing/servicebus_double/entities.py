@@ -9,7 +9,8 @@ A receivable entity (a queue, a subscription or a dead-letter queue) is a :class
 * ``messages`` -- every message it holds, keyed by sequence number (so insertion order is
   sequence order, which is what peek needs);
 * ``ready`` -- per session id (``None`` for entities without sessions), the sequence numbers that
-  can be handed out now, in order; abandoned messages go back to the front;
+  can be handed out now, in order; abandoned and released messages go back to their place in
+  sequence order (as Service Bus keeps a session's order);
 * ``locks`` -- lock token -> :class:`Lock` for messages delivered in peek-lock mode.
 
 Consumers are objects supplied by the server (one per receiving AMQP link); the entity only asks
@@ -309,7 +310,10 @@ class Queue:
                                   "delivery attempts.", now_ms())
                 return
         if message.state == ACTIVE and message.seq in self.messages:
-            self._ready_queue(message).appendleft(message.seq)
+            # Back at its place in sequence order (returned messages sit near the front).
+            ready = self._ready_queue(message)
+            index = next((i for i, seq in enumerate(ready) if seq > message.seq), len(ready))
+            ready.insert(index, message.seq)
 
     def _dead_letter(self, message: StoredMessage, reason: str | None, description: str | None,
                      now: int) -> None:
@@ -510,7 +514,7 @@ class Queue:
                 heapq.heappush(queue._scheduled_heap, (message.scheduled_ms, message.seq))
             elif message.state == ACTIVE:
                 queue._ready_queue(message).append(message.seq)
-        for seq in sorted(locked, reverse=True):  # appendleft: back in sequence order, at the front
+        for seq in sorted(locked):  # back in sequence order, at the front
             queue._return(queue.messages[seq], failed=True)
         return queue
 

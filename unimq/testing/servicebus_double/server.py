@@ -42,6 +42,7 @@ MANAGEMENT_SUFFIX = "/$management"
 SESSION_FILTER = symbol("com.microsoft:session-filter")
 LOCKED_UNTIL_UTC = symbol("com.microsoft:locked-until-utc")
 LINK_TIMEOUT = symbol("com.microsoft:timeout")
+TRACKING_ID = "com.microsoft:tracking-id"
 DEAD_LETTER_CONDITION = "com.microsoft:dead-letter"
 DATETIMEOFFSET_EPOCH = 621355968000000000  # .NET ticks at the Unix epoch
 MAX_MESSAGE_SIZE = 1024 * 1024
@@ -88,6 +89,13 @@ class _Consumer:
 def _close_with_error(endpoint: Any, condition: str, description: str) -> None:
     endpoint.condition = Condition(condition, description)
     endpoint.close()
+
+
+def _error(condition: str, description: str) -> Condition:
+    """A rejected outcome's error. The SDK reads the error's three fields by position, and proton
+    leaves out an empty ``info`` (a send rejected that way never completes in the SDK), so the
+    error carries a tracking id as Service Bus errors do."""
+    return Condition(condition, description, {symbol(TRACKING_ID): str(uuid.uuid4())})
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -278,6 +286,9 @@ class _Handler:
 
         def granted(session: str | None) -> None:
             if session is None:
+                # As Service Bus refuses the link: an attach without a source, then a detach with
+                # the error (the SDK raises it as OperationTimeoutError).
+                link.source.type = Terminus.UNSPECIFIED
                 link.open()
                 _close_with_error(link, TIMEOUT, "No unlocked session with messages became available.")
             else:
@@ -342,7 +353,7 @@ class _Handler:
             delivery.update(Delivery.ACCEPTED)
         except (ServiceBusError, ValueError) as exc:
             condition = getattr(exc, "condition", "amqp:decode-error")
-            delivery.local.condition = Condition(condition, str(exc))
+            delivery.local.condition = _error(condition, str(exc))
             delivery.update(Delivery.REJECTED)
         delivery.settle()
 
@@ -375,7 +386,7 @@ class _Handler:
             link.entity.settle(delivery.lock_token, outcome, reason, description)
             delivery.update(state)
         except ServiceBusError as exc:
-            delivery.local.condition = Condition(exc.condition, exc.description)
+            delivery.local.condition = _error(exc.condition, exc.description)
             delivery.update(Delivery.REJECTED)
         delivery.settle()
 
