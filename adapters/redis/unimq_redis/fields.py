@@ -124,8 +124,9 @@ def from_flat(entry_id: bytes, flat: list[bytes]) -> tuple[Message, dict[bytes, 
     """
     if len(flat) == 4 and flat[0] == _BODY and flat[2] == _ID:
         body, raw_id = flat[1], flat[3]
-        message = Message(body=body, message_id=raw_id.decode(errors="replace") if raw_id else entry_id.decode(),
-                          timestamp=_time(entry_id.partition(b"-")[0]))
+        # Positional (cheaper than keywords on this path); tests/adapters/redis/test_fields.py checks it.
+        message = Message(body, None, {}, raw_id.decode(errors="replace") if raw_id else entry_id.decode(),
+                          None, None, None, _time(entry_id.partition(b"-")[0]))
         return message, {_BODY: body, _ID: raw_id}, 0
     it = iter(flat)
     fields = dict(zip(it, it, strict=True))
