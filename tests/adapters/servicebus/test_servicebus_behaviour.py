@@ -104,9 +104,9 @@ async def test_ensure_dedup_and_lock_duration(broker: unimq.Broker, name: str) -
     assert (await broker.stats(name)).depth == 1
 
 
-async def test_sessions_and_partitions_refused(broker: unimq.Broker, name: str) -> None:
-    with pytest.raises(unimq.CapabilityError, match="sessions"):
-        await broker.ensure(name, sessions=True)
+async def test_partitions_and_fifo_refused(broker: unimq.Broker, name: str) -> None:
+    with pytest.raises(unimq.CapabilityError, match="fifo"):
+        await broker.ensure(name, fifo=True)
     with pytest.raises(unimq.CapabilityError, match="partitions"):
         await broker.ensure(name, partitions=4)
 
