@@ -15,6 +15,11 @@ A receivable entity (a queue, a subscription or a dead-letter queue) is a :class
 
 Consumers are objects supplied by the server (one per receiving AMQP link); the entity only asks
 them for ``credit()`` and hands them encoded deliveries.
+
+Session fidelity limits: a session released by its receiver's link closing, its connection
+dropping or its session lock expiring returns its locked messages without counting a delivery
+(whether Azure counts one then is not verified); ``acquire_session`` takes the first free session
+in creation order, where Azure's choice is unspecified.
 """
 
 from __future__ import annotations
