@@ -146,6 +146,10 @@ class SessionSubscription(Subscription):
                 await receiver.close()
             raise
         session = receiver.session
+        if not isinstance(session.session_id, str):  # attached without a session (a refusal)
+            with contextlib.suppress(Exception):
+                await receiver.close()
+            raise OperationTimeoutError(message="no session was granted")
         until = session.locked_until_utc
         duration = (until - datetime.now(UTC)).total_seconds() if until else DEFAULT_LOCK
         self._sessions.append(_Session(receiver, session.session_id, max(duration, 1.0), time.monotonic()))
@@ -212,8 +216,8 @@ class SessionSubscription(Subscription):
                 self._add(s, task.result())
                 continue
             s.broken = True  # no settlement may reopen it; released at the next receive
-            if isinstance(error, LOST):
-                continue  # the service released the session: its messages come back
+            if isinstance(error, (*LOST, *NO_SESSION)):
+                continue  # the service released the session (or never granted it): its messages come back
             mapped = self._driver.map_error(error, f"receive from {self._destination}")
             if isinstance(mapped, NotFound | ConfigError):
                 return mapped
