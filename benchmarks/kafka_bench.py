@@ -22,7 +22,7 @@ from typing import Any
 
 import peers
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from harness import Backend, Contender, Quota, UnimqContender, Workload, main
 
 BATCH = 10_000  # the adapter's batch_send limit: send_many sends chunks of this size
@@ -55,7 +55,7 @@ class AioKafka(Contender):
         await self.admin.close()
 
     async def create(self, dest: str, w: Workload) -> None:
-        await self.admin.create_topics([NewTopic(dest, num_partitions=max(1, w.concurrency), replication_factor=1)])
+        await peers.create_kafka_topic(self.bootstrap, dest, max(1, w.concurrency))
 
     async def delete(self, dest: str) -> None:
         await self.admin.delete_topics([dest])

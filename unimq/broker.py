@@ -26,7 +26,7 @@ from unimq.capabilities import Capabilities, check_limit, check_message
 from unimq.codecs import CONTENT_ENCODING, Codec, RawCodec, codec_for, decompress
 from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Start, Stats, Subscription
 from unimq.errors import CapabilityError, Closed, ConfigError, PublishError, UnimqError
-from unimq.message import Delivery, Message
+from unimq.message import Delivery, Message, new_message_id
 from unimq.reliability import Retry, dead_letter_copy
 from unimq.url import BrokerURL, parse_options, parse_url
 
@@ -332,13 +332,12 @@ class Producer:
             if not isinstance(self._codec, RawCodec) and not isinstance(message.body, bytes):
                 message.body = self._codec.encode(message.body)
         else:
+            # Positional, in Message's field order (keywords cost ~0.3 µs more per message here).
             message = Message(
-                body=self._codec.encode(body), key=key, headers=dict(headers) if headers else {},
-                correlation_id=correlation_id, reply_to=reply_to,
-                content_type=content_type or self._codec.content_type, delay=delay, ttl=ttl, priority=priority,
+                self._codec.encode(body), key, dict(headers) if headers else {},
+                new_message_id() if message_id is None else message_id, correlation_id, reply_to,
+                content_type or self._codec.content_type, None, delay, ttl, priority,
             )
-            if message_id is not None:
-                message.message_id = message_id
             if self._codec.content_encoding:
                 message.headers[CONTENT_ENCODING] = self._codec.content_encoding
         if not isinstance(message.body, bytes):

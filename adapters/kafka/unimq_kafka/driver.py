@@ -1,7 +1,7 @@
 """``kafka://h1:9092,h2:9092?...``: topics are destinations, consumer groups are groups.
 
-The producer is idempotent with ``acks=all`` by default; a batch is sent without awaiting each
-record (aiokafka batches by partition) and then awaited as a whole. Consumers acknowledge per
+The producer is idempotent with ``acks=all`` by default; ``send_many`` fills aiokafka's record
+batches itself (:mod:`unimq_kafka.batches`) and awaits one future per batch, not per record. Consumers acknowledge per
 message on top of offsets (:mod:`unimq_kafka.offsets`); nack, delayed send and dead-lettering
 are emulated with retry and dead-letter topics (:mod:`unimq_kafka.subscription`).
 """
@@ -37,6 +37,7 @@ from unimq.errors import (
 )
 from unimq.message import Message
 from unimq.url import BrokerURL
+from unimq_kafka.batches import publish_batches
 from unimq_kafka.mapping import from_record, timestamp_ms, to_headers, to_key
 from unimq_kafka.options import KafkaOptions
 from unimq_kafka.subscription import KafkaSubscription
@@ -227,24 +228,23 @@ class KafkaDriver(Driver):
     # Publishing.
 
     async def publish(self, destination: str, messages: Sequence[Message]) -> Sequence[BaseException | None]:
-        send = self.producer.send
-        sent: list[Any] = []
-        for message in messages:
-            try:
-                sent.append(await send(destination, message.body, key=to_key(message), headers=to_headers(message),
-                                       timestamp_ms=timestamp_ms(message)))
-            except Exception as exc:
-                sent.append(self.map_error(exc, f"publish to {destination}"))
-        futures = [f for f in sent if isinstance(f, asyncio.Future)]
-        if futures:
-            await asyncio.wait(futures)
-        return [f if isinstance(f, BaseException) else self._outcome(f, destination) for f in sent]
+        if len(messages) > 1:
+            return await publish_batches(self.producer, destination, messages,
+                                         lambda exc: self._publish_error(exc, destination))
+        message = messages[0]
+        try:
+            future = await self.producer.send(destination, message.body, key=to_key(message),
+                                              headers=to_headers(message), timestamp_ms=timestamp_ms(message))
+        except Exception as exc:
+            return [self._publish_error(exc, destination)]
+        await asyncio.wait([future])
+        error = asyncio.CancelledError() if future.cancelled() else future.exception()
+        return [None if error is None else self._publish_error(error, destination)]
 
-    def _outcome(self, future: asyncio.Future[Any], destination: str) -> BaseException | None:
-        if future.cancelled():
+    def _publish_error(self, exc: BaseException, destination: str) -> BaseException:
+        if isinstance(exc, asyncio.CancelledError):
             return Closed(f"kafka: publish to {destination} was cancelled")
-        exc = future.exception()
-        return None if exc is None else self.map_error(exc, f"publish to {destination}")
+        return self.map_error(exc, f"publish to {destination}")
 
     def subscription(self, destination: str, group: str | None, settings: ReceiveSettings) -> Subscription:
         return KafkaSubscription(self, destination, group, settings)
@@ -328,8 +328,16 @@ class KafkaDriver(Driver):
         if existing is not None and existing < partitions:
             admin = await self.admin()
             await admin.create_partitions({destination: NewPartitions(partitions)})
+        if existing is None or existing < partitions:
+            await self._wait_for_leaders(destination, partitions)
         if spec.max_deliveries:
             self.max_deliveries[destination] = spec.max_deliveries
+
+    async def _wait_for_leaders(self, topic: str, partitions: int) -> None:
+        """Return once every partition's leader serves requests, so the first send after ``ensure()``
+        is not answered NotLeaderForPartition (a new topic's leaders take ~0.1 s to start on KRaft)."""
+        inspector = await self._offsets_client()
+        await inspector.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
 
     async def _topic_partitions(self, topic: str) -> list[TopicPartition]:
         count = await self._partition_count(topic)

@@ -15,7 +15,7 @@ import unimq
 
 KAFKA_URL = os.environ.get("UNIMQ_TEST_KAFKA_URL", "kafka://127.0.0.1:9092")
 BOOTSTRAP = KAFKA_URL.split("://", 1)[1].split("?", 1)[0].rsplit("@", 1)[-1]
-BROKER_TESTS = ("test_kafka_interop", "test_rebalance", "test_kafka_behaviour")
+BROKER_TESTS = ("test_kafka_interop", "test_rebalance", "test_kafka_behaviour", "test_batches")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -135,3 +136,13 @@ def test_sasl_password_never_shown() -> None:
         asyncio.run(connect())
     assert "hunter2secret" not in str(info.value)
     assert info.value.retryable, "an unreachable broker is a retryable ConnectionError"
+
+
+async def test_a_topic_is_ready_when_ensure_returns(broker: unimq.Broker, topic: str,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A new topic's leaders take ~0.1 s to start: ensure() waits for them, so the first sends are
+    not answered NotLeaderForPartition (and retried after aiokafka's backoff)."""
+    await broker.ensure(topic, partitions=8)
+    with caplog.at_level(logging.WARNING, logger="aiokafka"):
+        await broker.producer(topic).send_many([unimq.Message(body=b"x", key=f"k{i}") for i in range(64)])
+    assert not [r for r in caplog.records if "NotLeaderForPartition" in r.getMessage()]
