@@ -25,6 +25,7 @@ VARIANTS = [
     ("sqs", "sqs://?region=us-east-1", "orders"),
     ("sqs FIFO", "sqs://?region=us-east-1", "orders.fifo"),
     ("servicebus", "servicebus://k:v@127.0.0.1:5673?emulator=true", "orders"),
+    ("servicebus sessions", "servicebus://k:v@127.0.0.1:5673?emulator=true&sessions=true", "orders"),
     ("redis", "redis://127.0.0.1:6379/0", "orders"),
     ("nats", "nats://127.0.0.1:4222", "orders"),
     ("nats core", "nats://127.0.0.1:4222?jetstream=false", "orders"),
