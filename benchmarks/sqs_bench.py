@@ -194,7 +194,10 @@ def contenders(url: str) -> list[Contender]:
     return [
         Boto3(url),
         Boto3WithId(url),
-        Unimq(url, prefetch=BATCH * DEPTH, ensure=lambda w: {"dead_letter": False}),
+        # The raw pollers long-poll 1 s; so does unimq here (its default is 2 s). A consumer's close
+        # waits for its polls in flight, inside the timed run on both sides.
+        Unimq(url + ("&" if "?" in url else "?") + "wait_time=1", prefetch=BATCH * DEPTH,
+              ensure=lambda w: {"dead_letter": False}),
         peers.Kombu(f"sqs://x:x@{endpoint}", prefetch=BATCH,
                     transport_options={"region": query.get("region", "us-east-1"), "is_secure": False}),
     ]
@@ -210,6 +213,7 @@ BACKEND = Backend(
     notes=["ElasticMQ on the same machine: the client's CPU (botocore), not the network, bounds every side",
            "raw: SendMessageBatch ×10, 8 in flight; 8 pollers × ReceiveMessage 10 + DeleteMessageBatch per consumer",
            "raw+id: raw with a message-id attribute on every message, as unimq sends (its floor on this client)",
+           "both sides long-poll 1 s (unimq: wait_time=1; a consumer's close waits for its polls in flight)",
            "unimq: send_many (8 batches in flight); 8 × receive_batch(10) + ack_many per consumer "
            "(batching off: broker.consume(concurrency=80, prefetch=80), one ack() each)",
            "Kombu's SQS transport: one SendMessage per publish (no batch API), JSON+base64 envelope"],
