@@ -312,9 +312,9 @@ def render(results: dict[str, Any], doc: Path, img: Path) -> None:
         "- **Profiles**: `--quick` (the whole matrix, small counts: a few hundred to a few thousand messages "
         "per run — short runs, so fixed costs such as Kafka's ~3 s group join weigh more) and full "
         "(3,000–200,000 messages per run by backend; here for 1 KiB, batching on, c = 1). On this machine "
-        "the quick matrix took memory 11 s, RabbitMQ 129 s, Redis 105 s, NATS 134 s, Kafka 431 s (group "
-        "joins), SQS 743 s (ElasticMQ at a few hundred msg/s with single sends, and Kombu's SQS consumers "
-        "timing out at c = 8) — ~26 min in all, **not** the < 10 min aimed for; see \"Left out\".",
+        "the quick matrix took memory 10 s, RabbitMQ 107 s, Redis 95 s, NATS 160 s, Kafka 443 s (group "
+        "joins), SQS 321 s (ElasticMQ at a few hundred msg/s with single sends), Service Bus 982 s (the "
+        "double is one Python thread) — ~35 min in all, **not** the < 10 min aimed for; see \"Left out\".",
         "",
         "Per-backend settings:",
         "",
@@ -362,22 +362,19 @@ def render(results: dict[str, Any], doc: Path, img: Path) -> None:
         "",
         "## Left out of this run",
         "",
-        "- **SQS, batching on, c = 8, consume**: measured with a benchmark whose 8 loops per consumer called "
-        "`receive_many(10)` (which waits to fill) on one shared consumer. That exposed a core bug — a second "
-        "task waiting for prefetch room orphaned the first until its timeout — fixed right after this run "
-        "(one shared room future); re-measured alone with `receive_batch`: 0.78× raw (3,000 × 1 KiB, 5 "
-        "interleaved repetitions). The 0.1× cells below are that bug, not the adapter.",
         "- Service Bus has no peer library (FastStream and Kombu do not support it): raw SDK and unimq only. "
-        "Its full profile (10,000 messages, the double consumes ~400 msg/s) was stopped for time, and so was "
-        "this run's RSS soak (the figures below are the previous run's; `benchmarks/soak.py` results with "
-        "resets, per backend, are in docs/reliability.md): the headline shows its quick figures.",
+        "The raw SDK fails the produce cells with 8 tasks on one `ServiceBusSender` (the SDK's sender is not "
+        "safe for concurrent use: \"Handler failed: 'NoneType' object has no attribute …\"); those cells show "
+        "unimq alone, which serialises sends per sender.",
         "- FastStream has no SQS support and Kombu no NATS/Kafka support: those cells are empty, not zero.",
         "- Kafka: FastStream and the raw consumer join a fresh group per run (~3 s each, not timed); the "
-        "quick profile spends most of its time there.",
+        "quick profile spends most of its time there, and its consume cells time a few thousand records read "
+        "in milliseconds after the join (a raw rate of millions per second): read the full profile.",
         "- The NATS raw baseline is the original port's `publish_async` loop; the adapter's own pipelined "
         "publish beats it (unimq > 1× raw), so the raw side is not at the physical limit there.",
-        "- The migration and soak figures were measured while the full-profile matrix ran (time): RSS "
-        "flatness is unaffected, the mirror/dual ratios are interleaved within themselves but noisier.",
+        "- SQS was re-measured after the other backends, with both sides long-polling 1 s (before, unimq "
+        "long-polled its default 2 s, and a consumer's close waits for its polls in flight inside the timed "
+        "run, so short runs carried up to a second more of tail on the unimq side).",
         "",
         "## Reproduce",
         "",
