@@ -248,9 +248,9 @@ class ServiceBusDriver(Driver):
         try:
             found = await self._a().requires_session(destination, group)
         except (ClientAuthenticationError, ServiceBusAuthorizationError):
-            found = None
+            found = self.options.sessions  # unreadable for good: decide once, not on every send
         if found is None:
-            return self.options.sessions
+            return self.options.sessions  # not created yet: ask again once it exists
         self._sessions[(destination, group)] = found
         return found
 
@@ -407,7 +407,6 @@ class ServiceBusDriver(Driver):
 
 def _seconds(value: timedelta | None) -> float | None:
     return None if value is None else value.total_seconds()
-
 
 
 class _Detected(Subscription):
