@@ -15,6 +15,7 @@ consumer commits every 100 ms (batching on: ``getmany``, off: ``getone``); unimq
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 from importlib.metadata import version
@@ -111,13 +112,38 @@ class AioKafka(Contender):
             await consumer.stop()
 
 
+class UnimqLoop(UnimqContender):
+    """The idiomatic per-message path, batching on or off: ``async for delivery in consumer: await delivery.ack()``."""
+
+    name = "unimq-loop"
+
+    async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
+        async with self._consumer(dest) as consumer:
+            async for delivery in consumer:
+                await delivery.ack()
+                quota.take()
+                if quota.finished:
+                    return
+
+
+def _peer(make: Callable[[], Contender]) -> list[Contender]:
+    """A peer library's contender, or none when it is not installed (``pip install -e '.[bench]'``)."""
+    try:
+        return [make()]
+    except ModuleNotFoundError as exc:
+        print(f"skipping a peer contender: {exc}", file=sys.stderr)
+        return []
+
+
 def contenders(url: str) -> list[Contender]:
     bootstrap = bootstrap_of(url)
     return [
         AioKafka(url),
         UnimqContender(url, prefetch=PREFETCH, receive_batch=PREFETCH, group=lambda dest: f"{dest}-unimq",
                        ensure=lambda w: {"partitions": max(1, w.concurrency), "dead_letter": False}),
-        peers.FastStreamKafka(bootstrap, **PRODUCER),
+        UnimqLoop(url, prefetch=PREFETCH, group=lambda dest: f"{dest}-unimq",
+                  ensure=lambda w: {"partitions": max(1, w.concurrency), "dead_letter": False}, fill_by="unimq"),
+        *_peer(lambda: peers.FastStreamKafka(bootstrap, **PRODUCER)),
     ]
 
 

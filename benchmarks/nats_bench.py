@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections.abc import Callable
 from importlib.metadata import version
@@ -104,12 +105,37 @@ class NatsPyWithId(NatsPy):
     with_id = True
 
 
+class UnimqLoop(UnimqContender):
+    """The idiomatic per-message path, batching on or off: ``async for delivery in consumer: await delivery.ack()``."""
+
+    name = "unimq-loop"
+
+    async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
+        async with self._consumer(dest) as consumer:
+            async for delivery in consumer:
+                await delivery.ack()
+                quota.take()
+                if quota.finished:
+                    return
+
+
+def _peer(make: Callable[[], Contender]) -> list[Contender]:
+    """A peer library's contender, or none when it is not installed (``pip install -e '.[bench]'``)."""
+    try:
+        return [make()]
+    except ModuleNotFoundError as exc:
+        print(f"skipping a peer contender: {exc}", file=sys.stderr)
+        return []
+
+
 def contenders(url: str) -> list[Contender]:
     return [
         NatsPy(url),
         NatsPyWithId(url),
         UnimqContender(url, prefetch=FETCH, group="unimq"),
-        peers.FastStreamNats(url.split("?", 1)[0], window=BATCH, fetch=FETCH, stream_name=stream_name),
+        UnimqLoop(url, prefetch=FETCH, group="unimq", fill_by="unimq"),
+        *_peer(lambda: peers.FastStreamNats(url.split("?", 1)[0], window=BATCH, fetch=FETCH,
+                                           stream_name=stream_name)),
     ]
 
 

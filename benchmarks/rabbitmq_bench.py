@@ -12,6 +12,7 @@ exchange per destination), so the ratio includes what the mapping costs.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 from importlib.metadata import version
 
@@ -91,12 +92,36 @@ class AioPika(Contender):
                 await message.ack()
 
 
+class UnimqLoop(UnimqContender):
+    """The idiomatic per-message path, batching on or off: ``async for delivery in consumer: await delivery.ack()``."""
+
+    name = "unimq-loop"
+
+    async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
+        async with self._consumer(dest) as consumer:
+            async for delivery in consumer:
+                await delivery.ack()
+                quota.take()
+                if quota.finished:
+                    return
+
+
+def _peer(make: Callable[[], Contender]) -> list[Contender]:
+    """A peer library's contender, or none when it is not installed (``pip install -e '.[bench]'``)."""
+    try:
+        return [make()]
+    except ModuleNotFoundError as exc:
+        print(f"skipping a peer contender: {exc}", file=sys.stderr)
+        return []
+
+
 def contenders(url: str) -> list[Contender]:
     return [
         AioPika(url),
         UnimqContender(url, prefetch=PREFETCH),
-        peers.FastStreamRabbit(url, prefetch=PREFETCH, window=WINDOW * DEPTH),
-        peers.Kombu(url, prefetch=PREFETCH, transport_options={"confirm_publish": True}),
+        UnimqLoop(url, prefetch=PREFETCH, fill_by="unimq"),
+        *_peer(lambda: peers.FastStreamRabbit(url, prefetch=PREFETCH, window=WINDOW * DEPTH)),
+        *_peer(lambda: peers.Kombu(url, prefetch=PREFETCH, transport_options={"confirm_publish": True})),
     ]
 
 

@@ -38,7 +38,7 @@ JARS = ROOT / "scripts" / "jars"
 HOST = "127.0.0.1"
 
 DEFAULT_BACKENDS = ["rabbitmq", "redis", "nats", "kafka", "sqs"]
-ALL_BACKENDS = [*DEFAULT_BACKENDS, "servicebus"]
+ALL_BACKENDS = [*DEFAULT_BACKENDS, "servicebus", "postgres"]
 
 SERVICEBUS_CONNECTION_STRING = (
     f"Endpoint=sb://{HOST}:5673;SharedAccessKeyName=RootManageSharedAccessKey;"
@@ -628,32 +628,123 @@ class ElasticMQ(Broker):
         super().stop()
 
 
+class Postgres(Broker):
+    """Debian's PostgreSQL (for the transactional outbox and the SQL inbox, docs/exactly-once.md):
+    a private cluster made by initdb under .brokers/postgres/data, TCP on 127.0.0.1:5433 only, trust
+    auth, small memory settings. PostgreSQL refuses to run as root, so then it runs as the
+    ``postgres`` user the package creates (setpriv execs it, so the pid file holds the postmaster).
+    ``stop`` asks for a fast shutdown (SIGINT): SIGTERM would wait for every client to disconnect.
+    """
+
+    name = "postgres"
+    port = 5433
+    url = f"postgresql://postgres@{HOST}:5433/postgres"
+    start_timeout = 60.0
+    stop_timeout = 20.0
+    user = "postgres"
+
+    def __init__(self, home: Path | None = None, port: int | None = None) -> None:
+        super().__init__(home)
+        if port is not None:
+            self.port = port
+            self.url = f"postgresql://postgres@{HOST}:{port}/postgres"
+
+    def bin(self) -> Path | None:
+        versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parent.parent.name))
+        return versions[-1].parent if versions else None
+
+    def missing_packages(self) -> list[str]:
+        return [] if self.bin() is not None else ["postgresql"]
+
+    def as_user(self) -> list[str]:
+        if os.geteuid() != 0:
+            return []
+        return ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups", "--"]
+
+    def prepare(self) -> None:
+        if (self.data / "PG_VERSION").exists():
+            return
+        if os.geteuid() == 0:
+            probe = subprocess.run([*self.as_user(), "test", "-x", str(self.dir)], check=False)
+            if probe.returncode != 0:
+                raise BrokerError(f"postgres: the {self.user} user cannot enter {self.dir} (a parent directory "
+                                  "is private, e.g. /root): move the checkout, or `chmod o+x` its parents")
+            shutil.chown(self.data, self.user, self.user)
+        self.data.chmod(0o700)
+        bin_dir = self.bin()
+        if bin_dir is None:
+            raise BrokerError("postgres: no server under /usr/lib/postgresql (apt-get install postgresql)")
+        with open(self.log, "ab") as out:
+            done = subprocess.run([*self.as_user(), str(bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres",
+                                   "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"],
+                                  cwd=self.dir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                  check=False)
+        if done.returncode != 0:
+            raise BrokerError(f"postgres: initdb failed; log tail ({self.log}):\n{tail(self.log)}")
+
+    def command(self) -> list[str]:
+        bin_dir = self.bin()
+        assert bin_dir is not None
+        settings = {
+            "listen_addresses": HOST, "port": str(self.port), "unix_socket_directories": "",
+            "shared_buffers": "32MB", "work_mem": "4MB", "maintenance_work_mem": "16MB", "max_connections": "100",
+            "max_wal_size": "256MB", "effective_cache_size": "128MB", "logging_collector": "off",
+        }
+        return [*self.as_user(), str(bin_dir / "postgres"), "-D", str(self.data),
+                *(arg for key, value in settings.items() for arg in ("-c", f"{key}={value}"))]
+
+    def ready(self) -> bool:
+        # A StartupMessage (protocol 3.0) for user postgres: a serving cluster with trust auth
+        # answers AuthenticationOk ('R', length 8, code 0); one still starting answers 'E'.
+        params = b"user\x00postgres\x00database\x00postgres\x00\x00"
+        startup = struct.pack("!ii", 8 + len(params), 196608) + params
+        return exchange(self.port, startup, 9) == b"R\x00\x00\x00\x08\x00\x00\x00\x00"
+
+    def stop(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGINT)
+            deadline = time.monotonic() + self.stop_timeout
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        super().stop()
+
+
 class ServiceBusDouble(Broker):
     """The in-repo Azure Service Bus test double (AMQP 1.0 on 5673), a Python module.
 
     It keeps its state in data/state.pickle (``--data-dir``), written on SIGTERM and about
     every second, so `restart servicebus` keeps entities and messages. ``port`` and ``home``
     run a second, private instance (tests/faults restarts one of its own).
+
+    The shared instance comes with a static-mode companion on 5674 (state under ``static/``): the
+    official emulator's constraints (no ``$unimq-control`` node, no entity created on first use),
+    its entities declared by scripts/servicebus-emulator-config.json; the ``servicebus-static``
+    conformance target runs there. `up`/`down`/`status servicebus` handle both.
     """
 
     name = "servicebus"
     port = 5673
     url = SERVICEBUS_CONNECTION_STRING
-    module = "unimq.testing.servicebus_double"
+    module = "unimq_servicebus.testing.double"
+    config = ROOT / "scripts" / "servicebus-emulator-config.json"
     start_timeout = 30.0
 
-    def __init__(self, port: int | None = None, home: Path | None = None) -> None:
+    def __init__(self, port: int | None = None, home: Path | None = None, static: bool = False) -> None:
         super().__init__(home)
+        self.static = static
         if port is not None:
             self.port = port
             self.url = SERVICEBUS_CONNECTION_STRING.replace(":5673;", f":{port};")
+        shared = port is None and home is None and not static
+        self.companion = ServiceBusDouble(5674, self.dir / "static", static=True) if shared else None
 
     def python(self) -> str:
         venv = ROOT / ".venv" / "bin" / "python"
         return str(venv) if venv.exists() else "python3"
 
     def env(self) -> dict[str, str]:
-        paths = [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]
+        paths = [str(ROOT / "adapters" / "servicebus"), str(ROOT), os.environ.get("PYTHONPATH", "")]
         return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
 
     def install(self) -> None:
@@ -662,21 +753,46 @@ class ServiceBusDouble(Broker):
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
         if not found:
             raise BrokerError(f"servicebus: module {self.module} not found for {self.python()} "
-                              "(the Service Bus test double is not in the tree yet)")
+                              "(install the adapter: scripts/bootstrap)")
 
     def command(self) -> list[str]:
+        static = ["--static", "--config", str(self.config)] if self.static else []
         return [self.python(), "-m", self.module, "--host", HOST, "--port", str(self.port),
-                "--data-dir", str(self.data)]
+                "--data-dir", str(self.data), *static]
 
     def ready(self) -> bool:
         # AMQP 1.0 SASL protocol header; an AMQP 1.0 server answers with the same header.
         header = b"AMQP\x03\x01\x00\x00"
         return exchange(self.port, header, 8) == header
 
+    def is_up(self) -> bool:
+        return super().is_up() and (self.companion is None or self.companion.is_up())
+
+    def spawn(self) -> None:
+        """Start whichever of the pair is not running (the other keeps its clients)."""
+        if self.pid() is None:
+            super().spawn()
+        if self.companion is not None and self.companion.pid() is None:
+            self.companion.spawn()
+
+    def startup_done(self, started_at: float) -> bool:
+        done = super().startup_done(started_at)
+        return (self.companion is None or self.companion.startup_done(started_at)) and done
+
+    def stop(self) -> None:
+        if self.companion is not None:
+            self.companion.stop()
+        super().stop()
+
+    def wipe(self) -> None:
+        if self.companion is not None:
+            self.companion.wipe()
+        super().wipe()
+
 
 BROKERS: dict[str, type[Broker]] = {
     "rabbitmq": RabbitMQ, "redis": Redis, "nats": Nats, "kafka": Kafka, "sqs": ElasticMQ,
-    "servicebus": ServiceBusDouble,
+    "servicebus": ServiceBusDouble, "postgres": Postgres,
 }
 
 

@@ -2,8 +2,9 @@
 
     .venv/bin/python scripts/gen_capabilities.py [--check]
 
-Each installed driver is constructed (not connected) from a sample URL, and its capabilities (and
-those of destination variants such as SQS FIFO queues) are rendered side by side. ``--check``
+Each conformance target that declares matrix columns (adapters register targets through the
+``unimq.targets`` entry point) has its driver constructed, not connected, and the capabilities of
+each column's destination (e.g. SQS FIFO queues) are rendered side by side. ``--check``
 exits 1 if the file on disk is stale, so CI can catch a declaration changed without its docs.
 """
 
@@ -15,34 +16,23 @@ from pathlib import Path
 
 from unimq import registry
 from unimq.capabilities import Capabilities
+from unimq.testing.brokers import TARGETS
 from unimq.url import parse_options, parse_url
 
-# (column label, sample URL, destination whose capabilities to show)
-VARIANTS = [
-    ("memory", "memory://", "orders"),
-    ("rabbitmq", "amqp://127.0.0.1/", "orders"),
-    ("kafka", "kafka://127.0.0.1:9092", "orders"),
-    ("sqs", "sqs://?region=us-east-1", "orders"),
-    ("sqs FIFO", "sqs://?region=us-east-1", "orders.fifo"),
-    ("servicebus", "servicebus://k:v@127.0.0.1:5673?emulator=true", "orders"),
-    ("servicebus sessions", "servicebus://k:v@127.0.0.1:5673?emulator=true&sessions=true", "orders"),
-    ("redis", "redis://127.0.0.1:6379/0", "orders"),
-    ("nats", "nats://127.0.0.1:4222", "orders"),
-    ("nats core", "nats://127.0.0.1:4222?jetstream=false", "orders"),
-]
 OUT = Path(__file__).resolve().parent.parent / "docs" / "capabilities.md"
 
 
 def declared() -> list[tuple[str, Capabilities]]:
+    """One column per (label, destination) that a registered target declares for the matrix."""
     installed = registry.installed()
     columns = []
-    for label, url, destination in VARIANTS:
-        parsed = parse_url(url)
-        if parsed.scheme not in installed:
+    for target in TARGETS:
+        parsed = parse_url(target.url)
+        if not target.matrix or parsed.scheme not in installed:
             continue
         driver_cls = registry.load(parsed.scheme)
         driver = driver_cls(parsed, parse_options(driver_cls.Options, driver_cls.name, dict(parsed.query)))
-        columns.append((label, driver.capabilities_for(destination)))
+        columns += [(label, driver.capabilities_for(destination)) for label, destination in target.matrix]
     return columns
 
 

@@ -6,22 +6,28 @@
 
 import logging
 
+from unimq.app import App, Router
 from unimq.broker import Broker, Consumer, Producer, connect
 from unimq.capabilities import Capabilities, Feature, Support
 from unimq.codecs import Codec, Compressed, JsonCodec, ModelCodec, RawCodec
 from unimq.driver import DestinationSpec, Stats
 from unimq.errors import (
+    AuthenticationError,
+    BrokerConnectionError,
     CapabilityError,
     Closed,
     ConfigError,
     ConnectionError,
     MessageTooLarge,
     NotFound,
+    PermissionDenied,
     PublishError,
+    Throttled,
     Timeout,
     UnimqError,
 )
 from unimq.message import Delivery, Message
+from unimq.recoverability import HandlerTimeout, KillSwitch, Reject
 from unimq.reliability import Retry
 
 __version__ = "0.1.0"
@@ -30,7 +36,10 @@ __version__ = "0.1.0"
 logging.getLogger("unimq").addHandler(logging.NullHandler())
 
 __all__ = [
+    "App",
+    "AuthenticationError",
     "Broker",
+    "BrokerConnectionError",
     "Capabilities",
     "CapabilityError",
     "Closed",
@@ -42,17 +51,23 @@ __all__ = [
     "Delivery",
     "DestinationSpec",
     "Feature",
+    "HandlerTimeout",
     "JsonCodec",
+    "KillSwitch",
     "Message",
     "MessageTooLarge",
     "ModelCodec",
     "NotFound",
+    "PermissionDenied",
     "Producer",
     "PublishError",
     "RawCodec",
+    "Reject",
     "Retry",
+    "Router",
     "Stats",
     "Support",
+    "Throttled",
     "Timeout",
     "UnimqError",
     "connect",

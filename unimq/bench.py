@@ -15,6 +15,7 @@ shapes so that every figure can be a ratio to the raw client measured in the sam
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import time
 import uuid
@@ -23,6 +24,7 @@ from typing import Any
 
 import unimq
 from unimq.broker import Broker
+from unimq.errors import ConfigError, MessageTooLarge
 
 SENT_AT = "x-bench-sent-ns"
 
@@ -121,10 +123,29 @@ async def latency(broker: Broker, destination: str, size: int, rate: float, seco
     return cuts[49], cuts[98]
 
 
+def _check(workloads: list[Workload], repeat: int, rate: float, latency_seconds: float) -> None:
+    """ConfigError for a run that could not measure anything (or would not end)."""
+    if not workloads:
+        raise ConfigError("bench: no workloads (give at least one size)")
+    if repeat < 1:
+        raise ConfigError(f"bench: repeat must be at least 1, got {repeat}")
+    for name, value in (("rate", rate), ("latency_seconds", latency_seconds)):
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"bench: {name} must be a finite number above 0, got {value}")
+    for w in workloads:
+        if w.size < 1 or w.count < 1 or w.concurrency < 1:
+            raise ConfigError(f"bench: workload {w.label()} needs size, count and concurrency of at least 1")
+
+
 async def run(url: str, workloads: list[Workload], repeat: int, rate: float, latency_seconds: float) -> list[Result]:
+    _check(workloads, repeat, rate, latency_seconds)
     results: list[Result] = []
     async with unimq.connect(url) as broker:
         backend = broker.backend
+        largest = max(w.size for w in workloads)
+        if largest > broker.capabilities.max_message_bytes:
+            raise MessageTooLarge(f"bench: size {largest} is over {broker.backend}'s limit of "
+                                  f"{broker.capabilities.max_message_bytes} bytes per message")
         for w in workloads:
             produced, consumed = [], []
             for _ in range(repeat):

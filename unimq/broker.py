@@ -21,13 +21,18 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from unimq import registry, telemetry
-from unimq.capabilities import Capabilities, check_limit, check_message
+from unimq import durations, operations, registry, telemetry
+from unimq.capabilities import Capabilities, check_message, check_spec
 from unimq.codecs import CONTENT_ENCODING, Codec, RawCodec, codec_for, decompress
 from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Start, Stats, Subscription
 from unimq.errors import CapabilityError, Closed, ConfigError, PublishError, UnimqError
 from unimq.message import Delivery, Message, new_message_id
-from unimq.reliability import Retry, dead_letter_copy
+from unimq.middleware import Chain, Middleware
+from unimq.operations import DeadLetter, Health, RedriveReport
+from unimq.recoverability import KillSwitch
+from unimq.reliability import DEAD_LETTER_REASON, Retry
+from unimq.runner import AsyncHandler, run
+from unimq.settlement import Settlement
 from unimq.url import BrokerURL, parse_options, parse_url
 
 T = TypeVar("T")
@@ -50,9 +55,25 @@ class Broker:
         self._url = url
         self._closed = False
         self._consumers: set[Consumer] = set()
+        self._middlewares: list[Middleware] = []
 
     def __repr__(self) -> str:
         return f"<unimq.Broker {self._url.redacted()}>"
+
+    def _chain(self, extra: Sequence[Middleware]) -> Chain:
+        for middleware in extra:
+            if not isinstance(middleware, Middleware):
+                raise ConfigError(f"middlewares= takes unimq.middleware.Middleware objects, got "
+                                  f"{type(middleware).__name__}")
+        return Chain([*self._middlewares, *extra])
+
+    def use(self, *middlewares: Middleware) -> Broker:
+        """Add middlewares (see :mod:`unimq.middleware`) for the producers and consumers made from now on."""
+        for middleware in middlewares:
+            if not isinstance(middleware, Middleware):
+                raise ConfigError(f"use() takes unimq.middleware.Middleware objects, got {type(middleware).__name__}")
+        self._middlewares += middlewares
+        return self
 
     @property
     def url(self) -> str:
@@ -90,10 +111,12 @@ class Broker:
         schema: type[BaseModel] | None = None,
         codec: Codec | None = None,
         retry: Retry | None = SEND_RETRY,
+        middlewares: Sequence[Middleware] = (),
     ) -> Producer:
-        """A producer for ``destination``. ``retry=None`` disables retries of failed sends."""
+        """A producer for ``destination``. ``retry=None`` disables retries of failed sends;
+        ``middlewares`` run after the broker's own (``Broker.use``)."""
         self._check_open()
-        return Producer(self, destination, codec_for(schema, codec), retry)
+        return Producer(self, destination, codec_for(schema, codec), retry, self._chain(middlewares))
 
     def consumer(
         self,
@@ -105,15 +128,20 @@ class Broker:
         codec: Codec | None = None,
         lock_timeout: timedelta | float | None = None,
         start: Start = None,
+        max_decoded_bytes: int | None = None,
+        middlewares: Sequence[Middleware] = (),
     ) -> Consumer:
         """A consumer of ``destination`` in ``group`` (None = the destination's default group).
 
         ``prefetch`` bounds the messages received but not yet settled; ``lock_timeout`` is how
         long an unsettled message stays invisible to others; ``start`` is where a new group begins
-        reading on backends with ``replay``.
+        reading on backends with ``replay``; ``max_decoded_bytes`` bounds a decompressed body
+        (default: 4 × the backend's message limit): a bigger one is dead-lettered.
         """
         self._check_open()
         caps = self._driver.capabilities_for(destination)
+        if group is not None and (not isinstance(group, str) or not group):
+            raise ConfigError(f"group must be a non-empty str or None (the default group), got {group!r}")
         if group is not None and not caps.fanout:
             raise CapabilityError.unsupported(
                 caps.backend, f"group={group!r}", "fanout",
@@ -121,13 +149,17 @@ class Broker:
             )
         if start is not None and not caps.replay:
             raise CapabilityError.unsupported(caps.backend, "start=", "replay", "Omit start=.")
-        seconds = lock_timeout.total_seconds() if isinstance(lock_timeout, timedelta) else lock_timeout
+        seconds = durations.optional_seconds(lock_timeout, "lock_timeout", allow_zero=False)
+        if max_decoded_bytes is not None and (not isinstance(max_decoded_bytes, int) or max_decoded_bytes < 1):
+            raise ConfigError(f"max_decoded_bytes must be an int >= 1, got {max_decoded_bytes!r}")
         try:
             settings = ReceiveSettings(prefetch=prefetch, lock_timeout=seconds, start=start)
         except ValueError as exc:
-            raise ConfigError(f"consumer options: {exc}") from None
+            raise ConfigError(f"consumer options: {_first_error(exc)}") from None
         sub = self._driver.subscription(destination, group, settings)
-        return Consumer(self, destination, group, sub, settings, codec_for(schema, codec))
+        limit = max_decoded_bytes or 4 * caps.max_message_bytes
+        return Consumer(self, destination, group, sub, settings, codec_for(schema, codec), limit,
+                        self._chain(middlewares))
 
     async def consume(
         self,
@@ -141,43 +173,92 @@ class Broker:
         schema: type[BaseModel] | None = None,
         codec: Codec | None = None,
         lock_timeout: timedelta | float | None = None,
-        shutdown_timeout: float = 30.0,
-        handle_signals: bool = False,
+        shutdown_timeout: timedelta | float = 30.0,
+        handle_signals: bool | None = None,
         stop: asyncio.Event | None = None,
+        kill_switch: KillSwitch | None = None,
+        handler_timeout: timedelta | float | None = None,
+        max_lock_renewal: timedelta | float = timedelta(minutes=5),
+        idempotency: Any = None,
+        idempotency_key: Callable[[Delivery], str] | None = None,
     ) -> None:
-        """Run ``handler`` on every message until cancelled, ``stop`` is set, or SIGTERM.
+        """Run ``handler`` on every message until cancelled, ``stop`` is set, or SIGTERM/SIGINT.
 
-        A message is acked only after its handler returns; a failure is retried with backoff
-        (``retry``) and dead-lettered after the last attempt with the exception as reason.
+        A message is acked only after its handler returns. A failure is retried per ``retry``
+        (``unimq.Retry``: immediate re-runs, then delayed redeliveries with backoff) and dead-lettered
+        after the last attempt, or at once for ``unimq.Reject`` and ``Retry(give_up_on=...)``.
+        ``kill_switch`` (``unimq.KillSwitch``) pauses consumption while most handlers fail;
+        ``handler_timeout`` cancels a handler that runs too long (a retryable failure). While a
+        handler runs, its lock is extended before it expires (backends with ``lock_extension``),
+        for at most ``max_lock_renewal`` (0 disables). Plain ``def`` handlers run in a pool of
+        ``concurrency`` threads. ``handle_signals`` (default: when called in the main thread and
+        the application has no SIGTERM handler of its own) stops gracefully on SIGTERM/SIGINT. ``idempotency``
+        (a store from :mod:`unimq.idempotency`) skips messages already processed, keyed by
+        ``idempotency_key`` (default: the message id). See docs/recoverability.md.
         """
-        from unimq.runner import run
+        if kill_switch is not None and not isinstance(kill_switch, KillSwitch):
+            raise ConfigError(f"kill_switch must be a unimq.KillSwitch, got {type(kill_switch).__name__}")
+        if retry is not None and not isinstance(retry, Retry):
+            raise ConfigError(f"retry must be a unimq.Retry, got {type(retry).__name__}")
+        if idempotency_key is not None and idempotency is None:
+            raise ConfigError("idempotency_key= needs idempotency= (the store of processed keys)")
+        timeout = durations.optional_seconds(handler_timeout, "handler_timeout", allow_zero=False)
+        renewal = durations.seconds(max_lock_renewal, "max_lock_renewal")
+        drain = durations.seconds(shutdown_timeout, "shutdown_timeout")
+        lock = durations.optional_seconds(lock_timeout, "lock_timeout", allow_zero=False)
+        wrap: Callable[[AsyncHandler], AsyncHandler] | None = None
+        if idempotency is not None:
+            from unimq.idempotency import idempotent
 
-        consumer = self.consumer(
-            destination, group, prefetch=prefetch or max(concurrency, 1) * 2, schema=schema, codec=codec,
-            lock_timeout=lock_timeout,
-        )
+            def wrap(inner: AsyncHandler) -> AsyncHandler:
+                return idempotent(inner, idempotency, idempotency_key)
+
+        def open_consumer() -> Consumer:
+            return self.consumer(destination, group, prefetch=prefetch or max(concurrency, 1) * 2, schema=schema,
+                                 codec=codec, lock_timeout=lock_timeout)
+
         await run(
-            consumer, handler, concurrency=concurrency, retry=retry or Retry(),
-            shutdown_timeout=shutdown_timeout, handle_signals=handle_signals, stop=stop,
+            open_consumer, handler, concurrency=concurrency, retry=retry or Retry(),
+            shutdown_timeout=drain, handle_signals=handle_signals, stop=stop, kill_switch=kill_switch,
+            handler_timeout=timeout, lock_timeout=lock, max_lock_renewal=renewal, wrap=wrap,
         )
 
-    async def ensure(self, destination: str, **spec: Any) -> None:
-        """Provision ``destination`` (and its groups, dead-letter destination, …) where the backend allows."""
+    async def ensure(
+        self,
+        destination: str,
+        spec: DestinationSpec | None = None,
+        *,
+        groups: Sequence[str] = (),
+        partitions: int | None = None,
+        replication: int | None = None,
+        dead_letter: bool = True,
+        deduplication: timedelta | float | None = None,
+        fifo: bool | None = None,
+        max_deliveries: int | None = None,
+        lock_timeout: timedelta | float | None = None,
+        retention: timedelta | float | None = None,
+        max_priority: int | None = None,
+        sessions: bool = False,
+    ) -> None:
+        """Provision ``destination`` (its groups, dead-letter destination, …), or pass a ``DestinationSpec``.
+
+        Every option the backend cannot honour is refused with a ``CapabilityError`` naming it,
+        before any network call (``capabilities`` says which: partitions, replication, fifo,
+        sessions, retention, lock_timeout, max_deliveries, deduplication, priority).
+        """
         self._check_open()
-        try:
-            parsed = DestinationSpec(**spec)
-        except ValueError as exc:
-            raise ConfigError(f"ensure({destination!r}): {exc}") from None
-        caps = self._driver.capabilities_for(destination)
-        if parsed.deduplication:
-            check_limit(caps, "deduplication=", "deduplication", parsed.deduplication.total_seconds(),
-                         "De-duplicate in the consumer (unimq.migrate.MergedConsumer keeps a window).")
-        if parsed.max_priority:
-            check_limit(caps, "max_priority=", "priority", parsed.max_priority, "Use a destination per priority.")
-        if parsed.groups and not caps.fanout:
-            raise CapabilityError.unsupported(caps.backend, "groups=", "fanout",
-                                              "Its consumers always compete for one queue: drop groups=.")
-        await self._guard(self._driver.ensure(destination, parsed), f"ensure {destination}")
+        if spec is None:
+            try:
+                spec = DestinationSpec(
+                    groups=tuple(groups), partitions=partitions, replication=replication, dead_letter=dead_letter,
+                    deduplication=_duration(deduplication, "deduplication"), fifo=fifo,
+                    max_deliveries=max_deliveries, lock_timeout=_duration(lock_timeout, "lock_timeout"),
+                    retention=_duration(retention, "retention"), max_priority=max_priority, sessions=sessions,
+                )
+            except ValueError as exc:
+                raise ConfigError(f"ensure({destination!r}): {_first_error(exc)}") from None
+        check_spec(self._driver.capabilities_for(destination), destination, spec)
+        await self._guard(self._driver.ensure(destination, spec), f"ensure {destination}")
 
     async def peek(self, destination: str, count: int = 10) -> list[Message]:
         """Read up to ``count`` waiting messages without consuming them."""
@@ -193,10 +274,39 @@ class Broker:
 
     async def destinations(self) -> list[str]:
         self._check_open()
-        try:
-            return await self._guard(self._driver.destinations(), "list destinations")
-        except NotImplementedError:
-            raise CapabilityError(f"{self.backend} cannot list its destinations") from None
+        if not self.capabilities.listing:
+            raise CapabilityError.unsupported(self.backend, "destinations()", "listing",
+                                              "Keep the names in your configuration.")
+        return await self._guard(self._driver.destinations(), "list destinations")
+
+    async def dead_letters(self, destination: str, group: str | None = None, count: int = 10) -> list[DeadLetter]:
+        """Up to ``count`` dead letters of ``destination`` with reason, source, group, attempt and
+        time, left in place. See :mod:`unimq.operations`."""
+        self._check_open()
+        return await operations.dead_letters(self, destination, group, count)
+
+    async def redrive(
+        self,
+        destination: str,
+        *,
+        group: str | None = None,
+        filter: Callable[[DeadLetter], bool] | None = None,  # noqa: A002 - the public keyword
+        limit: int | None = None,
+        rate: float | None = None,
+    ) -> RedriveReport:
+        """Move dead letters back to ``destination`` without losing one (copy → confirm → remove)."""
+        self._check_open()
+        return await operations.redrive(self, destination, group=group, filter=filter, limit=limit, rate=rate)
+
+    async def purge(self, destination: str, group: str | None = None, *, dead_letters: bool = False) -> int:
+        """Empty ``destination`` (for ``group``), or its dead-letter destination; return how many went."""
+        self._check_open()
+        return await operations.purge(self, destination, group, dead_letters=dead_letters)
+
+    async def health(self, timeout: float = 5.0) -> Health:
+        """Is the broker answering, and how fast (``Health.ok``, ``Health.rtt_ms``)."""
+        self._check_open()
+        return await operations.health(self, timeout)
 
     async def delete(self, destination: str) -> None:
         """Remove ``destination`` and what ``ensure`` created for it."""
@@ -226,16 +336,30 @@ class Broker:
         """Await a driver call, turning client-library exceptions into unimq errors."""
         try:
             return await awaitable
-        except (UnimqError, NotImplementedError):
+        except UnimqError:
             raise
         except Exception as exc:
             raise self._driver.map_error(exc, context) from exc
 
 
+def _duration(value: timedelta | float | None, field: str) -> timedelta | None:
+    return None if value is None else durations.as_timedelta(value, field, allow_zero=False)
+
+
+def _first_error(exc: ValueError) -> str:
+    """One line from a pydantic ValidationError: the first field and what is wrong with it."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "value"
+        return f"{where}: {first.get('msg', exc)}"
+    return str(exc).splitlines()[0]
+
+
 class Producer:
     """Sends to one destination. Safe to share between tasks."""
 
-    def __init__(self, broker: Broker, destination: str, codec: Codec, retry: Retry | None) -> None:
+    def __init__(self, broker: Broker, destination: str, codec: Codec, retry: Retry | None, chain: Chain) -> None:
         self.destination = destination
         self._broker = broker
         self._driver = broker._driver
@@ -245,10 +369,22 @@ class Producer:
         batch = self._caps.batch_send
         self._batch_size = int(batch.limit) if batch and batch.limit else (1 if not batch else 1000)
         self._keep_order = self._caps.ordering != "none"
+        self._chain = chain if chain.publish else None
         self._closed = False
 
     def __repr__(self) -> str:
         return f"<unimq.Producer {self.destination!r} on {self._broker.backend}>"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """The capabilities of this producer's destination."""
+        return self._caps
+
+    def message(self, body: Any, **fields: Any) -> Message:
+        """The Message ``send(body, **fields)`` would send (encoded, id assigned), without sending it."""
+        message = self._message(body, **fields)
+        check_message(self._caps, message)
+        return message
 
     async def send(
         self,
@@ -260,8 +396,8 @@ class Producer:
         correlation_id: str | None = None,
         reply_to: str | None = None,
         content_type: str | None = None,
-        delay: timedelta | None = None,
-        ttl: timedelta | None = None,
+        delay: timedelta | float | None = None,
+        ttl: timedelta | float | None = None,
         priority: int | None = None,
     ) -> Message:
         """Send one message and wait until the broker has accepted it. Returns the sent Message."""
@@ -280,20 +416,22 @@ class Producer:
         Raises :class:`PublishError` whose ``results`` say, per message, which failed.
         """
         messages = [self._message(item) for item in items]
-        for message in messages:
-            check_message(self._caps, message)
+        checked = self._chain is None  # a middleware may shrink a body: check what it sends instead
+        if checked:
+            for message in messages:
+                check_message(self._caps, message)
         size = self._batch_size
         chunks = [messages[i:i + size] for i in range(0, len(messages), size)]
         failures: list[tuple[Message, UnimqError]] = []
         if self._keep_order or len(chunks) == 1:
             for chunk in chunks:
-                failures += await self._publish(chunk, checked=True)
+                failures += await self._publish(chunk, checked=checked)
         else:
             gate = asyncio.Semaphore(PIPELINE_DEPTH)
 
             async def one(chunk: list[Message]) -> list[tuple[Message, UnimqError]]:
                 async with gate:
-                    return await self._publish(chunk, checked=True)
+                    return await self._publish(chunk, checked=checked)
 
             for result in await asyncio.gather(*(one(c) for c in chunks)):
                 failures += result
@@ -323,8 +461,8 @@ class Producer:
         correlation_id: str | None = None,
         reply_to: str | None = None,
         content_type: str | None = None,
-        delay: timedelta | None = None,
-        ttl: timedelta | None = None,
+        delay: timedelta | float | None = None,
+        ttl: timedelta | float | None = None,
         priority: int | None = None,
     ) -> Message:
         if isinstance(body, Message):
@@ -332,6 +470,12 @@ class Producer:
             if not isinstance(self._codec, RawCodec) and not isinstance(message.body, bytes):
                 message.body = self._codec.encode(message.body)
         else:
+            if headers is not None and not isinstance(headers, dict):
+                raise ConfigError(f"headers must be a dict of str to str, got {type(headers).__name__}")
+            if delay is not None and not isinstance(delay, timedelta):
+                delay = durations.as_timedelta(delay, "delay")
+            if ttl is not None and not isinstance(ttl, timedelta):
+                ttl = durations.as_timedelta(ttl, "ttl", allow_zero=False)
             # Positional, in Message's field order (keywords cost ~0.3 µs more per message here).
             message = Message(
                 self._codec.encode(body), key, dict(headers) if headers else {},
@@ -340,12 +484,12 @@ class Producer:
             )
             if self._codec.content_encoding:
                 message.headers[CONTENT_ENCODING] = self._codec.content_encoding
-        if not isinstance(message.body, bytes):
-            raise TypeError(f"message body must be bytes, got {type(message.body).__name__}")
         return message
 
     async def _publish(self, messages: list[Message], checked: bool = False) -> list[tuple[Message, UnimqError]]:
         """Publish, retrying retryable failures; return the (message, error) pairs that finally failed."""
+        if self._chain is not None:
+            return await self._publish_through(self._chain, messages)
         tel = telemetry.current
         if tel is None:
             return await self._publish_with_retry(messages, checked)
@@ -353,6 +497,25 @@ class Producer:
             failed = await self._publish_with_retry(messages, checked)
             record.extend(failed)
         return failed
+
+    async def _publish_through(self, chain: Chain, messages: list[Message]) -> list[tuple[Message, UnimqError]]:
+        """Publish what the middlewares make of ``messages``; failures are reported as the originals."""
+        try:
+            sent = await chain.published(self.destination, messages)
+        except UnimqError:
+            raise
+        except Exception as exc:
+            raise PublishError(f"a middleware failed on the way to {self.destination!r}: {type(exc).__name__}: {exc}",
+                               messages=messages) from exc
+        original = {id(out): message for out, message in zip(sent, messages, strict=True)}
+        tel = telemetry.current
+        if tel is None:
+            failed = await self._publish_with_retry(sent, False)
+        else:
+            with tel.publishing(self._broker.backend, self.destination, sent, bool(self._caps.headers)) as record:
+                failed = await self._publish_with_retry(sent, False)
+                record.extend(failed)
+        return [(original[id(m)], e) for m, e in failed]
 
     async def _publish_with_retry(self, messages: list[Message], checked: bool) -> list[tuple[Message, UnimqError]]:
         if self._closed or self._broker._closed:
@@ -390,7 +553,8 @@ class Consumer:
     """Reads one destination in one group: an async iterator of :class:`Delivery`.
 
     At most ``prefetch`` messages are received and not yet settled; past that the consumer waits
-    for settlements before fetching more (backpressure, bounded memory).
+    for settlements before fetching more (backpressure, bounded memory). The receive and settle
+    rules (expiry, max deliveries, dead-lettering, ack batching) are :mod:`unimq.settlement`'s.
     """
 
     def __init__(
@@ -401,16 +565,22 @@ class Consumer:
         subscription: Subscription,
         settings: ReceiveSettings,
         codec: Codec,
+        max_decoded_bytes: int,
+        chain: Chain,
     ) -> None:
         self.destination = destination
         self.group = group
         self._broker = broker
-        self._driver = broker._driver
         self._sub = subscription
         self._prefetch = settings.prefetch
+        self._lock = settings.lock_timeout
         self._codec = codec
         self._decode = not isinstance(codec, RawCodec)
-        self._caps = broker._driver.capabilities_for(destination)
+        self._max_decoded = max_decoded_bytes
+        caps = broker._driver.capabilities_for(destination)
+        self._chain = chain if chain.receive else None
+        self._settlement = Settlement(broker._driver, subscription, caps, destination, group, self._release,
+                                      chain.acked)
         self._buffer: deque[Delivery] = deque()
         self._unsettled = 0
         self._room: asyncio.Future[None] | None = None
@@ -426,6 +596,25 @@ class Consumer:
         """The driver's reader (escape hatch)."""
         return self._sub
 
+    @property
+    def broker(self) -> Broker:
+        return self._broker
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """The capabilities of this consumer's destination."""
+        return self._broker.capabilities_for(self.destination)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def lock_timeout(self) -> float | None:
+        """Seconds an unsettled message stays invisible to others, as far as known (None: unknown)."""
+        options_lock = getattr(self._broker._driver.options, "lock_timeout", None)
+        return self._lock or self._sub.lock_timeout or (options_lock if isinstance(options_lock, float | int) else None)
+
     async def open(self) -> Consumer:
         if self._closed:
             raise Closed(f"consumer of {self.destination!r} is closed")
@@ -437,7 +626,7 @@ class Consumer:
         return self
 
     async def close(self) -> None:
-        """Stop receiving. Messages not yet settled become redeliverable to other consumers."""
+        """Stop receiving: queued acks are sent, then messages not yet settled become redeliverable."""
         if self._closed:
             return
         self._closed = True
@@ -446,6 +635,7 @@ class Consumer:
         if self._room is not None and not self._room.done():
             self._room.set_result(None)
         if self._opened:
+            await self._settlement.flush()
             await self._broker._guard(self._sub.close(), f"close consumer of {self.destination}")
 
     async def __aenter__(self) -> Consumer:
@@ -468,27 +658,36 @@ class Consumer:
         return delivery
 
     async def receive(self, timeout: timedelta | float | None = None) -> Delivery | None:
-        """The next delivery, or None if none arrives within ``timeout`` (None waits forever)."""
+        """The next delivery, or None if none arrives within ``timeout`` (None waits forever; 0 polls)."""
+        seconds = durations.optional_seconds(timeout, "receive(timeout=)")
         if self._closed:
             raise Closed(f"consumer of {self.destination!r} is closed")
-        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         return await self._next(seconds)
 
     async def receive_many(self, count: int, timeout: timedelta | float) -> list[Delivery]:
-        """Up to ``count`` deliveries, waiting at most ``timeout`` in all."""
+        """Up to ``count`` deliveries, waiting at most ``timeout`` in all (0: what is waiting now).
+
+        Cancelling it loses nothing: deliveries already taken go back to the front of the buffer.
+        """
+        _check_count(count, "receive_many(count)")
+        seconds = durations.seconds(timeout, "receive_many(timeout=)")
         if self._closed:
             raise Closed(f"consumer of {self.destination!r} is closed")
-        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         deadline = time.monotonic() + seconds
-        out = await self._take(count)
-        while len(out) < count:
-            # _next fetches the next batch into the buffer and returns its first delivery; the
-            # rest of the batch is taken in one pass rather than one receive() per message.
-            delivery = await self._next(max(0.0, deadline - time.monotonic()))
-            if delivery is None:
-                break
-            out.append(delivery)
-            out += await self._take(count - len(out))
+        out: list[Delivery] = []
+        try:
+            out += await self._take(count)
+            while len(out) < count:
+                # _next fetches the next batch into the buffer and returns its first delivery; the
+                # rest of the batch is taken in one pass rather than one receive() per message.
+                delivery = await self._next(max(0.0, deadline - time.monotonic()))
+                if delivery is None:
+                    break
+                out.append(delivery)
+                out += await self._take(count - len(out))
+        except asyncio.CancelledError:
+            self._give_back(out)
+            raise
         return out
 
     async def receive_batch(self, max_messages: int, timeout: timedelta | float) -> list[Delivery]:
@@ -497,10 +696,27 @@ class Consumer:
         The batch-processing call (like Kafka's ``getmany`` or a JetStream fetch): it never waits
         to fill the batch, so a consumer settles what it has while the next batch is fetched.
         """
-        first = await self.receive(timeout)
+        _check_count(max_messages, "receive_batch(max_messages)")
+        first = await self.receive(durations.seconds(timeout, "receive_batch(timeout=)"))
         if first is None:
             return []
         return [first, *await self._take(max_messages - 1)]
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack several deliveries at once, in one round trip where the backend allows."""
+        pending = [d for d in deliveries if not d.settled]
+        for delivery in pending:
+            if not isinstance(delivery, Delivery) or delivery._settler is not self._settlement:
+                raise ConfigError("ack_many takes deliveries received by this consumer")
+        for delivery in pending:
+            delivery.settled = True
+        await self._settlement.ack_many(pending)
+
+    def _give_back(self, deliveries: list[Delivery]) -> None:
+        """Put deliveries a cancelled call had taken back at the front of the buffer."""
+        if deliveries:
+            self._buffer.extendleft(reversed(deliveries))
+            self._unsettled -= len(deliveries)
 
     async def _take(self, limit: int) -> list[Delivery]:
         """Up to ``limit`` buffered deliveries, decoded; those that fail to decode are dead-lettered."""
@@ -508,7 +724,7 @@ class Consumer:
         out: list[Delivery] = []
         while buffer and len(out) < limit:
             delivery = buffer.popleft()
-            needs_decoding = self._decode or CONTENT_ENCODING in delivery.message.headers
+            needs_decoding = self._decode or self._chain or CONTENT_ENCODING in delivery.message.headers
             if needs_decoding and not await self._decode_payload(delivery):
                 continue
             out.append(delivery)
@@ -523,10 +739,11 @@ class Consumer:
             await self.open()
         deadline = None if timeout is None else time.monotonic() + timeout
         buffer = self._buffer
+        polled = False
         while True:
             while buffer:
                 delivery = buffer.popleft()
-                needs_decoding = self._decode or CONTENT_ENCODING in delivery.message.headers
+                needs_decoding = self._decode or self._chain or CONTENT_ENCODING in delivery.message.headers
                 if needs_decoding and not await self._decode_payload(delivery):
                     continue
                 self._unsettled += 1
@@ -536,30 +753,42 @@ class Consumer:
             if self._closed:
                 return None
             remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            if remaining is not None and remaining <= 0 and polled:
                 return None
             room = self._prefetch - self._unsettled
             if room <= 0:
+                if remaining is not None and remaining <= 0:
+                    return None
                 await self._wait_for_room(remaining)
                 continue
-            wait = 1.0 if remaining is None else min(1.0, remaining)
+            wait = 1.0 if remaining is None else max(0.0, min(1.0, remaining))
+            polled = True
             try:
-                batch = await self._broker._guard(self._sub.receive(room, wait), f"receive from {self.destination}")
-            except UnimqError as exc:
+                batch = await self._sub.receive(room, wait)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._closed or self._broker._closed:
+                    return None  # an error seen after close ends the loop; it is not the caller's
+                error = exc if isinstance(exc, UnimqError) else self._broker._driver.map_error(
+                    exc, f"receive from {self.destination}")
                 # A lost connection is not the caller's problem: the driver reconnects on the next
                 # receive, so back off and try again (until the caller's timeout, if any).
-                if not exc.retryable or self._closed:
-                    raise
+                if not error.retryable:
+                    raise error from (None if error is exc else exc)
                 self._receive_failures += 1
                 pause = RECEIVE_RETRY.backoff(self._receive_failures)
                 log.warning("receive from %r failed (%d in a row), retrying in %.2fs: %s",
-                            self.destination, self._receive_failures, pause, exc)
-                await asyncio.sleep(pause if remaining is None else min(pause, remaining))
+                            self.destination, self._receive_failures, pause, error)
+                await asyncio.sleep(pause if remaining is None else max(0.0, min(pause, remaining)))
                 continue
             self._receive_failures = 0
-            for delivery in batch:
-                delivery._consumer = self
-            buffer.extend(batch)
+            if batch:
+                buffer.extend(await self._settlement.admit(batch))
+            # One step for the event loop per fetch, so a loop over an in-process broker that
+            # always has a message ready (nack, receive, nack, ...) cannot starve other tasks.
+            await asyncio.sleep(0)
+            _raise_if_cancelling()
 
     async def _wait_for_room(self, timeout: float | None) -> None:
         # One future shared by every task waiting on this consumer, so a settlement wakes them all.
@@ -567,12 +796,8 @@ class Consumer:
         if room is None or room.done():
             room = self._room = asyncio.get_running_loop().create_future()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(room), timeout)
-
-    def _settled(self, delivery: Delivery, outcome: str) -> None:
-        if telemetry.current is not None:
-            telemetry.current.settled(self._broker.backend, self.destination, self.group, delivery, outcome)
-        self._release(1)
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(room)
 
     def _release(self, settled: int) -> None:
         """``settled`` deliveries no longer count against prefetch: wake whoever waits for room."""
@@ -582,92 +807,52 @@ class Consumer:
             room.set_result(None)
 
     async def _decode_payload(self, delivery: Delivery) -> bool:
-        """Decode the body; a payload that fails is dead-lettered with the error as reason."""
+        """Decode the body; a payload that fails is dead-lettered with the error as reason.
+
+        A message that was dead-lettered already (it carries a reason) is handed over undecoded
+        instead, so reading a dead-letter destination never bounces a message on to another one.
+        """
+        delivery._settler = self._settlement
         try:
-            body = delivery.message.body
-            encoding = delivery.message.headers.get(CONTENT_ENCODING)
+            if self._chain is not None:
+                await self._chain.received(self.destination, delivery)
+            message = delivery.message
+            body = message.body
+            encoding = message.headers.get(CONTENT_ENCODING)
             if encoding:
-                body = decompress(body, encoding)
+                body = decompress(body, encoding, self._max_decoded)
             delivery.payload = self._codec.decode(body) if self._decode else body
             return True
         except Exception as exc:
+            message = delivery.message
+            if DEAD_LETTER_REASON in message.headers:
+                log.warning("dead-lettered message %s does not decode (%s); handing it over undecoded",
+                            message.message_id, exc)
+                delivery.payload = message.body
+                return True
             self._unsettled += 1
-            delivery.settled = True
-            await self._reject(delivery, f"payload failed to decode: {type(exc).__name__}: {exc}")
+            reason = f"payload failed to decode: {type(exc).__name__}: {exc}"
+            try:
+                await self._settlement.reject(delivery, reason)
+            except CapabilityError:
+                log.error("message %s dropped: %s (%s has no dead-letter destination)", message.message_id,
+                          reason, self._broker.backend)
+                await self._settlement.ack(delivery)
             return False
 
-    # Settlement, called by Delivery after its own idempotence check.
 
-    def _check_nack(self, delay: float | None) -> None:
-        if delay:
-            feature = self._caps.nack_delay
-            if not feature:
-                raise CapabilityError.unsupported(self._caps.backend, "nack(delay=...)", "nack_delay",
-                                                  "nack() without a delay, or sleep before nack().")
-            if feature.limit is not None and delay > feature.limit:
-                raise CapabilityError(f"{self._caps.backend} cannot delay a nack by {delay:g}s: "
-                                      f"its 'nack_delay' limit is {feature.limit:g}s")
+def _raise_if_cancelling() -> None:
+    """Re-raise a cancellation that a client library swallowed (CPython 3.11's ``wait_for`` can
+    return a result instead of raising when cancelled in the same step): what was received stays
+    in the buffer, and the task ends as its caller asked."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
-    def _check_reject(self) -> None:
-        if not self._caps.dead_letter:
-            raise CapabilityError.unsupported(self._caps.backend, "reject()", "dead_letter",
-                                              "ack() and record the failure yourself.")
 
-    async def _ack(self, delivery: Delivery) -> None:
-        # The per-message hot path: the driver call is guarded inline rather than through _guard.
-        try:
-            await self._sub.ack(delivery)
-        except (UnimqError, NotImplementedError):
-            raise
-        except Exception as exc:
-            raise self._driver.map_error(exc, f"ack on {self.destination}") from exc
-        finally:
-            self._settled(delivery, "ack")
-
-    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        """Ack several deliveries at once, in one round trip where the backend allows."""
-        pending = [d for d in deliveries if not d.settled]
-        for delivery in pending:
-            if delivery._consumer is not self:
-                raise ValueError("ack_many takes deliveries received by this consumer")
-            delivery.settled = True
-        try:
-            await self._broker._guard(self._sub.ack_many(pending), f"ack on {self.destination}")
-        finally:
-            if telemetry.current is not None:
-                for delivery in pending:
-                    telemetry.current.settled(self._broker.backend, self.destination, self.group, delivery, "ack")
-            self._release(len(pending))
-
-    async def _nack(self, delivery: Delivery, delay: float | None) -> None:
-        try:
-            await self._broker._guard(self._sub.nack(delivery, delay), f"nack on {self.destination}")
-        finally:
-            self._settled(delivery, "nack")
-
-    async def _reject(self, delivery: Delivery, reason: str) -> None:
-        try:
-            try:
-                await self._broker._guard(self._sub.reject(delivery, reason), f"reject on {self.destination}")
-            except NotImplementedError:
-                await self._emulate_reject(delivery, reason)
-        finally:
-            self._settled(delivery, "reject")
-
-    async def _emulate_reject(self, delivery: Delivery, reason: str) -> None:
-        """Dead-letter emulation: publish a copy to the dead-letter destination, then ack."""
-        target = self._driver.dead_letter_destination(self.destination)
-        copy = dead_letter_copy(delivery.message, reason, self.destination, self.group)
-        results = await self._broker._guard(self._driver.publish(target, [copy]), f"dead-letter to {target}")
-        if results and results[0] is not None:
-            raise PublishError(f"could not dead-letter {delivery.message.message_id} to {target}: {results[0]}",
-                               messages=[copy], results=list(results))
-        await self._broker._guard(self._sub.ack(delivery), f"ack on {self.destination}")
-
-    async def _extend(self, delivery: Delivery, seconds: float) -> None:
-        check_limit(self._caps, "extend()", "lock_extension", seconds,
-                     "Use a longer lock_timeout, or ack and track progress yourself.")
-        await self._broker._guard(self._sub.extend(delivery, seconds), f"extend on {self.destination}")
+def _check_count(count: object, field: str) -> None:
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ConfigError(f"{field} must be an int >= 1, got {count!r}")
 
 
 class _Connect:
@@ -691,7 +876,16 @@ class _Connect:
             await self._broker.close()
 
     async def _open(self) -> Broker:
-        url = self._url or os.environ.get("UNIMQ_URL") or DEFAULT_URL
+        url = self._url
+        if url is None:
+            url = os.environ.get("UNIMQ_URL")
+            if url is None:
+                _log_default_once()
+                url = DEFAULT_URL
+        if not isinstance(url, str) or not url.strip():
+            raise ConfigError("connect(): the broker URL is empty (an unset environment variable?). "
+                              "Pass a URL such as 'kafka://host:9092', or call connect() with no argument "
+                              "for $UNIMQ_URL or the embedded memory://")
         parsed = parse_url(url)
         driver_cls = registry.load(parsed.scheme)
         options = parse_options(driver_cls.Options, driver_cls.name, {**parsed.query, **self._options})
@@ -705,6 +899,16 @@ class _Connect:
         except Exception as exc:
             raise driver.map_error(exc, f"connecting to {parsed.redacted()}") from exc
         return Broker(driver, parsed)
+
+
+_DEFAULT_LOGGED = False
+
+
+def _log_default_once() -> None:
+    global _DEFAULT_LOGGED  # noqa: PLW0603 - one log line per process
+    if not _DEFAULT_LOGGED:
+        _DEFAULT_LOGGED = True
+        logging.getLogger("unimq").info("connect(): no URL and no $UNIMQ_URL, using the embedded memory:// broker")
 
 
 def connect(url: str | None = None, *, require: Iterable[str] = (), **options: Any) -> _Connect:

@@ -10,12 +10,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import Literal
+from datetime import timedelta
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from unimq.errors import CapabilityError, MessageTooLarge
+from unimq import durations
+from unimq.errors import CapabilityError, ConfigError, MessageTooLarge
 from unimq.message import Message
+
+if TYPE_CHECKING:
+    from unimq.driver import DestinationSpec
 
 
 class Support(StrEnum):
@@ -70,6 +75,11 @@ LIMIT_UNITS = {
     "deduplication": "window, seconds",
     "batch_send": "max messages per batch",
     "lock_extension": "max lock, seconds",
+    "partitions": "max partitions",
+    "replication": "max replicas",
+    "retention": "max retention, seconds",
+    "lock_timeout": "max lock, seconds",
+    "max_deliveries": "max deliveries",
 }
 
 
@@ -96,6 +106,18 @@ class Capabilities(BaseModel):
     batch_send: Feature = none()
     headers: Feature = none()
     transactions: Feature = none()
+    listing: Feature = none()
+    # What ensure() can provision (each DestinationSpec field is refused where its flag is none).
+    partitions: Feature = none()
+    replication: Feature = none()
+    fifo: Feature = none()
+    sessions: Feature = none()
+    retention: Feature = none()
+    lock_timeout: Feature = none()
+    max_deliveries: Feature = none()
+    #: Whether a group created after messages were sent still receives them (a retained log), or
+    #: only what is sent once the group exists (create groups first: ``ensure(groups=[...])``).
+    new_group_backlog: Feature = none()
     max_message_bytes: int = 1024 * 1024
 
     @classmethod
@@ -111,8 +133,6 @@ class Capabilities(BaseModel):
 
     def require(self, names: Iterable[str]) -> None:
         """Raise :class:`CapabilityError` naming every required flag the backend lacks."""
-        from unimq.errors import ConfigError
-
         wanted = set(names)
         unknown = wanted - set(self.flag_names())
         if unknown:
@@ -163,7 +183,8 @@ class Capabilities(BaseModel):
 
 
 def check_message(caps: Capabilities, message: Message) -> None:
-    """Refuse, before any network call, a message the backend cannot carry as asked."""
+    """Refuse, before any network call, a malformed message or one the backend cannot carry as asked."""
+    validate_message(message)
     if len(message.body) > caps.max_message_bytes:
         raise MessageTooLarge(
             f"message {message.message_id} has a {len(message.body)}-byte body; {caps.backend} accepts at most "
@@ -176,10 +197,71 @@ def check_message(caps: Capabilities, message: Message) -> None:
         check_limit(caps, "ttl", "message_ttl", message.ttl.total_seconds(), "Drop the ttl or check age on receipt.")
     if message.priority is not None:
         check_limit(caps, "priority", "priority", message.priority, "Use a separate destination per priority.")
-        if message.priority < 0:
-            raise CapabilityError(f"priority must be >= 0, got {message.priority}")
     if message.headers and not caps.headers:
         raise CapabilityError.unsupported(caps.backend, "headers", "headers", "Put the metadata in the body.")
+
+
+_OPTIONAL_TEXT = ("key", "correlation_id", "reply_to", "content_type")
+
+
+def validate_message(message: Message) -> None:
+    """Check every field's type and range once, at send, so a bad field is a ConfigError naming it."""
+    if not isinstance(message.body, bytes):
+        raise ConfigError(f"message body must be bytes (or use a codec/schema), got {type(message.body).__name__}")
+    if not isinstance(message.message_id, str) or not message.message_id:
+        raise ConfigError("message_id must be a non-empty str")
+    for name in _OPTIONAL_TEXT:
+        value = getattr(message, name)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"message {name} must be a str or None, got {type(value).__name__}")
+    headers = message.headers
+    if not isinstance(headers, dict):
+        raise ConfigError(f"message headers must be a dict of str to str, got {type(headers).__name__}")
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise ConfigError(f"message headers must map str to str; {name!r}: {type(value).__name__}")
+    if message.delay is not None:
+        message.delay = durations.as_timedelta(message.delay, "delay")
+    if message.ttl is not None:
+        message.ttl = durations.as_timedelta(message.ttl, "ttl", allow_zero=False)
+        if message.ttl < _SMALLEST_TTL:
+            raise ConfigError(f"ttl must be at least 1 ms, got {message.ttl}")
+    priority = message.priority
+    if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool) or priority < 0):
+        raise ConfigError(f"priority must be an int >= 0, got {priority!r}")
+
+
+_SMALLEST_TTL = timedelta(milliseconds=1)
+
+
+def check_spec(caps: Capabilities, destination: str, spec: DestinationSpec) -> None:
+    """Refuse, before any network call, every ``ensure()`` field the backend cannot honour."""
+    option = f"{{}}= in ensure({destination!r})"
+    if spec.groups and not caps.fanout:
+        raise CapabilityError.unsupported(caps.backend, option.format("groups"), "fanout",
+                                          "Its consumers always compete for one queue: drop groups=.")
+    for field, flag, value, instead in (
+        ("partitions", "partitions", spec.partitions, "Drop partitions=; order per key needs another backend."),
+        ("replication", "replication", spec.replication, "Drop replication=; the broker's own setting applies."),
+        ("fifo", "fifo", spec.fifo or None, "Drop fifo=, or use a backend whose ordering is per_key or global."),
+        ("sessions", "sessions", spec.sessions or None, "Drop sessions=; use key= for per-key order where supported."),
+        ("retention", "retention", spec.retention, "Drop retention=; the broker's retention applies."),
+        ("lock_timeout", "lock_timeout", spec.lock_timeout, "Pass lock_timeout= to consumer() instead."),
+        ("max_deliveries", "max_deliveries", spec.max_deliveries,
+         "Drop max_deliveries= and count delivery.attempt in the handler (Retry(max_attempts=...))."),
+        ("deduplication", "deduplication", spec.deduplication,
+         "De-duplicate in the consumer (unimq.idempotency)."),
+        ("max_priority", "priority", spec.max_priority, "Use a destination per priority."),
+    ):
+        if value is None:
+            continue
+        feature: Feature = getattr(caps, flag)
+        if not feature:
+            raise CapabilityError.unsupported(caps.backend, option.format(field), flag, instead)
+        number = value.total_seconds() if isinstance(value, timedelta) else float(value)
+        if feature.limit is not None and number > feature.limit:
+            raise CapabilityError(f"{caps.backend} cannot honour {field}={number:g} in ensure({destination!r}): "
+                                  f"its '{flag}' limit is {feature.limit:g}. {instead}")
 
 
 def check_limit(caps: Capabilities, option: str, flag: str, value: float, instead: str) -> None:

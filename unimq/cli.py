@@ -1,7 +1,8 @@
 """The ``unimq`` command line: demo, send, consume, capabilities, backends, peek, stats, ls, mcp.
 
-Every command takes a broker URL (default ``$UNIMQ_URL``, else ``memory://``). Errors print as
-one line naming the problem, with no traceback and no secret, and exit with status 2.
+Every command takes a broker URL (default ``$UNIMQ_URL``, else ``memory://``). Every error, for
+any input, prints as one line naming the problem, with no traceback and no secret, and exits
+with status 2: usage errors included (:class:`_Parser` turns them into ConfigErrors).
 """
 
 from __future__ import annotations
@@ -9,32 +10,117 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import unimq
 from unimq import registry
-from unimq.errors import ConfigError, UnimqError
+from unimq.errors import ConfigError, Secrets, UnimqError, scrub
+from unimq.inspect import MAX_SECONDS
 from unimq.message import Delivery
-from unimq.migrate import cli as migrate_cli
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are ConfigErrors, printed as one line by :func:`main`."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def seconds_arg(text: str) -> float:
+    """A finite duration in seconds, 0 to a year (argparse ``type``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or not 0 <= value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration from 0 to {MAX_SECONDS:.0f} seconds (a year)")
+    return value
+
+
+def positive_seconds_arg(text: str) -> float:
+    value = seconds_arg(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
+    return value
+
+
+def count_arg(text: str, minimum: int = 1) -> int:
+    """A whole number >= ``minimum`` in ASCII digits (argparse ``type``)."""
+    if not text.strip().isascii() or not text.strip().lstrip("-").isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    value = int(text)
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least {minimum}")
+    return value
+
+
+def positive_float_arg(text: str) -> float:
+    """A finite number above 0 (argparse ``type``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number above 0")
+    return value
+
+
+def natural_arg(text: str) -> int:
+    return count_arg(text, 0)
+
+
+def port_arg(text: str) -> int:
+    value = count_arg(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return value
+
+
+def header_arg(text: str) -> tuple[str, str]:
+    """``K=V`` with a non-empty K (argparse ``type``)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not K=V (a header name, '=', and a value)")
+    return name, value
 
 
 def _url(args: argparse.Namespace) -> str:
     return str(args.url or os.environ.get("UNIMQ_URL") or "memory://")
 
 
+def _body(args: argparse.Namespace) -> bytes:
+    """The body from --file, the argument (its bytes as given, UTF-8 or not), or stdin."""
+    if args.file is not None:
+        if args.body is not None:
+            raise ConfigError("send: give the body as an argument or with --file, not both")
+        try:
+            with open(args.file, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise ConfigError(f"send: cannot read --file {args.file!r}: {exc.strerror or exc}") from None
+    if args.body in (None, "-"):
+        return sys.stdin.buffer.read()
+    return os.fsencode(args.body)
+
+
 async def cmd_send(args: argparse.Namespace) -> int:
-    body = sys.stdin.buffer.read() if args.body in (None, "-") else args.body.encode()
-    headers = dict(h.split("=", 1) for h in args.header)
+    body = _body(args)
     async with unimq.connect(_url(args)) as broker:
+        limit = broker.capabilities_for(args.destination).delayed_delivery.limit
+        if args.delay and limit is not None and args.delay > limit:
+            raise ConfigError(f"send: --delay {args.delay:g} is over the {broker.backend} limit of {limit:g} seconds")
         message = await broker.producer(args.destination).send(
-            body, key=args.key, headers=headers, correlation_id=args.correlation_id,
+            body, key=args.key, headers=dict(args.header), correlation_id=args.correlation_id,
+            reply_to=args.reply_to, priority=args.priority,
             delay=timedelta(seconds=args.delay) if args.delay else None,
+            ttl=timedelta(seconds=args.ttl) if args.ttl is not None else None,
         )
     print(message.message_id)
     return 0
@@ -55,14 +141,13 @@ async def cmd_consume(args: argparse.Namespace) -> int:
 
 
 def _print_delivery(delivery: Delivery, as_json: bool) -> None:
-    m = delivery.message
+    """The body as text, or with --json the message view the MCP tools return (base64 when binary)."""
+    from unimq import inspect
+
     if as_json:
-        print(json.dumps({
-            "message_id": m.message_id, "key": m.key, "headers": m.headers, "correlation_id": m.correlation_id,
-            "attempt": delivery.attempt, "body": m.body.decode(errors="replace"),
-        }))
+        print(inspect.message_view(delivery.message, attempt=delivery.attempt).model_dump_json())
     else:
-        print(m.body.decode(errors="replace"))
+        print(delivery.message.body.decode(errors="replace"))
 
 
 async def cmd_capabilities(args: argparse.Namespace) -> int:
@@ -83,10 +168,18 @@ async def cmd_backends(args: argparse.Namespace) -> int:
     return 0
 
 
+def sizes_arg(text: str) -> list[int]:
+    """Comma-separated message sizes in bytes, each at least 1 (argparse ``type``)."""
+    try:
+        return [count_arg(part.strip()) for part in text.split(",")]
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"--sizes {text[:40]!r}: {exc}") from None
+
+
 async def cmd_bench(args: argparse.Namespace) -> int:
     from unimq import bench
 
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes: list[int] = args.sizes
     results = await bench.run(_url(args), bench.workloads(args.quick, sizes), args.repeat, args.rate,
                               args.latency_seconds)
     print(bench.table(results))
@@ -152,15 +245,16 @@ async def cmd_mcp(args: argparse.Namespace) -> int:
             allow_write=args.allow_write, allow_destinations=tuple(args.allow_destination),
             max_body_bytes=args.max_body_bytes, max_count=args.max_count, max_wait=args.max_wait,
             lock_seconds=args.lock_seconds, create_destinations=args.create_destinations,
+            allow_purge=args.allow_purge,
         )
     except ValueError as exc:
-        raise ConfigError(f"mcp options: {exc}") from None
+        raise ConfigError(f"mcp options: {' '.join(str(exc).split())}") from None
     await serve(_url(args), policy, http=args.http, host=args.host, port=args.port)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unimq", description="One interface over many message brokers.")
+    parser = _Parser(prog="unimq", description="One interface over many message brokers.")
     parser.add_argument("--version", action="version", version=f"unimq {unimq.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -172,24 +266,29 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("demo", cmd_demo, "run a small pipeline: sends, acks, retries with backoff, dead-lettered poison")
-    p.add_argument("--orders", type=int, default=200, help="how many orders to send")
+    p.add_argument("--orders", type=count_arg, default=200, help="how many orders to send (at least 14)")
 
     p = command("send", cmd_send, "send one message (body from the argument, or stdin with -)", url=False)
     p.add_argument("url")
     p.add_argument("destination")
     p.add_argument("body", nargs="?", help="message body; '-' or absent reads stdin")
+    p.add_argument("--file", help="read the body from this file")
     p.add_argument("--key")
-    p.add_argument("--header", "-H", action="append", default=[], metavar="K=V")
+    p.add_argument("--header", "-H", type=header_arg, action="append", default=[], metavar="K=V")
     p.add_argument("--correlation-id")
-    p.add_argument("--delay", type=float, help="seconds")
+    p.add_argument("--reply-to", help="destination the receiver should reply to")
+    p.add_argument("--priority", type=natural_arg, help="0 (lowest) and up, where the backend has priorities")
+    p.add_argument("--delay", type=seconds_arg, help="seconds before the message is delivered")
+    p.add_argument("--ttl", type=positive_seconds_arg, help="seconds before the message expires")
 
     p = command("consume", cmd_consume, "receive messages and print their bodies", url=False)
     p.add_argument("url")
     p.add_argument("destination")
     p.add_argument("--group")
-    p.add_argument("--count", type=int, help="stop after this many (default: until idle)")
-    p.add_argument("--wait", type=float, default=5.0, help="stop after this many idle seconds")
-    p.add_argument("--json", action="store_true", help="print one JSON object per message")
+    p.add_argument("--count", type=count_arg, help="stop after this many (default: until idle)")
+    p.add_argument("--wait", type=seconds_arg, default=5.0, help="stop after this many idle seconds")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per message: the MCP message view (base64 for binary bodies)")
     p.add_argument("--no-ack", action="store_true", help="leave messages unacknowledged (they will be redelivered)")
 
     p = command("capabilities", cmd_capabilities, "print the backend's capability flags")
@@ -201,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("peek", cmd_peek, "show waiting messages without consuming them", url=False)
     p.add_argument("url")
     p.add_argument("destination")
-    p.add_argument("--count", type=int, default=10)
+    p.add_argument("--count", type=count_arg, default=10)
     p.add_argument("--json", action="store_true", help="print one JSON object per message")
 
     p = command("stats", cmd_stats, "show depth, in-flight, dead-letter depth and lag of a destination", url=False)
@@ -216,40 +315,69 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("mcp", cmd_mcp, "serve queue tools to AI assistants (Model Context Protocol); see docs/mcp.md")
     p.add_argument("--http", action="store_true", help="serve streamable HTTP at http://HOST:PORT/mcp, not stdio")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--port", type=port_arg, default=8765)
     p.add_argument("--allow-write", action="store_true",
                    help="enable send_message, receive_messages, settle_message and request_reply")
     p.add_argument("--allow-destination", action="append", default=[], metavar="GLOB",
                    help="only these destinations (repeatable, glob patterns); default: all")
-    p.add_argument("--max-body-bytes", type=int, default=256 * 1024, help="largest body sent or shown")
-    p.add_argument("--max-count", type=int, default=50, help="most messages per peek or receive")
-    p.add_argument("--max-wait", type=float, default=60.0, help="longest wait in seconds")
-    p.add_argument("--lock-seconds", type=float, default=60.0, help="how long receive lock handles live")
+    p.add_argument("--max-body-bytes", type=count_arg, default=256 * 1024, help="largest body sent or shown")
+    p.add_argument("--max-count", type=count_arg, default=50, help="most messages per peek or receive")
+    p.add_argument("--max-wait", type=positive_seconds_arg, default=60.0, help="longest wait in seconds")
+    p.add_argument("--lock-seconds", type=positive_seconds_arg, default=60.0,
+                   help="how long receive lock handles live")
     p.add_argument("--create-destinations", action="store_true",
                    help="let send_message and request_reply create destinations that do not exist")
+    p.add_argument("--allow-purge", action="store_true", help="enable the purge tool (see docs/operations.md)")
 
     p = command("bench", cmd_bench, "measure produce, consume and end-to-end latency through unimq")
     p.add_argument("--quick", action="store_true", help="small counts (seconds, not minutes)")
-    p.add_argument("--sizes", default="100,1024,65536", help="message sizes in bytes, comma-separated")
-    p.add_argument("--repeat", type=int, default=5, help="repetitions; the median is reported")
-    p.add_argument("--rate", type=float, default=200.0, help="offered rate for the latency run, msg/s")
-    p.add_argument("--latency-seconds", type=float, default=5.0)
+    p.add_argument("--sizes", type=sizes_arg, default="100,1024,65536",
+                   help="message sizes in bytes, comma-separated")
+    p.add_argument("--repeat", type=count_arg, default=5, help="repetitions; the median is reported")
+    p.add_argument("--rate", type=positive_float_arg, default=200.0, help="offered rate for the latency run, msg/s")
+    p.add_argument("--latency-seconds", type=positive_seconds_arg, default=5.0)
     p.add_argument("--json", help="also write the results to this file")
 
+    from unimq.migrate import cli as migrate_cli
+
     migrate_cli.register(sub)
+    from unimq.app.cli import add_commands as add_app_commands
+
+    add_app_commands(sub, command)
+    __import__("unimq.outbox_cli").outbox_cli.add_commands(sub, command)
+    __import__("unimq.ops_cli").ops_cli.add_commands(sub, command)
     return parser
 
 
+def _secrets_of(args: argparse.Namespace | None) -> list[Secrets]:
+    """The secrets of every URL among ``args``: for errors raised outside their connection's context."""
+    from unimq.url import parse_url
+
+    scopes = []
+    for name, value in vars(args or argparse.Namespace()).items():
+        if isinstance(value, str) and (name == "url" or name.endswith("_url")):
+            try:
+                scopes.append(parse_url(value).secrets)
+            except UnimqError:
+                continue
+    return scopes
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; any failure is one line on stderr and exit status 2."""
+    args: argparse.Namespace | None = None
     try:
+        args = build_parser().parse_args(argv)
         code: int = asyncio.run(args.func(args))
         return code
-    except UnimqError as exc:
-        print(f"unimq: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        while isinstance(exc, ExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]  # a task group's first failure says what went wrong
+        line = f"{type(exc).__name__}: {exc}"
+    print(f"unimq: {scrub(' '.join(line.split()), [*_secrets_of(args)])}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -17,11 +17,14 @@ from datetime import timedelta
 from pydantic import BaseModel
 
 import unimq
+from unimq.errors import ConfigError
 from unimq.message import Delivery
 from unimq.reliability import DEAD_LETTER_REASON
 
 FLAKY_ORDER = 7
 BAD_ORDER = 13
+#: The demo needs the flaky and the bad order; beyond this it only costs memory and time.
+MIN_ORDERS, MAX_ORDERS = BAD_ORDER + 1, 100_000
 
 
 class Order(BaseModel):
@@ -53,6 +56,9 @@ class _Progress:
 
 
 async def run_demo(url: str, orders: int) -> int:
+    if not MIN_ORDERS <= orders <= MAX_ORDERS:
+        raise ConfigError(f"demo: --orders must be {MIN_ORDERS} to {MAX_ORDERS} (order {FLAKY_ORDER} is the flaky "
+                          f"one, order {BAD_ORDER} the one that never succeeds), got {orders}")
     destination = f"demo-orders-{uuid.uuid4().hex[:8]}"
     async with unimq.connect(url) as broker:
         print(f"unimq demo on {broker.url} ({broker.backend})")

@@ -1,26 +1,42 @@
 """The driver interface: what an adapter implements, and nothing more.
 
-Like Go CDK's ``driver`` package, drivers are thin translations to one client library. The
-portable types in :mod:`unimq.broker` do the hard work around them: capability checks, batching
-and pipelining of sends, retries with backoff, bounded prefetch, dead-letter emulation, payload
-codecs and error wrapping. A driver does not retry and does not validate options against its own
-capabilities; the core has already done both before calling it.
+Like Go CDK's ``pubsub/driver``, drivers are thin translations to one client library. The portable
+types in :mod:`unimq.broker` and :mod:`unimq.settlement` do the work around them, once for every
+backend:
+
+- before any call: option and message validation, capability checks (``check_message``,
+  ``check_spec``), so a driver never sees an option its capabilities declare ``none``;
+- sending: chunking to ``batch_send.limit``, pipelining, retry of retryable failures with backoff;
+- receiving: bounded prefetch, payload decoding (a payload that fails is dead-lettered), dropping
+  deliveries already expired (``Delivery.expires_at``), dead-lettering deliveries past
+  ``Subscription.max_deliveries``;
+- settling: ack batching within the limits the subscription declares (``ack_batch``),
+  dead-letter emulation (a copy to ``dead_letter_destination`` then an ack) unless the subscription
+  settles natively (``native_reject``), nack emulation (a redelivery copy handed to
+  ``Subscription.redeliver`` then an ack) unless ``native_nack``;
+- errors: every exception a hook raises goes through :meth:`Driver.map_error` (the driver's
+  ``errors`` table, then the generic rows of :data:`unimq.errors.GENERIC_ERRORS`).
+
+A driver never retries, never validates options against its own capabilities, and never signals
+"not supported" by raising: it declares it in its :class:`~unimq.capabilities.Capabilities`, and
+the core never calls a hook whose capability is ``none``.
 
 An adapter registers its driver class under the ``unimq.adapters`` entry-point group, one entry
-per URL scheme. See ``docs/adapters.md``.
+per URL scheme, and its conformance targets under ``unimq.targets``. See ``docs/adapters.md``.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from unimq.capabilities import Capabilities
-from unimq.errors import UnimqError, wrap
+from unimq.errors import ErrorRule, UnimqError, wrap
 from unimq.message import Delivery, Message
 from unimq.url import BrokerURL, NoOptions
 
@@ -67,43 +83,87 @@ class Stats(BaseModel):
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class AckBatch:
+    """How the core may batch acks for a subscription (Go CDK's ``ackBatcherOpts``), as data.
+
+    ``max_batch``: most deliveries in one :meth:`Subscription.ack_many` call. ``max_in_flight``:
+    most ``ack_many`` calls running at once. ``Subscription.ack_batch = None`` means: no batching,
+    every ``delivery.ack()`` awaits its own ``ack_many([delivery])`` (for in-process brokers, where
+    an ack costs no round trip).
+    """
+
+    max_batch: int = 100
+    max_in_flight: int = 2
+
+
 class Subscription(abc.ABC):
-    """A driver's reader for one (destination, group). Created closed; the core calls :meth:`open`."""
+    """A driver's reader for one (destination, group). Created closed; the core calls :meth:`open`.
+
+    Concurrency: the core never runs two :meth:`receive` calls at once on one subscription; it may
+    run ``ack_many``, ``nack``, ``reject``, ``redeliver`` and ``extend`` concurrently with each other
+    and with ``receive`` (settlements come from handler tasks). After :meth:`close` starts, no hook
+    is called again.
+    """
+
+    #: Limits for the core's ack batcher; ``None`` = ack one at a time, awaited.
+    ack_batch: ClassVar[AckBatch | None] = AckBatch()
+    #: True: the core calls :meth:`nack` (the broker redelivers). False: the core makes a
+    #: redelivery copy (attempt + 1, not-before time) and calls :meth:`redeliver`, then acks.
+    native_nack: ClassVar[bool] = True
+    #: True: the core calls :meth:`reject` (a broker-side dead-letter queue). False: the core
+    #: publishes a dead-letter copy to ``Driver.dead_letter_destination`` and acks the original.
+    native_reject: ClassVar[bool] = False
+    #: Deliveries past this many attempts are dead-lettered by the core on receipt. ``open()`` sets
+    #: it from where every process sees it (queue arguments, stream or topic metadata); ``None`` when
+    #: there is no limit or the broker enforces it itself.
+    max_deliveries: int | None = None
+    #: The lock in force for this reader in seconds, where ``open()`` learns it (e.g. from
+    #: ``ensure(lock_timeout=)``); the runner renews locks before it runs out.
+    lock_timeout: float | None = None
 
     async def open(self) -> None:  # noqa: B027 - optional hook
-        """Connect, create the group if needed, start fetching."""
+        """Connect, create the group if needed (a group created here receives what is sent from now
+        on, or its backlog where ``new_group_backlog`` says so), read ``max_deliveries``.
+        Called once, before any other hook."""
 
     @abc.abstractmethod
     async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
-        """Return up to ``max_messages`` deliveries; wait at most ``timeout`` seconds for the first.
+        """Return up to ``max_messages`` deliveries; wait at most ``timeout`` seconds for the first
+        (``timeout`` 0: return what is available now, without waiting).
 
         Returning an empty list is fine. Must be safe to cancel: a message fetched but not
-        returned must come back after the lock timeout or close, never be lost.
+        returned must come back after the lock timeout or close, never be lost. The core drops
+        expired deliveries and dead-letters those past ``max_deliveries`` itself.
         """
 
     @abc.abstractmethod
-    async def ack(self, delivery: Delivery) -> None:
-        """Settle as processed. An ack for a message whose lock was lost must not raise."""
-
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        """Settle several as processed; override to use one round trip (XACK, DeleteMessageBatch, …)."""
-        for delivery in deliveries:
-            await self.ack(delivery)
+        """Settle deliveries as processed, in one round trip where the broker allows. At most
+        ``ack_batch.max_batch`` of them. An ack for a message whose lock was lost must not raise."""
 
-    @abc.abstractmethod
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
-        """Make the message redeliverable now (``delay`` None) or not before ``delay`` seconds."""
+        """Make the message redeliverable now (``delay`` None) or not before ``delay`` seconds.
+        Called only when ``native_nack``; ``delay`` only when ``nack_delay`` is not ``none``."""
+        raise TypeError(f"{type(self).__name__} declares native_nack but has no nack()")
+
+    async def redeliver(self, copy: Message, delay: float | None) -> None:
+        """Publish ``copy`` where this group reads it again, not before ``delay`` seconds. Called
+        only when not ``native_nack``; the core acks the original after this returns."""
+        raise TypeError(f"{type(self).__name__} declares native_nack=False but has no redeliver()")
 
     async def reject(self, delivery: Delivery, reason: str) -> None:
-        """Dead-letter natively. The default raises NotImplementedError and the core emulates."""
-        raise NotImplementedError
+        """Dead-letter natively. Called only when ``native_reject`` and ``dead_letter`` is not ``none``."""
+        raise TypeError(f"{type(self).__name__} declares native_reject but has no reject()")
 
     async def extend(self, delivery: Delivery, seconds: float) -> None:
-        """Extend the lock. Only called when ``lock_extension`` is not ``none``."""
-        raise NotImplementedError
+        """Keep the lock ``seconds`` longer. Called only when ``lock_extension`` is not ``none``."""
+        raise TypeError(f"{type(self).__name__} declares lock_extension but has no extend()")
 
     async def close(self) -> None:  # noqa: B027 - optional hook
-        """Stop fetching; unsettled messages must become redeliverable."""
+        """Stop fetching, promptly (cancel polls in flight rather than wait them out); unsettled
+        messages must become redeliverable, at once where the broker allows. The core has already
+        sent every queued ack. Called once."""
 
 
 class Driver(abc.ABC):
@@ -113,6 +173,8 @@ class Driver(abc.ABC):
     name: ClassVar[str]
     #: Pydantic model of the URL query parameters and keyword options.
     Options: ClassVar[type[BaseModel]] = NoOptions
+    #: The error table: client-library exception → unimq class (see :data:`unimq.errors.GENERIC_ERRORS`).
+    errors: ClassVar[Sequence[ErrorRule]] = ()
 
     def __init__(self, url: BrokerURL, options: Any) -> None:
         self.url = url
@@ -133,33 +195,37 @@ class Driver(abc.ABC):
         return None
 
     async def open(self) -> None:  # noqa: B027 - optional hook
-        """Connect. Errors should be wrapped as unimq ConnectionError/ConfigError."""
+        """Connect, so that a wrong URL or credential fails here rather than at the first send."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
-        """Disconnect and free resources."""
+        """Disconnect and free resources. Every consumer was closed before."""
 
     @abc.abstractmethod
     async def publish(self, destination: str, messages: Sequence[Message]) -> Sequence[BaseException | None]:
-        """Send ``messages`` (at most ``batch_send.limit``) and wait until the broker accepted them.
-
-        Return, per message, ``None`` for success or the exception. Raising means all failed.
-        """
+        """Send ``messages`` (at most ``batch_send.limit``, already validated) and wait until the
+        broker accepted them. Return, per message, ``None`` or the exception. Raising means all
+        failed. May run concurrently (the core pipelines batches when ordering allows)."""
 
     @abc.abstractmethod
     def subscription(self, destination: str, group: str | None, settings: ReceiveSettings) -> Subscription:
         """Return an unopened reader for ``destination`` in ``group`` (None = the default group)."""
 
     async def ensure(self, destination: str, spec: DestinationSpec) -> None:  # noqa: B027
-        """Create the destination, its groups and dead-letter destination where the backend allows it."""
+        """Create the destination, its groups and dead-letter destination. Every field of ``spec``
+        the capabilities declare ``none`` was refused by the core; every other field must be
+        honoured, and kept where another process sees it (``max_deliveries`` included)."""
 
     async def peek(self, destination: str, count: int) -> list[Message]:
-        raise NotImplementedError
+        """Read without consuming. Called only when ``peek`` is not ``none``."""
+        raise TypeError(f"{type(self).__name__} declares peek but has no peek()")
 
     async def stats(self, destination: str, group: str | None) -> Stats:
+        """Depth, in-flight, dead-letter depth and lag, as far as the broker tells."""
         return Stats(destination=destination, group=group)
 
     async def destinations(self) -> list[str]:
-        raise NotImplementedError
+        """Names of the destinations the broker knows."""
+        return []
 
     async def delete(self, destination: str) -> None:  # noqa: B027
         """Remove a destination and what ensure() created for it (used by tests to clean up)."""
@@ -169,5 +235,5 @@ class Driver(abc.ABC):
         return f"{destination}.dlq"
 
     def map_error(self, exc: BaseException, context: str) -> UnimqError:
-        """Turn a client-library exception into a unimq error. Adapters refine this mapping."""
-        return wrap(exc, context)
+        """Turn a client-library exception into a unimq error through :attr:`errors`."""
+        return wrap(exc, context, self.errors)

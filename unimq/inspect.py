@@ -17,8 +17,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from unimq import durations
 from unimq.broker import Broker, Consumer
-from unimq.errors import CapabilityError, NotFound, Timeout, UnimqError
+from unimq.errors import CapabilityError, ConfigError, NotFound, Timeout, UnimqError
 from unimq.message import Delivery, Message
 
 log = logging.getLogger("unimq.inspect")
@@ -99,8 +100,18 @@ class SettleResult(BaseModel):
     action: SettleAction
 
 
-def _seconds(value: float | None) -> timedelta | None:
-    return timedelta(seconds=value) if value else None
+#: The longest duration the front ends accept (a TTL, delay or wait): a year.
+MAX_SECONDS = 366 * 24 * 3600.0
+
+
+def _seconds(value: float | None, field: str) -> timedelta | None:
+    """A TTL or delay in seconds: finite, not negative, at most :data:`MAX_SECONDS` (else ConfigError)."""
+    if value is None or value == 0:
+        return None
+    seconds = durations.seconds(value, field)
+    if seconds > MAX_SECONDS:
+        raise ConfigError(f"{field} must be at most {MAX_SECONDS:.0f} seconds (a year), got {seconds:g}")
+    return timedelta(seconds=seconds)
 
 
 async def list_destinations(broker: Broker) -> list[str]:
@@ -134,7 +145,7 @@ async def send(broker: Broker, destination: str, body: bytes, *, content_type: s
     await check_destination(broker, destination, create)
     sent = await broker.producer(destination).send(
         body, key=key, headers=headers, correlation_id=correlation_id, reply_to=reply_to,
-        content_type=content_type, ttl=_seconds(ttl), delay=_seconds(delay), priority=priority,
+        content_type=content_type, ttl=_seconds(ttl, "ttl"), delay=_seconds(delay, "delay"), priority=priority,
         message_id=message_id,
     )
     return SendResult(destination=destination, message_id=sent.message_id, correlation_id=sent.correlation_id,
@@ -200,19 +211,16 @@ class Receiver:
         await check_destination(self._broker, destination)
         consumer = self._broker.consumer(destination, group, prefetch=count, lock_timeout=self.lock_seconds)
         await consumer.open()
-        views: list[MessageView] = []
         try:
             deliveries = await consumer.receive_many(count, wait)
-            for delivery in deliveries:
-                handle = None
-                if settle == "ack":
+            handles = [uuid.uuid4().hex if settle == "later" else None for _ in deliveries]
+            views = await _views_or_release(deliveries, max_bytes, handles)
+            for delivery, handle in zip(deliveries, handles, strict=True):
+                if handle is None:
                     await delivery.ack()
                 else:
-                    handle = uuid.uuid4().hex
                     self._held[handle] = _Held(consumer, delivery, time.monotonic() + self.lock_seconds)
                     self._consumers[consumer] = self._consumers.get(consumer, 0) + 1
-                views.append(message_view(delivery.message, max_bytes=max_bytes, attempt=delivery.attempt,
-                                          handle=handle))
         finally:
             if consumer not in self._consumers:
                 await consumer.close()
@@ -262,6 +270,24 @@ class Receiver:
         await _quietly(consumer.close, "close consumer")
 
 
+async def _views_or_release(deliveries: list[Delivery], max_bytes: int | None,
+                            handles: list[str | None]) -> list[MessageView]:
+    """The view of every delivery, built before any is settled; if one cannot be shown, all are released
+    (redelivered later) and the error names it, so nothing is acked unseen."""
+    views = []
+    for delivery, handle in zip(deliveries, handles, strict=True):
+        try:
+            views.append(message_view(delivery.message, max_bytes=max_bytes, attempt=delivery.attempt,
+                                      handle=handle))
+        except Exception as exc:
+            for each in deliveries:
+                await _quietly(each.nack, "release a message after a view failed")
+            raise UnimqError(f"message {delivery.message.message_id!r} cannot be shown "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                             f"the {len(deliveries)} message(s) received were released, not settled") from exc
+    return views
+
+
 async def _quietly(action: Callable[[], Awaitable[None]], what: str) -> None:
     """Best-effort cleanup: a message not settled is redelivered after its lock anyway."""
     try:
@@ -279,7 +305,8 @@ async def request_reply(broker: Broker, destination: str, body: bytes, *, reply_
     """Send a request and wait up to ``wait`` seconds for its reply on ``reply_to``.
 
     The reply is the first message on ``reply_to`` whose correlation_id is the request's
-    correlation_id (or its message_id). It is acked; other messages read meanwhile are held,
+    correlation_id (or its message_id). It is acked once its view is built (a reply that cannot be
+shown is released, not lost); other messages read meanwhile are held,
     then released for redelivery, so other requesters still get theirs. The reply consumer opens
     before the request is sent, so a fast reply is not missed.
     """
@@ -300,8 +327,9 @@ async def request_reply(broker: Broker, destination: str, body: bytes, *, reply_
             if delivery is None:
                 break
             if delivery.message.correlation_id in wanted:
+                [view] = await _views_or_release([delivery], max_bytes, [None])
                 await delivery.ack()
-                return sent, message_view(delivery.message, max_bytes=max_bytes, attempt=delivery.attempt)
+                return sent, view
             others.append(delivery)
         raise Timeout(f"no reply with correlation_id {correlation_id!r} on {reply_to!r} within {wait:g}s "
                       f"(request {sent.message_id} was sent to {destination!r}; "

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from unimq.capabilities import Capabilities, native, none
+from unimq.capabilities import Capabilities, emulated, native, none
 from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Stats, Subscription
 from unimq.errors import NotFound
 from unimq.message import Delivery, Message
@@ -132,7 +132,6 @@ class _Group:
         self.maintain(now)
         out: list[Delivery] = []
         ready, holds, blocked = self.ready, self.key_holds, self.blocked
-        max_deliveries = self.destination.spec.max_deliveries
         while ready and len(out) < limit:
             entry = heapq.heappop(ready)[2]
             if entry.expires_at and entry.expires_at <= now:
@@ -149,11 +148,6 @@ class _Group:
                 else:
                     hold[1] += 1
             entry.deliveries += 1
-            if max_deliveries and entry.deliveries > max_deliveries:
-                self._release_key(key)
-                reason = f"delivered {max_deliveries} times without an ack"
-                self.destination.dead_letter(entry.message, reason, self.name)
-                continue
             token = next(self.destination.server.tokens)
             self.inflight[token] = _Lease(entry, owner, now + lock)
             self.leases.append((now + lock, token))
@@ -261,6 +255,11 @@ _SERVERS: dict[str, _Server] = {}
 
 
 class MemorySubscription(Subscription):
+    """A reader of one group. Acks cost no round trip, so they are not batched."""
+
+    ack_batch = None
+    native_reject = True
+
     def __init__(self, driver: MemoryDriver, destination: str, group: str | None, settings: ReceiveSettings) -> None:
         self._driver = driver
         self._destination = destination
@@ -271,6 +270,10 @@ class MemorySubscription(Subscription):
     async def open(self) -> None:
         dest = self._driver.server.destination(self._destination, self._driver.options.auto_create)
         self._group = dest.group(self._group_name)
+        self.max_deliveries = dest.spec.max_deliveries
+        if dest.spec.lock_timeout and self._lock == self._driver.options.lock_timeout:
+            self._lock = dest.spec.lock_timeout.total_seconds()
+        self.lock_timeout = self._lock
 
     def _g(self) -> _Group:
         assert self._group is not None, "subscription not opened"
@@ -299,8 +302,10 @@ class MemorySubscription(Subscription):
             if out or loop.time() >= deadline:
                 return out
 
-    async def ack(self, delivery: Delivery) -> None:
-        self._g().settle(delivery.token)
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        group = self._g()
+        for delivery in deliveries:
+            group.settle(delivery.token)
 
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
         group = self._g()
@@ -356,6 +361,10 @@ class MemoryDriver(Driver):
             batch_send=native(limit=10_000),
             headers=native(),
             transactions=none(),
+            listing=native(),
+            lock_timeout=native(note="per destination (ensure) or per consumer"),
+            max_deliveries=emulated(note="counted by the memory broker, dead-lettered by the core on receipt"),
+            new_group_backlog=none("a group receives what is sent after it exists: ensure(groups=[...]) first"),
             max_message_bytes=options.max_message_bytes,
         )
 

@@ -10,11 +10,10 @@ import os
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from unimq.broker import Consumer
-
+from unimq import durations
+from unimq.errors import ConfigError
 
 #: A private generator, seeded from the OS and reseeded in forked children, so that an
 #: application calling ``random.seed()`` cannot make two processes mint the same ids.
@@ -50,58 +49,85 @@ class Message:
     priority: int | None = None
 
 
+class Settler(Protocol):
+    """What a :class:`Delivery` settles through: the core's settlement for one consumer.
+
+    Delivery calls only these four methods, so it depends on this small interface rather than on
+    the consumer (no import cycle; see :mod:`unimq.settlement`).
+    """
+
+    destination: str
+
+    async def ack(self, delivery: Delivery) -> None: ...
+    async def nack(self, delivery: Delivery, delay: float | None) -> None: ...
+    async def reject(self, delivery: Delivery, reason: str) -> None: ...
+    async def extend(self, delivery: Delivery, seconds: float) -> None: ...
+
+
 class Delivery:
     """One received message and the means to settle it.
 
     Settlement is idempotent: the first ``ack``/``nack``/``reject`` wins and later calls do
     nothing, so a double ack is harmless. ``attempt`` counts deliveries, starting at 1.
     ``native`` is the backend's raw message; ``token`` is what the driver needs to settle it.
+    ``expires_at`` (epoch seconds, 0 = never) is set by drivers whose TTL is emulated: the core
+    drops a delivery that is already expired when it arrives.
     """
 
-    __slots__ = ("_consumer", "attempt", "message", "native", "payload", "settled", "span", "token")
+    __slots__ = ("_settler", "attempt", "expires_at", "message", "native", "payload", "settled", "span", "token")
 
-    def __init__(self, message: Message, attempt: int = 1, native: Any = None, token: Any = None) -> None:
+    def __init__(
+        self, message: Message, attempt: int = 1, native: Any = None, token: Any = None, expires_at: float = 0.0,
+    ) -> None:
         self.message = message
         self.attempt = attempt
         self.native = native
         self.token = token
+        self.expires_at = expires_at
         self.payload: Any = message.body
         self.settled = False
         self.span: Any = None  # the OpenTelemetry span, when unimq.telemetry is enabled
-        self._consumer: Consumer | None = None
+        self._settler: Settler | None = None
 
     def __repr__(self) -> str:
         return f"Delivery(message_id={self.message.message_id!r}, attempt={self.attempt}, settled={self.settled})"
 
-    def _bound(self) -> Consumer:
-        if self._consumer is None:
+    @property
+    def destination(self) -> str:
+        """The destination this delivery was received from."""
+        return self._bound().destination
+
+    def _bound(self) -> Settler:
+        if self._settler is None:
             raise RuntimeError("this Delivery was not received through a unimq Consumer")
-        return self._consumer
+        return self._settler
 
     async def ack(self) -> None:
-        """The message is processed: remove it for this group."""
+        """The message is processed: remove it for this group.
+
+        Acks are batched by the core where the backend allows (see ``docs/adapters.md``): ``ack()``
+        returns once the ack is queued; a consumer's ``close()`` waits until every queued ack was
+        sent. An ack that cannot be sent is logged and the message comes back (at-least-once).
+        """
         if not self.settled:
             self.settled = True
-            await self._bound()._ack(self)
+            await self._bound().ack(self)
 
     async def nack(self, delay: timedelta | float | None = None) -> None:
-        """Processing failed: redeliver now, or not before ``delay``."""
+        """Processing failed: redeliver now, or not before ``delay`` (seconds or timedelta)."""
         if not self.settled:
-            seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
-            consumer = self._bound()
-            consumer._check_nack(seconds)
-            self.settled = True
-            await consumer._nack(self, seconds or None)
+            seconds = None if delay is None else durations.seconds(delay, "nack(delay=)")
+            settler = self._bound()
+            await settler.nack(self, seconds or None)
 
     async def reject(self, reason: str = "") -> None:
         """The message can never be processed: move it to the dead-letter destination."""
         if not self.settled:
-            consumer = self._bound()
-            consumer._check_reject()
-            self.settled = True
-            await consumer._reject(self, reason)
+            if not isinstance(reason, str):
+                raise ConfigError(f"reject(reason=) must be a str, got {type(reason).__name__}")
+            await self._bound().reject(self, reason)
 
     async def extend(self, duration: timedelta | float) -> None:
         """Keep the lock (visibility) for ``duration`` longer, so the message is not redelivered."""
-        seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
-        await self._bound()._extend(self, seconds)
+        seconds = durations.seconds(duration, "extend(duration)", allow_zero=False)
+        await self._bound().extend(self, seconds)

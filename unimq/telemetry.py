@@ -63,6 +63,10 @@ class Telemetry:
         self.in_flight = meter.create_up_down_counter("unimq.messages.in_flight", "{message}", "received, unsettled")
         self.publish_duration = meter.create_histogram("unimq.publish.duration", "s", "send/send_many latency")
         self.handler_duration = meter.create_histogram("unimq.handler.duration", "s", "handler run time")
+        #: ``unimq.message.latency``, set by :func:`unimq.gauges.observe` (None: not recorded).
+        self.latency: Any = None
+        self.kill_switch = meter.create_counter("unimq.kill_switch.changes", "{change}",
+                                                "handler-runner kill switch state changes, by unimq.kill_switch.state")
 
     @staticmethod
     def attributes(backend: str, destination: str, group: str | None = None) -> dict[str, Any]:
@@ -119,6 +123,9 @@ class Telemetry:
         metric_attrs = self.attributes(backend, destination, group)
         self.consumed.add(1, metric_attrs)
         self.in_flight.add(1, metric_attrs)
+        sent = delivery.message.timestamp
+        if self.latency is not None and sent is not None:
+            self.latency.record(max(0.0, time.time() - sent.timestamp()), metric_attrs)
 
     def settled(self, backend: str, destination: str, group: str | None, delivery: Delivery, outcome: str) -> None:
         metric_attrs = self.attributes(backend, destination, group)
@@ -132,6 +139,17 @@ class Telemetry:
                 span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, "dead-lettered"))
             span.end()
             delivery.span = None
+
+    def kill_switch_changed(
+        self, backend: str, destination: str, group: str | None, state: str, failure_ratio: float
+    ) -> None:
+        """A runner's kill switch changed state: count it, and record it as a span event."""
+        attrs = self.attributes(backend, destination, group)
+        attrs["unimq.kill_switch.state"] = state
+        self.kill_switch.add(1, attrs)
+        span = self.tracer.start_span(f"kill_switch {destination}", attributes=attrs)
+        span.add_event(f"unimq.kill_switch.{state}", {"unimq.kill_switch.failure_ratio": failure_ratio})
+        span.end()
 
     @contextmanager
     def handling(self, backend: str, destination: str, group: str | None, delivery: Delivery) -> Iterator[None]:

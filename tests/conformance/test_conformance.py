@@ -11,3 +11,7 @@ from unimq.testing.conformance.test_lifecycle import *  # noqa: F403
 from unimq.testing.conformance.test_ordering import *  # noqa: F403
 from unimq.testing.conformance.test_runner import *  # noqa: F403
 from unimq.testing.conformance.test_topology import *  # noqa: F403
+from unimq.testing.conformance.test_consumer_lifecycle import *  # noqa: F403
+from unimq.testing.conformance.test_settlement import *  # noqa: F403
+from unimq.testing.conformance.test_operations import *  # noqa: F403
+from unimq.testing.conformance.test_recoverability import *  # noqa: F403

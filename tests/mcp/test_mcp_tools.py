@@ -115,7 +115,7 @@ async def test_read_tools(broker: unimq.Broker, dest: str, target: Target) -> No
         if listed.error is None:
             assert dest in listed.result
         else:
-            assert "cannot list its destinations" in listed.error
+            assert "CapabilityError" in listed.error and "list" in listed.error
 
         props = (await call(c, "destination_properties", destination=dest)).result
         assert props["backend"] == broker.backend
@@ -229,12 +229,104 @@ async def memory() -> AsyncIterator[unimq.Broker]:
     ("request_reply", {"destination": "orders", "body": "x", "reply_to": "orders-replies"}),
 ])
 async def test_write_tools_are_off_by_default(memory: unimq.Broker, tool: str, args: dict[str, Any]) -> None:
+    """A read-only server does not list the write tools at all, and calling one anyway fails."""
     async with client(memory) as c:
         r = await call(c, tool, **args)
-        descriptions = {t.name: t.description or "" for t in (await c.list_tools()).tools}
-    assert r.error is not None and f"{tool} is disabled" in r.error and "--allow-write" in r.error
-    assert "--allow-write" in descriptions[tool]
+        listed = {t.name for t in (await c.list_tools()).tools}
+    assert listed == {"list_destinations", "destination_properties", "peek_messages"}
+    assert r.error is not None and tool in r.error and "\n" not in r.error
     assert await memory.peek("orders") == []
+
+
+async def test_tool_annotations(memory: unimq.Broker) -> None:
+    async with client(memory, allow_write=True) as c:
+        tools = {t.name: t.annotations for t in (await c.list_tools()).tools}
+    assert len(tools) == 7
+    for name in ("receive_messages", "settle_message"):
+        hints = tools[name]
+        assert hints is not None and hints.destructive_hint is True, name
+    for name in ("list_destinations", "destination_properties", "peek_messages"):
+        hints = tools[name]
+        assert hints is not None and hints.read_only_hint is True, name
+
+
+@pytest.mark.parametrize("tool,args", [
+    ("send_message", {"destination": "orders", "body": "x", "delay_seconds": 5}),
+    ("peek_messages", {"destination": "orders", "limit": 3}),
+    ("list_destinations", {"prefix": "o"}),
+])
+async def test_unknown_arguments_are_errors(memory: unimq.Broker, tool: str, args: dict[str, Any]) -> None:
+    """A misspelt argument must not be dropped silently (the send would happen without its delay)."""
+    async with client(memory, allow_write=True) as c:
+        r = await call(c, tool, **args)
+    assert r.error is not None and "unknown argument" in r.error and "\n" not in r.error
+    unknown = next(k for k in args if k not in ("destination", "body"))
+    assert repr(unknown) in r.error
+    assert await memory.peek("orders") == []
+
+
+@pytest.mark.parametrize("tool,args", [
+    ("send_message", {"destination": "orders", "body": "x", "ttl": -1}),
+    ("send_message", {"destination": "orders", "body": 5}),
+    ("receive_messages", {"destination": "orders", "count": 0, "settle": "sometimes"}),
+    ("settle_message", {"handle": "h", "action": "explode"}),
+    ("peek_messages", {"destination": ["orders"]}),
+])
+async def test_validation_errors_are_one_line(memory: unimq.Broker, tool: str, args: dict[str, Any]) -> None:
+    async with client(memory, allow_write=True) as c:
+        r = await call(c, tool, **args)
+    assert r.error is not None and "\n" not in r.error and f"{tool}: invalid arguments" in r.error
+
+
+@pytest.mark.parametrize("settle", ["ack", "later"])
+async def test_a_message_that_cannot_be_shown_is_not_settled(memory: unimq.Broker, settle: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The view is built before the ack: if it fails, the message stays on the queue."""
+    from unimq import inspect
+
+    await memory.producer("orders").send(b"keep me")
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("cannot show this one")
+
+    monkeypatch.setattr(inspect, "message_view", broken)
+    async with client(memory, allow_write=True) as c:
+        r = await call(c, "receive_messages", destination="orders", wait=1, settle=settle)
+        assert r.error is not None and "released, not settled" in r.error and "\n" not in r.error
+    monkeypatch.undo()
+    consumer = memory.consumer("orders")
+    async with consumer:
+        delivery = await consumer.receive(timeout=5)
+        assert delivery is not None and delivery.message.body == b"keep me"
+        await delivery.ack()
+
+
+async def test_request_reply_does_not_ack_a_reply_it_cannot_show(memory: unimq.Broker,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from unimq import inspect
+
+    real = inspect.message_view
+
+    def broken(message: unimq.Message, **kwargs: Any) -> Any:
+        if message.body == b"the reply":
+            raise ValueError("cannot show the reply")
+        return real(message, **kwargs)
+
+    async def responder() -> None:
+        async with memory.consumer("orders") as requests:
+            request = await requests.receive(timeout=5)
+            assert request is not None and request.message.reply_to
+            await memory.producer(request.message.reply_to).send(
+                b"the reply", correlation_id=request.message.correlation_id)
+            await request.ack()
+
+    monkeypatch.setattr(inspect, "message_view", broken)
+    async with client(memory, allow_write=True) as c:
+        task = asyncio.create_task(responder())
+        r = await call(c, "request_reply", destination="orders", body="q", reply_to="orders-replies", wait=5)
+        await task
+    assert r.error is not None and "released, not settled" in r.error
+    assert [m.body for m in await memory.peek("orders-replies")] == [b"the reply"]
 
 
 async def test_allow_list(memory: unimq.Broker) -> None:

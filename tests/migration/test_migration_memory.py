@@ -106,6 +106,39 @@ async def test_merged_consumer_processes_each_id_once(old_new) -> None:
     assert merged.duplicates >= 19
 
 
+@pytest.mark.parametrize("shared", ["memory", "redis"])
+async def test_two_merged_consumers_share_one_store(old_new, shared, broker_url) -> None:
+    """Two merged consumers (each with its own in-flight map, as two processes have) read both sides
+    in competition; the shared idempotency store lets each id be processed by exactly one of them,
+    even when both hold a copy at the same time."""
+    from unimq.idempotency import MemoryStore
+
+    old, new = old_new
+    await new.ensure("s")
+    if shared == "redis":
+        from unimq_redis.idempotency import RedisStore
+
+        store = RedisStore(broker_url("redis"), prefix=f"test:merge:{uuid.uuid4().hex}:", lease=2.0)
+    else:
+        store = MemoryStore(lease=2.0)
+    sent = await DualProducer(old.producer("s"), new.producer("s")).send_many([f"{i}".encode() for i in range(40)])
+    seen: list[str] = []
+
+    async def worker() -> int:
+        async with MergedConsumer(old.consumer("s"), new.consumer("s"), processed=store) as merged:
+            while (d := await merged.receive(timeout=1.0)) is not None:
+                seen.append(d.message.message_id)
+                await asyncio.sleep(0.005)  # hold it, so the twin often arrives at the other worker meanwhile
+                await d.ack()
+            return merged.duplicates
+
+    duplicates = await asyncio.wait_for(asyncio.gather(worker(), worker()), 30)
+    await store.close()
+    assert sorted(seen) == sorted(m.message_id for m in sent), "each id processed once, by one of the two"
+    assert sum(duplicates) == 40
+    assert (await old.stats("s")).depth == 0 and (await new.stats("s")).depth == 0
+
+
 async def test_mirror_both_ways_without_loops_and_verify(old_new) -> None:
     old, new = old_new
     await new.ensure("t", groups=("unimq-mirror", "unimq-verify"))

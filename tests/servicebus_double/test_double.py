@@ -27,7 +27,7 @@ from azure.servicebus.exceptions import MessageLockLostError, SessionCannotBeLoc
 from proton import Message
 from proton.utils import BlockingConnection
 
-from unimq.testing.servicebus_double import ServiceBusDouble
+from unimq_servicebus.testing.double import ServiceBusDouble
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ pytest.importorskip("azure.servicebus")
 from azure.servicebus import ServiceBusMessage, ServiceBusReceiveMode, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
-from unimq.testing.servicebus_double import ServiceBusDouble
+from unimq_servicebus.testing.double import ServiceBusDouble
 
 
 def utcnow() -> datetime.datetime:
@@ -88,8 +88,8 @@ async def test_restart_keeps_entities_messages_and_counts(tmp_path: Path) -> Non
 
 
 async def test_sigterm_of_the_process_persists(tmp_path: Path) -> None:
-    """``python -m unimq.testing.servicebus_double --data-dir``: SIGTERM writes the state."""
-    args = [sys.executable, "-m", "unimq.testing.servicebus_double", "--port", "0", "--data-dir", str(tmp_path)]
+    """``python -m unimq_servicebus.testing.double --data-dir``: SIGTERM writes the state."""
+    args = [sys.executable, "-m", "unimq_servicebus.testing.double", "--port", "0", "--data-dir", str(tmp_path)]
 
     async def run_double() -> tuple[asyncio.subprocess.Process, str]:
         proc = await asyncio.create_subprocess_exec(*args, stderr=asyncio.subprocess.PIPE)

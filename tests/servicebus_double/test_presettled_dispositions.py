@@ -18,7 +18,7 @@ pytest.importorskip("azure.servicebus")
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient
 
-from unimq.testing.servicebus_double import ServiceBusDouble
+from unimq_servicebus.testing.double import ServiceBusDouble
 
 
 @pytest.fixture

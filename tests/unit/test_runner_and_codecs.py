@@ -27,7 +27,7 @@ def test_backoff_bounds() -> None:
     assert [retry.ceiling(n) for n in (1, 2, 3, 4)] == [1, 3, 9, 10]
     assert all(0 <= retry.backoff(n) <= retry.ceiling(n) for n in range(1, 8) for _ in range(50))
     assert len({retry.backoff(3) for _ in range(20)}) > 1  # jittered
-    with pytest.raises(ValueError):
+    with pytest.raises(unimq.ConfigError, match="max_attempts"):
         unimq.Retry(max_attempts=0)
 
 
@@ -50,7 +50,7 @@ async def test_retry_then_success_and_dead_letter(broker: unimq.Broker) -> None:
     async with broker.consumer("jobs.dlq") as dlq:
         dead = await dlq.receive(timeout=1)
     assert dead is not None and dead.message.body == b"poison"
-    assert dead.message.headers[DEAD_LETTER_REASON] == "RuntimeError: boom 3"
+    assert dead.message.headers[DEAD_LETTER_REASON] == "RuntimeError: boom 3 (attempt 3)"
     assert (await broker.stats("jobs")).depth == 0
 
 

@@ -1,26 +1,30 @@
 """``unimq mcp URL``: queue tools for AI assistants, on any backend, over the official MCP SDK.
 
 The tools are thin wrappers of :mod:`unimq.inspect`. A :class:`Policy` decides what they may do:
-read-only unless ``allow_write``, an allow-list of destination globs, and limits on body size,
-counts and waits. Every failure is a tool error (``is_error``) with a one-line, scrubbed message.
+read-only unless ``allow_write`` (a read-only server does not list the write tools at all), an
+allow-list of destination globs, and limits on body size, counts and waits. Every failure is a
+tool error (``is_error``) with a one-line, scrubbed message; an argument a tool does not take is
+an error, not silently dropped.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import inspect as pyinspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal, TypeVar
 
-from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ToolAnnotations
-from pydantic import BaseModel, Field
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp.types import CallToolResult, InputRequiredResult, ToolAnnotations
+from pydantic import BaseModel, Field, ValidationError
 
 from unimq import __version__, inspect
 from unimq.broker import Broker, connect
 from unimq.errors import scrub
 from unimq.inspect import DestinationProperties, JsonBody, MessageView, SendResult, SettleAction, SettleResult
+from unimq.mcp import ops_tools
 
 T = TypeVar("T")
 
@@ -38,6 +42,7 @@ class Policy(BaseModel):
     create_destinations: bool = Field(False, description="let send_message and request_reply create missing ones")
     lock_seconds: float = Field(60.0, gt=0, description="how long a lock handle of receive_messages lives")
     max_held: int = Field(100, ge=1, description="most messages held for settle_message at once")
+    allow_purge: bool = Field(False, description="enable the purge tool (its own switch: purged messages are gone)")
 
 
 class ReplyResult(BaseModel):
@@ -61,18 +66,29 @@ class Tools:
         headers: Annotated[dict[str, str] | None, Field(description="application headers (user properties)")] = None,
         correlation_id: str | None = None,
         reply_to: Annotated[str | None, Field(description="destination the receiver should reply to")] = None,
-        ttl: Annotated[float | None, Field(gt=0, description="seconds before the message expires")] = None,
-        delay: Annotated[float | None, Field(gt=0, description="seconds before the message is delivered")] = None,
+        ttl: Annotated[float | None, Field(gt=0, le=inspect.MAX_SECONDS, allow_inf_nan=False,
+                                           description="seconds before the message expires")] = None,
+        delay: Annotated[float | None, Field(gt=0, le=inspect.MAX_SECONDS, allow_inf_nan=False,
+                                             description="seconds before the message is delivered")] = None,
         priority: Annotated[int | None, Field(ge=0)] = None,
+        message_id: Annotated[str | None, Field(min_length=1, max_length=128, description=(
+            "your id for the message: retrying a timed-out call with the same id lets consumers drop the "
+            "duplicate"))] = None,
+        content_type: Annotated[str | None, Field(description="MIME type; default text/plain or application/json "
+                                                              "from the body")] = None,
+        session_id: Annotated[str | None, Field(description=(
+            "Service Bus session; on every backend it is the message key (same key, same order)"))] = None,
     ) -> SendResult:
         """Send one message to a destination. Returns its message_id."""
         self._writable("send_message")
         self._allowed(destination, reply_to)
-        data, content_type = self._body(body)
+        if session_id is not None and key is not None and session_id != key:
+            raise ToolError("send_message: session_id is the key; give one of them, or the same value")
+        data, derived = self._body(body)
         return await self._run(inspect.send(
-            self.broker, destination, data, content_type=content_type, key=key, headers=headers,
-            correlation_id=correlation_id, reply_to=reply_to, ttl=ttl, delay=delay, priority=priority,
-            create=self.policy.create_destinations,
+            self.broker, destination, data, content_type=content_type or derived, key=key or session_id,
+            headers=headers, correlation_id=correlation_id, reply_to=reply_to, ttl=ttl, delay=delay,
+            priority=priority, message_id=message_id, create=self.policy.create_destinations,
         ))
 
     async def peek_messages(
@@ -91,7 +107,7 @@ class Tools:
         destination: str,
         group: Annotated[str | None, Field(description="consumer group / subscription; omit for the default")] = None,
         count: Annotated[int, Field(ge=1)] = 1,
-        wait: Annotated[float, Field(ge=0, description="seconds to wait for messages")] = 5.0,
+        wait: Annotated[float, Field(ge=0, allow_inf_nan=False, description="seconds to wait for messages")] = 5.0,
         settle: Annotated[Literal["ack", "later"], Field(
             description="'ack' removes the messages now; 'later' returns lock handles for settle_message")] = "ack",
     ) -> list[MessageView]:
@@ -119,12 +135,12 @@ class Tools:
         destination: str,
         body: Annotated[JsonBody, Field(description="text is sent as UTF-8; an object or array as JSON")],
         reply_to: Annotated[str, Field(description="destination the reply will arrive on")],
-        wait: Annotated[float, Field(gt=0, description="seconds to wait for the reply")] = 30.0,
+        wait: Annotated[float, Field(gt=0, allow_inf_nan=False, description="seconds to wait for the reply")] = 30.0,
         correlation_id: Annotated[str | None, Field(description="generated when omitted")] = None,
         reply_group: Annotated[str | None, Field(description="group to read reply_to in; omit for the default")] = None,
         key: str | None = None,
         headers: dict[str, str] | None = None,
-        ttl: Annotated[float | None, Field(gt=0)] = None,
+        ttl: Annotated[float | None, Field(gt=0, le=inspect.MAX_SECONDS, allow_inf_nan=False)] = None,
     ) -> ReplyResult:
         """Send a request with correlation_id and reply_to, and wait for the correlated reply."""
         self._writable("request_reply")
@@ -189,11 +205,49 @@ class Tools:
         except ToolError:
             raise
         except Exception as exc:
-            raise ToolError(scrub(f"{type(exc).__name__}: {exc}")) from exc
+            raise ToolError(_one_line(scrub(f"{type(exc).__name__}: {exc}"))) from exc
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _validation_line(tool: str, exc: ValidationError) -> str:
+    """A tool's argument errors on one line: the argument names and what is wrong, not the values."""
+    problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(arguments)'}: {err['msg']}"
+                         for err in exc.errors()[:5])
+    return _one_line(f"{tool}: invalid arguments: {problems}")
+
+
+class _Server(MCPServer[Any]):
+    """The SDK server, stricter: unknown arguments are refused and every tool error is one line."""
+
+    def __init__(self, *args: Any, arguments: dict[str, frozenset[str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._arguments = arguments
+
+    async def call_tool(self, name: str, arguments: dict[str, Any],
+                        context: Context[Any, Any] | None = None) -> CallToolResult | InputRequiredResult:
+        known = self._arguments.get(name)
+        unknown = sorted(set(arguments) - known) if known is not None else []
+        if unknown:
+            raise ToolError(_one_line(f"{name}: unknown argument(s) {', '.join(repr(u[:40]) for u in unknown)}; "
+                                      f"it takes {', '.join(sorted(known or ())) or 'none'}"))
+        try:
+            result = await super().call_tool(name, arguments, context)
+        except UnexpectedToolError:
+            raise
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                raise ToolError(_validation_line(name, exc.__cause__)) from exc.__cause__
+            raise ToolError(_one_line(str(exc))) from exc.__cause__
+        return result
 
 
 _READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=True)
 _WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=True)
+#: Tools that consume or settle: what they take off a queue does not come back by itself.
+_DESTRUCTIVE = ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=True)
 
 
 def build_server(broker: Broker, policy: Policy | None = None) -> MCPServer[Any]:
@@ -207,23 +261,25 @@ def build_server(broker: Broker, policy: Policy | None = None) -> MCPServer[Any]
         finally:
             await tools.close()
 
-    server: MCPServer[Any] = MCPServer(
+    registered: list[tuple[Callable[..., Awaitable[Any]], ToolAnnotations]] = [
+        (tools.list_destinations, _READ_ONLY), (tools.destination_properties, _READ_ONLY),
+        (tools.peek_messages, _READ_ONLY),
+    ]
+    if tools.policy.allow_write:
+        registered += [(tools.send_message, _WRITE), (tools.receive_messages, _DESTRUCTIVE),
+                       (tools.settle_message, _DESTRUCTIVE), (tools.request_reply, _WRITE)]
+    registered += ops_tools.tools(tools)
+    server = _Server(
         "unimq", version=__version__, log_level="WARNING", lifespan=lifespan,
+        arguments={fn.__name__: frozenset(pyinspect.signature(fn).parameters) for fn, _ in registered},
         instructions=(f"Message queue tools on {broker.backend} ({broker.url}). "
                       "Use list_destinations and destination_properties first; capabilities say what the "
-                      "backend supports. Write tools are "
-                      + ("enabled." if tools.policy.allow_write else "disabled (read-only server).")),
+                      "backend supports. "
+                      + ("Write tools are enabled." if tools.policy.allow_write else
+                         "This server is read-only: it was started without --allow-write.")),
     )
-    registered: list[tuple[Callable[..., Awaitable[Any]], bool]] = [
-        (tools.list_destinations, False), (tools.destination_properties, False), (tools.peek_messages, False),
-        (tools.send_message, True), (tools.receive_messages, True), (tools.settle_message, True),
-        (tools.request_reply, True),
-    ]
-    for fn, writes in registered:
-        description = (fn.__doc__ or "").strip()
-        if writes and not tools.policy.allow_write:
-            description += " Disabled on this server: it was started without --allow-write."
-        server.add_tool(fn, description=description, annotations=_WRITE if writes else _READ_ONLY)
+    for fn, hints in registered:
+        server.add_tool(fn, description=(fn.__doc__ or "").strip(), annotations=hints)
     return server
 
 

@@ -12,7 +12,7 @@ The playbook is in ``docs/migration.md``; the CLI is ``unimq migrate``.
 
 from unimq.migrate.bridge import Mirror, MirrorStats, VerifyReport, compare, drain, verify
 from unimq.migrate.journal import Journal
-from unimq.migrate.merge import MemoryProcessedIds, MergedConsumer, MergedDelivery, RedisProcessedIds
+from unimq.migrate.merge import MemoryProcessedIds, MergedConsumer, MergedDelivery
 from unimq.migrate.publish import CanaryProducer, DualProducer, DualStats, Policy, stable_share
 
 __all__ = [
@@ -26,7 +26,6 @@ __all__ = [
     "Mirror",
     "MirrorStats",
     "Policy",
-    "RedisProcessedIds",
     "VerifyReport",
     "compare",
     "drain",

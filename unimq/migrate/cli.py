@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
+from typing import Any
 
 import unimq
+from unimq.cli import count_arg, natural_arg, positive_seconds_arg, seconds_arg
+from unimq.errors import ConfigError
 from unimq.migrate.bridge import Mirror, MirrorStats, drain, verify
 from unimq.migrate.publish import DualProducer, Policy
 
 
 async def cmd_dual(args: argparse.Namespace) -> int:
     """Send each stdin line to both backends (a smoke test of the dual-publish stage)."""
+    if args.policy == Policy.PRIMARY.value and not args.journal:
+        raise ConfigError("migrate dual: --policy primary needs --journal DIRECTORY, where messages the new "
+                          "backend refuses are kept for `unimq migrate replay`")
+    new_destination = args.new_destination or args.destination
+    if args.old_url == args.new_url and new_destination == args.destination:
+        raise ConfigError("migrate dual: the old and the new side are the same URL and destination; "
+                          "every message would be sent twice to one place")
     async with unimq.connect(args.old_url) as old, unimq.connect(args.new_url) as new:
-        dual = DualProducer(old.producer(args.destination), new.producer(args.new_destination or args.destination),
+        dual = DualProducer(old.producer(args.destination), new.producer(new_destination),
                             policy=args.policy, journal=args.journal)
         async with dual:
             for line in sys.stdin.buffer:
@@ -41,6 +52,9 @@ def _progress(stats: MirrorStats) -> None:
 
 
 async def cmd_mirror(args: argparse.Namespace) -> int:
+    if args.source_url == args.target_url and args.source_dest == args.target_dest:
+        raise ConfigError("migrate mirror: the source and the target are the same URL and destination; "
+                          "mirroring a destination into itself would forward every message forever")
     async with unimq.connect(args.source_url) as source, unimq.connect(args.target_url) as target:
         mirror = Mirror(source, args.source_dest, target, args.target_dest, group=args.group,
                         origin=args.origin, target_origin=args.target_origin, batch=args.batch)
@@ -51,6 +65,8 @@ async def cmd_mirror(args: argparse.Namespace) -> int:
 
 
 async def cmd_drain(args: argparse.Namespace) -> int:
+    if args.into_url and args.into_url == args.url and (args.into_dest or args.destination) == args.destination:
+        raise ConfigError("migrate drain: --into-url/--into-dest is the destination being drained")
     async with unimq.connect(args.url) as broker:
         if args.into_url:
             async with unimq.connect(args.into_url) as target:
@@ -72,7 +88,15 @@ async def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok(args.tolerance) else 1
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def journal_arg(path: str) -> str:
+    """An existing journal directory (argparse ``type``): a typo must not start an empty journal."""
+    if not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"no journal directory at {path!r} (the --journal given to "
+                                         "`unimq migrate dual --policy primary`)")
+    return path
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
     migrate = sub.add_parser("migrate", help="move traffic between backends: dual, replay, mirror, drain, verify")
     steps = migrate.add_subparsers(dest="step", required=True)
 
@@ -89,7 +113,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = steps.add_parser("replay", help="replay a dual-publish journal into the new backend")
     p.add_argument("new_url")
     p.add_argument("destination")
-    p.add_argument("--journal", required=True)
+    p.add_argument("--journal", type=journal_arg, required=True)
     p.set_defaults(func=cmd_replay)
 
     p = steps.add_parser("mirror", help="forward a destination to another backend (at-least-once)")
@@ -100,8 +124,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--group", default="unimq-mirror")
     p.add_argument("--origin", help="label of the source side (default: its URL)")
     p.add_argument("--target-origin", help="label of the target side (default: its URL)")
-    p.add_argument("--batch", type=int, default=500)
-    p.add_argument("--until-idle", type=float, help="stop after this many idle seconds (default: run forever)")
+    p.add_argument("--batch", type=count_arg, default=500)
+    p.add_argument("--until-idle", type=positive_seconds_arg,
+                   help="stop after this many idle seconds (default: run forever)")
     p.set_defaults(func=cmd_mirror)
 
     p = steps.add_parser("drain", help="consume a destination until it is empty and idle")
@@ -110,7 +135,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--group")
     p.add_argument("--into-url", help="forward to this backend instead of printing bodies")
     p.add_argument("--into-dest")
-    p.add_argument("--idle", type=float, default=5.0)
+    p.add_argument("--idle", type=seconds_arg, default=5.0)
     p.set_defaults(func=cmd_drain)
 
     p = steps.add_parser("verify", help="compare both sides; exit 1 beyond --tolerance")
@@ -119,8 +144,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("new_url")
     p.add_argument("new_dest")
     p.add_argument("--group", default="unimq-verify")
-    p.add_argument("--idle", type=float, default=5.0)
-    p.add_argument("--tolerance", type=int, default=0)
+    p.add_argument("--idle", type=seconds_arg, default=5.0)
+    p.add_argument("--tolerance", type=natural_arg, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
 

@@ -5,57 +5,32 @@ consumer yields each ``message_id`` once: a copy of a message already processed 
 dropped, and a copy that arrives while the first is still in flight waits for it — acked if the
 first was acked, handed over if the first was nacked or dead-lettered. So consumers can move
 before producers, with no loss and no double processing within the de-duplication window.
+
+The processed ids live in an idempotency store (:mod:`unimq.idempotency`): in memory for one
+process, or ``unimq_redis.idempotency.RedisStore`` shared by every process of the group, where
+a claim is atomic, so two processes that receive the two copies at once do not both process it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from unimq.broker import Consumer
+from unimq.idempotency import Claim, LeaseStore, MemoryStore
 from unimq.message import Delivery
-from unimq.reliability import DedupWindow
 
 
-class ProcessedIds(Protocol):
-    """Where processed message ids are remembered; in memory, or Redis for several processes."""
+class MemoryProcessedIds(MemoryStore):
+    """The former in-memory processed-id window: a :class:`~unimq.idempotency.MemoryStore`
+    remembering processed ids for ``window``. (``RedisProcessedIds`` moved to the Redis adapter:
+    ``unimq_redis.idempotency.RedisStore``, or its ``RedisProcessedIds`` with the old signature.)"""
 
-    async def seen(self, message_id: str) -> bool: ...
-
-    async def mark(self, message_id: str) -> None: ...
-
-
-class MemoryProcessedIds:
     def __init__(self, window: timedelta = timedelta(hours=1), max_entries: int = 1_000_000) -> None:
-        self._window = DedupWindow(window.total_seconds(), max_entries)
-
-    async def seen(self, message_id: str) -> bool:
-        return message_id in self._window
-
-    async def mark(self, message_id: str) -> None:
-        self._window.seen(message_id)
-
-
-class RedisProcessedIds:
-    """Shared by every process of a consumer group: ``SET key NX EX window`` per message id."""
-
-    def __init__(self, url: str, prefix: str = "unimq:processed:", window: timedelta = timedelta(hours=1)) -> None:
-        import redis.asyncio as redis
-
-        self._redis = redis.from_url(url)
-        self._prefix = prefix
-        self._ttl = max(1, int(window.total_seconds()))
-
-    async def seen(self, message_id: str) -> bool:
-        return bool(await self._redis.exists(self._prefix + message_id))
-
-    async def mark(self, message_id: str) -> None:
-        await self._redis.set(self._prefix + message_id, b"1", ex=self._ttl, nx=True)
-
-    async def close(self) -> None:
-        await self._redis.aclose()
+        super().__init__(remember=window, lease=min(30.0, window.total_seconds()), max_entries=max_entries)
 
 
 class MergedDelivery(Delivery):
@@ -93,33 +68,46 @@ class MergedDelivery(Delivery):
 
 
 class MergedConsumer:
-    """Reads several consumers (old and new backend) as one de-duplicated async iterator."""
+    """Reads several consumers (old and new backend) as one de-duplicated async iterator.
 
-    def __init__(self, *consumers: Consumer, processed: ProcessedIds | None = None, buffer: int = 100) -> None:
+    ``processed`` is the idempotency store (default: a :class:`MemoryProcessedIds`); pass a shared
+    one (``RedisStore``) when several processes consume the merged stream. The first copy of a
+    message claims its id; the store's lease is renewed while the application holds the delivery.
+    """
+
+    def __init__(self, *consumers: Consumer, processed: LeaseStore | None = None, buffer: int = 100) -> None:
         if len(consumers) < 2:
             raise ValueError("MergedConsumer needs at least two consumers")
         self.consumers = consumers
         self.processed = processed or MemoryProcessedIds()
         self.duplicates = 0
         self._queue: asyncio.Queue[MergedDelivery] = asyncio.Queue(buffer)
-        self._in_flight: dict[str, list[MergedDelivery]] = {}
+        self._in_flight: dict[str, list[MergedDelivery]] = {}  # this process's copies, per id
+        self._owners: dict[str, str] = {}  # ids we hold a claim on, and the claim's owner token
         self._readers: list[asyncio.Task[None]] = []
+        self._helpers: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> MergedConsumer:
         for consumer in self.consumers:
             await consumer.open()
         self._readers = [asyncio.create_task(self._read(i, c)) for i, c in enumerate(self.consumers)]
+        self._spawn(self._keep_claims())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
-        for task in self._readers:
+        tasks = [*self._readers, *self._helpers]
+        for task in tasks:
             task.cancel()
-        for task in self._readers:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for key, owner in list(self._owners.items()):
+            with contextlib.suppress(Exception):
+                await self.processed.release(key, owner)
+        self._owners.clear()
         for consumer in self.consumers:
             await consumer.close()
 
@@ -138,33 +126,78 @@ class MergedConsumer:
         except TimeoutError:
             return None
 
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._helpers.add(task)
+        task.add_done_callback(self._helpers.discard)
+
     async def _read(self, side: int, consumer: Consumer) -> None:
         async for inner in consumer:
             delivery = MergedDelivery(inner, self, side)
             message_id = delivery.message.message_id
-            if await self.processed.seen(message_id):
-                self.duplicates += 1
-                await inner.ack()
-                continue
             holders = self._in_flight.get(message_id)
             if holders is not None:
                 holders.append(delivery)  # wait for the first copy's outcome
                 continue
             self._in_flight[message_id] = [delivery]
-            await self._queue.put(delivery)
+            await self._admit(message_id)
 
-    async def _finished(self, message_id: str, processed: bool) -> None:
-        holders = self._in_flight.pop(message_id, [])
-        waiting = [d for d in holders if not d.settled]
-        if processed:
-            await self.processed.mark(message_id)
-            for duplicate in waiting:
+    async def _admit(self, message_id: str) -> None:
+        """Claim the id for this process's first waiting copy: hand it out, drop it, or wait."""
+        owner = uuid.uuid4().hex
+        state, _ = await self.processed.claim(message_id, owner)
+        if state is Claim.CLAIMED:
+            self._owners[message_id] = owner
+            await self._queue.put(self._in_flight[message_id][0])
+        elif state is Claim.DONE:
+            await self._drop(self._in_flight.pop(message_id, []))
+        else:
+            self._spawn(self._wait_elsewhere(message_id))
+
+    async def _wait_elsewhere(self, message_id: str) -> None:
+        """Another process holds the claim: poll until it commits (drop ours) or it ends (ours)."""
+        pause = 0.05
+        while True:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+            owner = uuid.uuid4().hex
+            state, _ = await self.processed.claim(message_id, owner)
+            if state is Claim.CLAIMED:
+                self._owners[message_id] = owner
+                await self._queue.put(self._in_flight[message_id][0])
+                return
+            if state is Claim.DONE:
+                await self._drop(self._in_flight.pop(message_id, []))
+                return
+
+    async def _drop(self, copies: list[MergedDelivery]) -> None:
+        for duplicate in copies:
+            if not duplicate.settled:
                 self.duplicates += 1
                 duplicate.settled = True
                 await duplicate.inner.ack()
-        elif waiting:
+
+    async def _keep_claims(self) -> None:
+        while True:
+            await asyncio.sleep(self.processed.lease / 3)
+            for key, owner in list(self._owners.items()):
+                with contextlib.suppress(Exception):
+                    await self.processed.renew(key, owner)
+
+    async def _finished(self, message_id: str, processed: bool) -> None:
+        holders = self._in_flight.pop(message_id, [])
+        owner = self._owners.pop(message_id, None)
+        waiting = [d for d in holders if not d.settled]
+        if processed:
+            if owner is not None:
+                await self.processed.commit(message_id, owner)
+            await self._drop(waiting)
+            return
+        if owner is not None:
+            await self.processed.release(message_id, owner)
+        if waiting:
             self._in_flight[message_id] = waiting
-            await self._queue.put(waiting[0])
+            await self._admit(message_id)
 
     @property
     def stats(self) -> dict[str, Any]:

@@ -62,7 +62,7 @@ class DualProducer:
         if self.policy is Policy.PRIMARY and journal is None:
             raise ValueError("policy 'primary' needs journal=<directory> so new-side failures survive a restart")
         self.journal = journal if journal is None or isinstance(journal, Journal) else Journal(journal)
-        self.capabilities: Capabilities = intersect(old._caps, new._caps)
+        self.capabilities: Capabilities = intersect(old.capabilities, new.capabilities)
         self.stats = DualStats()
         self._replay_every = replay_every
         self._replayer: asyncio.Task[None] | None = None
@@ -81,13 +81,13 @@ class DualProducer:
             await self.replay()
 
     async def send(self, body: Any, **options: Any) -> Message:
-        message = self.old._message(body, **options)
+        message = self.old.message(body, **options)
         check_message(self.capabilities, message)
         await self._dual([message])
         return message
 
     async def send_many(self, items: Iterable[Any]) -> list[Message]:
-        messages = [self.old._message(item) for item in items]
+        messages = [self.old.message(item) for item in items]
         for message in messages:
             check_message(self.capabilities, message)
         await self._dual(messages)
@@ -185,7 +185,7 @@ class CanaryProducer:
     def __init__(self, old: Producer, new: Producer, share: float = 0.0) -> None:
         self.old = old
         self.new = new
-        self.capabilities = intersect(old._caps, new._caps)
+        self.capabilities = intersect(old.capabilities, new.capabilities)
         self.set_share(share)
 
     def set_share(self, share: float) -> None:
@@ -197,12 +197,12 @@ class CanaryProducer:
         return self.new if stable_share(message.key or message.message_id) < self.share else self.old
 
     async def send(self, body: Any, **options: Any) -> Message:
-        message = self.old._message(body, **options)
+        message = self.old.message(body, **options)
         check_message(self.capabilities, message)
         return await self.route(message).send(message)
 
     async def send_many(self, items: Iterable[Any]) -> list[Message]:
-        messages = [self.old._message(item) for item in items]
+        messages = [self.old.message(item) for item in items]
         old = [m for m in messages if self.route(m) is self.old]
         new = [m for m in messages if self.route(m) is self.new]
         await asyncio.gather(*(p.send_many(batch) for p, batch in ((self.old, old), (self.new, new)) if batch))

@@ -12,6 +12,7 @@ adapter for its URL scheme is installed. Each one resolves, in order, to:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -20,7 +21,7 @@ import subprocess
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
+from importlib.metadata import entry_points
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,27 +46,48 @@ class Timing:
         return Timing(**{f.name: getattr(self, f.name) * factor for f in fields(self)})
 
 
-#: Per-scheme timing: Kafka needs time for group joins; Service Bus locks are at least 5 s.
-TIMING: dict[str, Timing] = {
-    "memory": Timing(receive=5.0, quiet=0.3, test=30.0),
-    "kafka": Timing(receive=30.0, quiet=2.0, test=90.0),
-    "sqs": Timing(quiet=1.0),
-    "servicebus": Timing(lock=5.0, receive=15.0, quiet=1.5, test=90.0),
-}
+@dataclass(frozen=True)
+class Image:
+    """A container a target can be started from when a container engine answers (testcontainers).
+    It binds the broker's default port, so the target's URL is unchanged."""
 
+    image: str
+    port: int
+    command: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
 
-def timing_for(url: str) -> Timing:
-    return TIMING.get(urlsplit(url).scheme, Timing())
+    def start(self) -> Any:
+        """Start it; return what has a ``stop()``."""
+        from testcontainers.core.container import DockerContainer
+
+        container = DockerContainer(self.image).with_bind_ports(self.port, self.port)
+        for key, value in self.env:
+            container = container.with_env(key, value)
+        if self.command:
+            container = container.with_command(self.command)
+        container.start()
+        return container
 
 
 @dataclass(frozen=True)
 class Target:
-    """A named URL the suite runs against. ``backend`` is the name ``scripts/brokers`` knows."""
+    """A named URL the suite runs against. ``backend`` is the name ``scripts/brokers`` knows.
+
+    Adapters register theirs through the ``unimq.targets`` entry point (a function returning a list
+    of targets), so a third-party adapter joins ``--unimq-target`` and the capability matrix
+    without an edit here."""
 
     name: str
     url: str
     backend: str
     timing: Timing = field(default_factory=Timing)
+    #: A fixed pool of destination names, for a namespace that cannot create entities at run time
+    #: (the suite's ``names`` fixture hands these out instead of making new names).
+    pool: tuple[str, ...] = ()
+    #: How to start the broker in a container (anything with ``start() -> object with stop()``).
+    container: Any = None
+    #: Columns of the capability matrix this target shows: (label, destination).
+    matrix: tuple[tuple[str, str], ...] = ()
 
     @property
     def scheme(self) -> str:
@@ -76,26 +98,26 @@ class Target:
         return f"UNIMQ_TEST_{self.name.upper().replace('-', '_')}_URL"
 
 
-def _target(name: str, url: str, backend: str) -> Target:
-    return Target(name, url, backend, timing_for(url))
+TARGET_GROUP = "unimq.targets"
+MEMORY = Target("memory", "memory://conformance", "memory", Timing(receive=5.0, quiet=0.3, test=30.0),
+                matrix=(("memory", "orders"),))
 
 
-_SQS = "sqs://?endpoint_url=http://127.0.0.1:9324&region=us-east-1"
-_SERVICEBUS = "servicebus://RootManageSharedAccessKey:SAS_KEY_VALUE@127.0.0.1:5673?emulator=true"
+def _load_targets() -> tuple[Target, ...]:
+    found = [MEMORY]
+    for entry in sorted(entry_points(group=TARGET_GROUP), key=lambda e: e.name):
+        found += entry.load()()
+    return tuple(found)
 
-TARGETS: tuple[Target, ...] = (
-    _target("memory", "memory://conformance", "memory"),
-    _target("rabbitmq", "amqp://guest:guest@127.0.0.1:5672/", "rabbitmq"),
-    _target("rabbitmq-quorum", "amqp://guest:guest@127.0.0.1:5672/?queue_type=quorum", "rabbitmq"),
-    _target("kafka", "kafka://127.0.0.1:9092", "kafka"),
-    _target("redis", "redis://127.0.0.1:6379/0", "redis"),
-    _target("nats", "nats://127.0.0.1:4222", "nats"),
-    _target("nats-core", "nats://127.0.0.1:4222?jetstream=false", "nats"),
-    _target("sqs", _SQS, "sqs"),
-    _target("sqs-fifo", _SQS + "&fifo=true", "sqs"),
-    _target("servicebus", _SERVICEBUS, "servicebus"),
-    _target("servicebus-sessions", _SERVICEBUS + "&sessions=true", "servicebus"),
-)
+
+#: Every registered target: memory:// and those of the installed adapters.
+TARGETS: tuple[Target, ...] = _load_targets()
+
+
+def timing_for(url: str) -> Timing:
+    """The timing of the first registered target with ``url``'s scheme (default timing otherwise)."""
+    scheme = urlsplit(url).scheme
+    return next((t.timing for t in TARGETS if t.scheme == scheme), Timing())
 
 
 def select_targets(names: Iterable[str] = ()) -> list[Target]:
@@ -176,35 +198,6 @@ def container_engine() -> bool:
         return False
 
 
-_KAFKA_ENV = {
-    "KAFKA_NODE_ID": "1",
-    "KAFKA_PROCESS_ROLES": "broker,controller",
-    "KAFKA_LISTENERS": "PLAINTEXT://:9092,CONTROLLER://localhost:9093",
-    "KAFKA_ADVERTISED_LISTENERS": "PLAINTEXT://127.0.0.1:9092",
-    "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
-    "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@localhost:9093",
-    "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-    "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
-    "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
-    "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
-    "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
-}
-
-#: backend → (image, port, command, environment). Containers bind the default port, so the
-#: target's URL is unchanged.
-IMAGES: dict[str, tuple[str, int, str | None, dict[str, str]]] = {
-    "rabbitmq": ("rabbitmq:3.13", 5672, None, {}),
-    "kafka": ("apache/kafka:3.9.0", 9092, None, _KAFKA_ENV),
-    "redis": ("redis:7", 6379, None, {}),
-    "nats": ("nats:2.10", 4222, "-js", {}),
-    "sqs": ("softwaremill/elasticmq-native", 9324, None, {}),
-}
-
-#: The official Service Bus emulator needs a SQL sidecar and its config: it runs from the repo's
-#: compose.yaml (profile ``servicebus``), and only when the user has accepted its EULA.
-COMPOSE_FILE = Path(__file__).resolve().parents[2] / "compose.yaml"
-
-
 class Provisioner:
     """Resolves each target once per test session and stops the containers it started."""
 
@@ -231,7 +224,7 @@ class Provisioner:
         if override is None:
             if self._engine is None:
                 self._engine = container_engine()
-            if self._engine:
+            if self._engine and target.container is not None:
                 try:
                     self._start_container(target)
                 except Exception as exc:
@@ -241,28 +234,11 @@ class Provisioner:
         return Resolution(None, "unreachable", problem)
 
     def _start_container(self, target: Target) -> None:
-        if target.backend == "servicebus":
-            if os.environ.get("ACCEPT_EULA") != "Y":
-                raise ConfigError("the Service Bus emulator runs only with ACCEPT_EULA=Y (its licence)")
-            from testcontainers.compose import DockerCompose
-
-            compose = DockerCompose(COMPOSE_FILE.parent, compose_file_name=COMPOSE_FILE.name,
-                                    profiles=["servicebus"], services=["sqledge", "servicebus"], wait=False)
-            compose.start()
-            self._started[target.backend] = compose
+        if target.container is None:
+            raise ConfigError(f"{target.name} declares no container: start it natively")
+        if target.backend in self._started:
             return
-        if target.backend not in IMAGES or target.backend in self._started:
-            return
-        from testcontainers.core.container import DockerContainer
-
-        image, port, command, env = IMAGES[target.backend]
-        container = DockerContainer(image).with_bind_ports(port, port)
-        for key, value in env.items():
-            container = container.with_env(key, value)
-        if command:
-            container = container.with_command(command)
-        container.start()
-        self._started[target.backend] = container
+        self._started[target.backend] = target.container.start()
 
     def _wait_reachable(self, url: str) -> bool:
         deadline = time.monotonic() + self._ready_timeout
@@ -285,6 +261,7 @@ def with_timing(target: Target, scale: float) -> Target:
 
 
 _SHARED = Provisioner()
+atexit.register(_SHARED.close)  # the plugin closes its own; this one serves require() for other tests
 
 
 def require(target: str) -> Resolution:

@@ -180,13 +180,17 @@ async def broker(unimq_url: str, timing: Timing) -> AsyncIterator[unimq.Broker]:
 
 class Names:
     """Unique names for one test: ``names()`` a new destination, ``names.dest`` the test's main one,
-    ``names.group()`` a group. Destinations are deleted when the test ends (best effort)."""
+    ``names.group()`` a group. Destinations are deleted when the test ends (best effort).
 
-    def __init__(self) -> None:
+    A target with a fixed ``pool`` (a namespace that cannot create entities) gets the pool's names
+    in turn instead, each emptied when the test ends rather than deleted."""
+
+    def __init__(self, pool: tuple[str, ...] = ()) -> None:
         self.created: list[str] = []
+        self.pool = pool
 
     def __call__(self) -> str:
-        name = f"ut-{RUN_ID}-{next(_COUNTER)}"
+        name = self.pool[next(_COUNTER) % len(self.pool)] if self.pool else f"ut-{RUN_ID}-{next(_COUNTER)}"
         self.created.append(name)
         return name
 
@@ -199,17 +203,25 @@ class Names:
 
 
 @pytest_asyncio.fixture(loop_scope="function")
-async def names(broker: unimq.Broker, timing: Timing) -> AsyncIterator[Names]:
-    made = Names()
+async def names(broker: unimq.Broker, timing: Timing, unimq_target: Target) -> AsyncIterator[Names]:
+    made = Names(unimq_target.pool)
     yield made
     if broker.closed:
         return
     for name in made.created:
         try:
             async with asyncio.timeout(timing.receive):
-                await broker.delete(name)
+                await (_empty(broker, name) if made.pool else broker.delete(name))
         except Exception:  # cleanup is best effort: names are unique per run anyway
             continue
+
+
+async def _empty(broker: unimq.Broker, name: str) -> None:
+    """Take every message out of a pooled destination and its dead-letter destination."""
+    for dest in (name, broker.dead_letter_destination(name)):
+        async with broker.consumer(dest) as consumer:
+            while batch := await consumer.receive_batch(100, timeout=0.2):
+                await consumer.ack_many(batch)
 
 
 @pytest.fixture

@@ -2,13 +2,16 @@
 
 The producer is idempotent with ``acks=all`` by default; ``send_many`` fills aiokafka's record
 batches itself (:mod:`unimq_kafka.batches`) and awaits one future per batch, not per record. Consumers acknowledge per
-message on top of offsets (:mod:`unimq_kafka.offsets`); nack, delayed send and dead-lettering
-are emulated with retry and dead-letter topics (:mod:`unimq_kafka.subscription`).
+message on top of offsets (:mod:`unimq_kafka.offsets`); nack and delayed send are emulated with
+retry topics (:mod:`unimq_kafka.subscription`), dead-lettering by the core into ``<topic>.dlq``.
+Kafka rejects unknown topic configs, so what ``ensure()`` must tell every other process
+(``max_deliveries``) is kept in the compacted topic ``__unimq_meta``, keyed by topic.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -25,15 +28,17 @@ from pydantic import BaseModel
 from unimq.capabilities import Capabilities, emulated, native, none
 from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Stats, Subscription
 from unimq.errors import (
+    AuthenticationError,
+    BrokerConnectionError,
     Closed,
     ConfigError,
-    ConnectionError,
+    ErrorRule,
     MessageTooLarge,
     NotFound,
+    PermissionDenied,
     Timeout,
     UnimqError,
     register_secret,
-    wrap,
 )
 from unimq.message import Message
 from unimq.url import BrokerURL
@@ -51,24 +56,39 @@ _TOPIC_UNSAFE = re.compile(r"[^a-zA-Z0-9._-]")
 _TOPIC_EXISTS = 36
 _UNKNOWN_TOPIC = 3
 
-_CONNECTION_ERRORS = (
-    kerr.KafkaConnectionError, kerr.NodeNotReadyError, kerr.NoBrokersAvailable, kerr.KafkaUnavailableError,
-    kerr.RequestTimedOutError, kerr.NotLeaderForPartitionError, kerr.LeaderNotAvailableError,
-    kerr.GroupCoordinatorNotAvailableError, kerr.NotCoordinatorForGroupError, kerr.BrokerNotAvailableError,
-)
-_TOO_LARGE = (kerr.MessageSizeTooLargeError, kerr.RecordTooLargeError, kerr.RecordListTooLargeError)
-_CONFIG_ERRORS = (
-    kerr.TopicAuthorizationFailedError, kerr.GroupAuthorizationFailedError, kerr.ClusterAuthorizationFailedError,
-    kerr.SaslAuthenticationFailed, kerr.AuthenticationFailedError, kerr.UnsupportedSaslMechanismError,
-    kerr.AuthenticationMethodNotSupported, kerr.KafkaConfigurationError, kerr.InvalidTopicError,
-    kerr.InvalidReplicationFactorError, kerr.InvalidPartitionsError, kerr.PolicyViolationError,
-    kerr.InvalidConfigurationError,
+#: Where ensure() keeps what other processes must know of a topic (compacted, key = topic).
+META_TOPIC = "__unimq_meta"
+
+
+def _rows(target: type[UnimqError], *sources: type[BaseException]) -> tuple[ErrorRule, ...]:
+    return tuple((source, target) for source in sources)
+
+
+#: aiokafka exception -> unimq class (unimq.errors.GENERIC_ERRORS follow).
+ERRORS: tuple[ErrorRule, ...] = (
+    (kerr.KafkaTimeoutError, Timeout),
+    *_rows(AuthenticationError, kerr.SaslAuthenticationFailed, kerr.AuthenticationFailedError,
+           kerr.UnsupportedSaslMechanismError, kerr.AuthenticationMethodNotSupported),
+    *_rows(PermissionDenied, kerr.TopicAuthorizationFailedError, kerr.GroupAuthorizationFailedError,
+           kerr.ClusterAuthorizationFailedError, kerr.TransactionalIdAuthorizationFailed),
+    *_rows(BrokerConnectionError, kerr.KafkaConnectionError, kerr.NodeNotReadyError, kerr.NoBrokersAvailable,
+           kerr.KafkaUnavailableError, kerr.RequestTimedOutError, kerr.NotLeaderForPartitionError,
+           kerr.LeaderNotAvailableError, kerr.GroupCoordinatorNotAvailableError,
+           kerr.NotCoordinatorForGroupError, kerr.BrokerNotAvailableError),
+    (kerr.UnknownTopicOrPartitionError, NotFound),
+    *_rows(MessageTooLarge, kerr.MessageSizeTooLargeError, kerr.RecordTooLargeError, kerr.RecordListTooLargeError),
+    *_rows(ConfigError, kerr.KafkaConfigurationError, kerr.InvalidTopicError, kerr.InvalidReplicationFactorError,
+           kerr.InvalidPartitionsError, kerr.PolicyViolationError, kerr.InvalidConfigurationError),
+    *_rows(Closed, kerr.ProducerClosed, kerr.ConsumerStoppedError),
+    # Other retriable errors (coordinator loading, rebalance, not enough replicas) are transient.
+    (kerr.KafkaError, BrokerConnectionError, lambda exc: bool(getattr(exc, "retriable", False))),
 )
 
 
 class KafkaDriver(Driver):
     name = "kafka"
     Options: ClassVar[type[BaseModel]] = KafkaOptions
+    errors: ClassVar[Sequence[ErrorRule]] = ERRORS
     options: KafkaOptions
 
     def __init__(self, url: BrokerURL, options: KafkaOptions) -> None:
@@ -84,8 +104,12 @@ class KafkaDriver(Driver):
         self._lock = asyncio.Lock()
         self._known_topics: set[str] = set()
         self._defaults: tuple[int, int] | None = None
-        #: max_deliveries given to ensure() in this process, per topic (Kafka has no place to store it).
-        self.max_deliveries: dict[str, int] = {}
+        self._meta_reader: Any = None
+        self._meta_lock = asyncio.Lock()
+        #: The ``__unimq_meta`` records read so far (topic -> settings) and the next offset to read.
+        self._meta: dict[str, dict[str, Any]] = {}
+        self._meta_offset = 0
+        backlog = "earliest" if options.auto_offset_reset == "earliest" else "latest"
         self._caps = Capabilities(
             backend="kafka",
             persistence=native(note="replicated log; acks=all and the idempotent producer by default"),
@@ -111,6 +135,19 @@ class KafkaDriver(Driver):
             batch_send=native(limit=10_000),
             headers=native(),
             transactions=none(),
+            listing=native(note="topics, without Kafka's internal ones (__*)"),
+            partitions=native(note="created with the topic, or added to an existing one (never removed)"),
+            replication=native(note="replication factor of topics ensure() creates"),
+            fifo=none("order is per partition (key): send with key= for per-key order"),
+            sessions=none("no sessions: messages of one key share a partition and stay in order"),
+            retention=native(note="retention.ms of topics ensure() creates"),
+            lock_timeout=none("no locks: a message stays with its consumer until settled or the consumer "
+                              "leaves the group"),
+            max_deliveries=emulated(note=f"kept in the compacted topic {META_TOPIC} (read by every consumer "
+                                         "on open); past it the core dead-letters on receipt"),
+            new_group_backlog=native(note="a group without committed offsets starts at the "
+                                          f"{backlog} offset (auto_offset_reset); start= chooses otherwise")
+            if backlog == "earliest" else none("auto_offset_reset=latest: a new group starts at the end"),
             max_message_bytes=options.max_request_size - RECORD_OVERHEAD,
         )
 
@@ -194,7 +231,7 @@ class KafkaDriver(Driver):
         return None
 
     async def close(self) -> None:
-        for name in ("_inspector", "_admin", "_producer"):
+        for name in ("_meta_reader", "_inspector", "_admin", "_producer"):
             client = getattr(self, name)
             setattr(self, name, None)
             if client is None:
@@ -310,8 +347,6 @@ class KafkaDriver(Driver):
         await self._create(wanted)
 
     async def ensure(self, destination: str, spec: DestinationSpec) -> None:
-        if spec.sessions:
-            raise ConfigError("kafka has no sessions: use key= (messages of a key share a partition, in order)")
         partitions = spec.partitions or (await self._topic_defaults())[0]
         config = {"retention.ms": str(int(spec.retention.total_seconds() * 1000))} if spec.retention else {}
         existing = await self._partition_count(destination)
@@ -331,7 +366,52 @@ class KafkaDriver(Driver):
         if existing is None or existing < partitions:
             await self._wait_for_leaders(destination, partitions)
         if spec.max_deliveries:
-            self.max_deliveries[destination] = spec.max_deliveries
+            await self._write_meta(destination, {"max_deliveries": spec.max_deliveries}, spec.replication)
+
+    # What ensure() tells other processes: the __unimq_meta topic.
+
+    async def _write_meta(self, topic: str, settings: dict[str, Any] | None, replication: int | None = None) -> None:
+        """Record ``settings`` for ``topic`` (None: forget it), acknowledged by every in-sync replica."""
+        if META_TOPIC not in self._known_topics:
+            if settings is None and await self._partition_count(META_TOPIC) is None:
+                return
+            config = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
+            await self._create([await self._new_topic(META_TOPIC, 1, replication, config)])
+        value = None if settings is None else json.dumps(settings).encode()
+        await self.producer.send_and_wait(META_TOPIC, value, key=topic.encode(), partition=0)
+
+    async def max_deliveries_of(self, topic: str) -> int | None:
+        """The max_deliveries ensure() recorded for ``topic`` in any process (None: no limit).
+
+        Reads the records of ``__unimq_meta`` added since the last call: a few bytes per ensured topic.
+        """
+        async with self._meta_lock:
+            if self._meta_reader is None:
+                if await self._partition_count(META_TOPIC) is None:
+                    return None
+                reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, client_id=self.options.client_id,
+                                          enable_auto_commit=False, fetch_max_wait_ms=0, **self.security_kwargs())
+                await reader.start()
+                reader.assign([TopicPartition(META_TOPIC, 0)])
+                self._meta_reader = reader
+            reader = self._meta_reader
+            tp = TopicPartition(META_TOPIC, 0)
+            end = (await reader.end_offsets([tp]))[tp]
+            if self._meta_offset < end:
+                reader.seek(tp, self._meta_offset)
+            while self._meta_offset < end:
+                records = (await reader.getmany(tp, timeout_ms=1000)).get(tp, [])
+                if not records:
+                    break  # nothing within a second: read the rest next time
+                for record in records:
+                    name = record.key.decode()
+                    if record.value is None:
+                        self._meta.pop(name, None)
+                    else:
+                        self._meta[name] = json.loads(record.value)
+                self._meta_offset = await reader.position(tp)
+        limit = self._meta.get(topic, {}).get("max_deliveries")
+        return int(limit) if limit else None
 
     async def _wait_for_leaders(self, topic: str, partitions: int) -> None:
         """Return once every partition's leader serves requests, so the first send after ``ensure()``
@@ -383,8 +463,12 @@ class KafkaDriver(Driver):
         )
 
     async def peek(self, destination: str, count: int) -> list[Message]:
-        """Read from the default group's committed offsets (or the beginning) without joining a group."""
+        """Read from the default group's committed offsets (or the beginning) without joining a group,
+        in the topic and in its retry topic (nacked messages waiting to come back)."""
         tps = await self._topic_partitions(destination)
+        retry = self.retry_topic(destination, None)
+        if await self._partition_count(retry) is not None:
+            tps += await self._topic_partitions(retry)
         committed = await self._committed(self.group_id(destination, None), tps)
         reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, client_id=self.options.client_id,
                                   enable_auto_commit=False, **self.security_kwargs())
@@ -427,24 +511,4 @@ class KafkaDriver(Driver):
                 if code not in (0, _UNKNOWN_TOPIC):
                     raise kerr.for_code(code)(f"deleting topic {name!r}")
         self._known_topics.difference_update(doomed)
-        self.max_deliveries.pop(destination, None)
-
-    def map_error(self, exc: BaseException, context: str) -> UnimqError:
-        if isinstance(exc, UnimqError):
-            return exc
-        detail = f"{context}: {type(exc).__name__}: {exc}"
-        if isinstance(exc, _CONNECTION_ERRORS):
-            return ConnectionError(detail)
-        if isinstance(exc, kerr.KafkaTimeoutError):
-            return Timeout(detail)
-        if isinstance(exc, kerr.UnknownTopicOrPartitionError):
-            return NotFound(detail)
-        if isinstance(exc, _TOO_LARGE):
-            return MessageTooLarge(detail)
-        if isinstance(exc, _CONFIG_ERRORS):
-            return ConfigError(detail)
-        if isinstance(exc, (kerr.ProducerClosed, kerr.ConsumerStoppedError)):
-            return Closed(detail)
-        if isinstance(exc, kerr.KafkaError):
-            return UnimqError(detail, retryable=bool(getattr(exc, "retriable", False)))
-        return wrap(exc, context)
+        await self._write_meta(destination, None)

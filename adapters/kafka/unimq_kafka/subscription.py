@@ -10,11 +10,13 @@ one fetch per partition. Only a stall long enough to threaten ``max_poll_interva
 partition and polls (empty), so a slow handler never makes the consumer leave its group.
 
 Emulations, all on the group's retry topic ``<topic>.retry.<group>`` (subscribed alongside the
-topic): ``nack(delay)`` republishes a redelivery copy there and acknowledges the original; a
-main-topic record whose ``x-unimq-not-before`` is in the future (delayed send) is moved there by
-each group; a retry record not yet due makes its partition seek back and pause until it is due,
-so other partitions keep flowing. Expired records (``x-unimq-expires-at``) are acknowledged
-without delivery.
+topic): the core's redelivery copy of a nack is published there (:meth:`redeliver`); a main-topic
+record whose ``x-unimq-not-before`` is in the future (delayed send) is moved there by each group; a
+retry record not yet due makes its partition seek back and pause until it is due, so other
+partitions keep flowing. Acks only move offsets in memory (the poll loop commits), so the core
+acks one at a time, unbatched. Expiry, ``max_deliveries`` and dead-lettering are the core's: this
+reader only reports ``x-unimq-expires-at`` as ``Delivery.expires_at`` and reads the limit that
+``ensure()`` stored in the ``__unimq_meta`` topic.
 """
 
 from __future__ import annotations
@@ -33,14 +35,9 @@ from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 
 from unimq.driver import ReceiveSettings, Subscription
 from unimq.errors import PublishError
-from unimq.message import Delivery
-from unimq.reliability import ATTEMPT, EXPIRES_AT, NOT_BEFORE, dead_letter_copy, epoch_ms, redelivery_copy
-from unimq_kafka.mapping import (
-    DEAD_LETTER_OFFSET,
-    DEAD_LETTER_PARTITION,
-    DEAD_LETTER_TOPIC,
-    from_record,
-)
+from unimq.message import Delivery, Message
+from unimq.reliability import EXPIRES_AT, NOT_BEFORE, attempt_from_headers, epoch_ms, redelivery_copy
+from unimq_kafka.mapping import from_record
 from unimq_kafka.offsets import OffsetTracker
 
 if TYPE_CHECKING:
@@ -52,8 +49,13 @@ log = logging.getLogger("unimq.kafka")
 POLL_MS = 100
 #: How long open() waits for the group to assign partitions before it returns anyway.
 JOIN_TIMEOUT = 10.0
-#: How long a rebalance waits for in-flight messages of revoked partitions without lock_timeout.
-REVOKE_WAIT = 30.0
+#: How long a rebalance waits for in-flight messages of revoked partitions without lock_timeout;
+#: those still held then are handed back (redelivered as the next attempt).
+REVOKE_WAIT = 5.0
+#: Most records one receive() hands out. The core holds what it was handed until the application
+#: takes it, and a rebalance waits for everything handed out: small hand-outs keep that wait the
+#: time of the messages being processed, not of a whole prefetch queued behind them.
+HANDOUT = 16
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -68,6 +70,9 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaSubscription(Subscription):
+    ack_batch = None  # an ack moves an offset in memory: no round trip to batch
+    native_nack = False
+
     def __init__(self, driver: KafkaDriver, topic: str, group: str | None, settings: ReceiveSettings) -> None:
         self._driver = driver
         self._topic = topic
@@ -107,6 +112,7 @@ class KafkaSubscription(Subscription):
         driver = self._driver
         opts = driver.options
         await driver.prepare_topics(self._topic, self.retry_topic)
+        self.max_deliveries = await driver.max_deliveries_of(self._topic)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=driver.bootstrap,
             client_id=opts.client_id,
@@ -132,7 +138,8 @@ class KafkaSubscription(Subscription):
         if done:
             starting.result()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._assigned.wait(), max(0.0, deadline - loop.time()))
+                async with asyncio.timeout_at(deadline):
+                    await self._assigned.wait()
         if not self._assigned.is_set():
             log.warning("kafka: group %r got no assignment within %.0fs; continuing", self.group_id, JOIN_TIMEOUT)
         self._task = asyncio.create_task(self._poll(starting), name=f"unimq-kafka-poll-{self._topic}")
@@ -140,27 +147,29 @@ class KafkaSubscription(Subscription):
     # Rebalance callbacks (awaited by aiokafka's coordinator during the rebalance).
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Stop handing out the partitions' records (their next owner reads them), let the messages
+        being processed finish for up to ``lock_timeout`` (default REVOKE_WAIT), then commit."""
+        leaving = {tp: tracker for tp in revoked if (tracker := self._trackers.pop(tp, None)) is not None}
+        gone = {id(tracker) for tracker in leaving.values()}
+        if self._buffer:
+            self._buffer = deque(d for d in self._buffer if id(d.token) not in gone)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._revoke_wait
-        while any(d.token is self._trackers.get(tp) for d in self._inflight for tp in revoked):
+        while any(id(d.token) in gone for d in self._inflight):
             if loop.time() >= deadline:
-                gone = {id(self._trackers.get(tp)) for tp in revoked}
                 await self._hand_back([d for d in self._inflight if id(d.token) in gone])
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
         offsets: dict[TopicPartition, int] = {}
+        for tp, tracker in leaving.items():
+            tracker.revoked = True
+            offset = tracker.committable()
+            if offset is not None:
+                offsets[tp] = offset
         for tp in revoked:
-            tracker = self._trackers.pop(tp, None)
-            if tracker is not None:
-                tracker.revoked = True
-                offset = tracker.committable()
-                if offset is not None:
-                    offsets[tp] = offset
             handle = self._held.pop(tp, None)
             if handle is not None:
                 handle.cancel()
-        if self._buffer:
-            self._buffer = deque(d for d in self._buffer if not d.token.revoked)
         if offsets:
             try:
                 await self._consumer.commit(offsets)
@@ -222,7 +231,8 @@ class KafkaSubscription(Subscription):
                         last_poll = time.monotonic()
                     self._room.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._room.wait(), interval)
+                        async with asyncio.timeout(interval):
+                            await self._room.wait()
                 else:
                     if self._paused:
                         consumer.resume(*(tp for tp in consumer.assignment() if tp not in self._held))
@@ -267,18 +277,13 @@ class KafkaSubscription(Subscription):
                         track(offset)
                         await self._defer(record, tracker, tp)
                         continue
-                    expires = epoch_ms(headers, EXPIRES_AT)
-                    if expires and expires <= now_ms:
-                        track(offset)
-                        tracker.ack(offset)
-                        self._dirty = True
-                        continue
-                    attempt = _attempt(headers)
+                    attempt = attempt_from_headers(message)
+                    expires = epoch_ms(headers, EXPIRES_AT) / 1000
                 else:
-                    attempt = 1
+                    attempt, expires = 1, 0.0
                 track(offset)
                 # token: the partition's tracker; the offset to ack is native.offset (no tuple per record)
-                append(Delivery(message, attempt, record, tracker))
+                append(Delivery(message, attempt, record, tracker, expires))
         if self._buffer:
             self._data.set()
 
@@ -307,7 +312,8 @@ class KafkaSubscription(Subscription):
             if fut.cancelled() or fut.exception() is not None:
                 log.warning("kafka: could not defer a delayed message of %r; delivering it now", self._topic)
                 message = from_record(record)
-                self._buffer.append(Delivery(message, _attempt(message.headers), record, tracker))
+                expires = epoch_ms(message.headers, EXPIRES_AT) / 1000
+                self._buffer.append(Delivery(message, attempt_from_headers(message), record, tracker, expires))
                 self._data.set()
             else:
                 tracker.ack(record.offset)
@@ -346,28 +352,22 @@ class KafkaSubscription(Subscription):
             self._data.clear()
             if timeout > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._data.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._data.wait()
             if not buffer:
                 if self._error is not None:
                     raise self._error
                 return []
-        if len(buffer) <= max_messages:
+        count = min(max_messages, HANDOUT)
+        if len(buffer) <= count:
             out = list(buffer)
             buffer.clear()
         else:
-            out = [buffer.popleft() for _ in range(max_messages)]
+            out = [buffer.popleft() for _ in range(count)]
         self._inflight.update(out)
         if len(buffer) <= self._low:
             self._room.set()
         return out
-
-    def _settled(self, delivery: Delivery) -> None:
-        self._inflight.discard(delivery)
-
-    async def ack(self, delivery: Delivery) -> None:
-        delivery.token.ack(delivery.native.offset)
-        self._dirty = True
-        self._inflight.discard(delivery)
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """One loop over offsets: no commit or wake-up per message (the poll loop commits)."""
@@ -377,30 +377,12 @@ class KafkaSubscription(Subscription):
             inflight.discard(delivery)
         self._dirty = True
 
-    async def nack(self, delivery: Delivery, delay: float | None) -> None:
-        tracker = delivery.token
-        if tracker.revoked:
-            self._settled(delivery)  # the partition's new owner redelivers it
-            return
-        limit = self._driver.max_deliveries.get(self._topic)
-        if limit is not None and delivery.attempt >= limit:
-            await self.reject(delivery, f"delivered {limit} times without an ack (max_deliveries)")
-            return
-        copy = redelivery_copy(delivery.message, delivery.attempt + 1, delay)
-        await self._republish(self.retry_topic, copy, delivery)
-
-    async def reject(self, delivery: Delivery, reason: str) -> None:
-        tracker = delivery.token
-        if tracker.revoked:
-            self._settled(delivery)
-            return
-        record = delivery.native
-        copy = dead_letter_copy(delivery.message, reason, self._topic, self._group)
-        copy.headers.pop(NOT_BEFORE, None)
-        copy.headers[DEAD_LETTER_TOPIC] = record.topic
-        copy.headers[DEAD_LETTER_PARTITION] = str(record.partition)
-        copy.headers[DEAD_LETTER_OFFSET] = str(record.offset)
-        await self._republish(self._driver.dead_letter_destination(self._topic), copy, delivery)
+    async def redeliver(self, copy: Message, delay: float | None) -> None:
+        """The group's retry topic holds the copy until its not-before time."""
+        (error,) = await self._driver.publish(self.retry_topic, [copy])
+        if error is not None:
+            raise PublishError(f"could not republish {copy.message_id} to {self.retry_topic!r}: {error}",
+                               messages=[copy], results=[error]) from error
 
     async def _hand_back(self, deliveries: list[Delivery]) -> None:
         """Unsettled messages we give up (close, revoke timeout): redeliver them as the next attempt.
@@ -408,28 +390,20 @@ class KafkaSubscription(Subscription):
         Left to offsets they would come back with attempt 1; republished to the retry topic they
         carry the attempt count. A failure leaves them to the offsets (redelivered all the same).
         """
-        for delivery in deliveries:
-            if delivery in self._inflight:
-                try:
-                    await self.nack(delivery, None)
-                except Exception as exc:
-                    log.warning("kafka: could not hand back %s: %s", delivery.message.message_id, exc)
-
-    async def _republish(self, topic: str, copy: Any, delivery: Delivery) -> None:
+        held = [d for d in deliveries if d in self._inflight and not d.settled and not d.token.revoked]
+        if not held:
+            return
+        copies = [redelivery_copy(d.message, d.attempt + 1, None) for d in held]
         try:
-            results = await self._driver.publish(topic, [copy])
-        except BaseException:
-            self._settled(delivery)
-            raise
-        if results[0] is not None:
-            self._settled(delivery)
-            raise PublishError(f"could not republish {copy.message_id} to {topic!r}: {results[0]}",
-                               messages=[copy], results=list(results)) from results[0]
-        await self.ack(delivery)
+            results = await self._driver.publish(self.retry_topic, copies)
+        except Exception as exc:
+            log.warning("kafka: could not hand back %d messages of %r: %s", len(held), self._topic, exc)
+            return
+        await self.ack_many([d for d, error in zip(held, results, strict=True) if error is None])
 
     async def close(self) -> None:
         if self._task is not None:
-            # The flag as well as cancel(): Python 3.11's wait_for can swallow a cancellation.
+            # The flag as well as cancel(): a client library may swallow a cancellation.
             self._stopping = True
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=POLL_MS / 1000 * 20)
@@ -455,12 +429,3 @@ class KafkaSubscription(Subscription):
                 raise
             log.debug("kafka: consumer of %r stopped while a fetch was being retried", self._topic)
 
-
-def _attempt(headers: dict[str, str]) -> int:
-    raw = headers.get(ATTEMPT)
-    if raw is None:
-        return 1
-    try:
-        return max(1, int(raw))
-    except ValueError:
-        return 1

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
@@ -27,6 +28,8 @@ log = logging.getLogger("unimq.nats")
 
 
 class CoreSubscription(Subscription):
+    ack_batch = None
+
     def __init__(self, driver: NatsDriver, destination: str, group: str | None, settings: ReceiveSettings) -> None:
         self._driver = driver
         self._destination = destination
@@ -55,7 +58,8 @@ class CoreSubscription(Subscription):
         if not self._buffer and timeout > 0:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
         out: list[Delivery] = []
         buffer = self._buffer
         while buffer and len(out) < max_messages:
@@ -64,7 +68,7 @@ class CoreSubscription(Subscription):
             out.append(Delivery(to_message(msg.data, msg.headers, f"core-{id(self)}-{self._seq}", None), 1, msg))
         return out
 
-    async def ack(self, delivery: Delivery) -> None:
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """Nothing to do: core NATS delivered the message once and forgot it."""
 
     async def nack(self, delivery: Delivery, delay: float | None) -> None:

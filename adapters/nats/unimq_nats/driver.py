@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import ssl
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -29,14 +30,15 @@ from pydantic import BaseModel
 from unimq.capabilities import Capabilities
 from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Start, Stats, Subscription
 from unimq.errors import (
+    AuthenticationError,
+    BrokerConnectionError,
     CapabilityError,
     ConfigError,
-    ConnectionError,
+    ErrorRule,
     MessageTooLarge,
     NotFound,
+    PermissionDenied,
     Timeout,
-    UnimqError,
-    wrap,
 )
 from unimq.message import Message
 from unimq.reliability import EXPIRES_AT, NOT_BEFORE, seconds_until
@@ -59,6 +61,44 @@ from unimq_nats.mapping import (
 from unimq_nats.options import NatsOptions
 
 log = logging.getLogger("unimq.nats")
+
+
+#: The subject of a "Permissions Violation for Publish to "<subject>"" the server reports asynchronously.
+_DENIED_PUBLISH = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
+
+
+def _refused(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "authorization violation" in text or "authentication" in text
+
+
+def _denied(exc: BaseException) -> bool:
+    return "permissions violation" in str(exc).lower()
+
+
+#: nats-py exception -> unimq class (unimq.errors.GENERIC_ERRORS follow). nats-py reports a refused
+#: credential as AuthorizationError or as a plain error saying "Authorization Violation", and a
+#: publish or subscribe the account may not make as one saying "Permissions Violation".
+ERRORS: tuple[ErrorRule, ...] = (
+    (nats.errors.MaxPayloadError, MessageTooLarge),
+    (nats.errors.AuthorizationError, AuthenticationError),
+    (nats.errors.InvalidUserCredentialsError, AuthenticationError),
+    (nats.errors.Error, AuthenticationError, _refused),
+    (nats.errors.Error, PermissionDenied, _denied),
+    (nats.errors.NoServersError, BrokerConnectionError),
+    (nats.errors.ConnectionClosedError, BrokerConnectionError),
+    (nats.errors.ConnectionReconnectingError, BrokerConnectionError),
+    (nats.errors.StaleConnectionError, BrokerConnectionError),
+    (nats.errors.OutboundBufferLimitError, BrokerConnectionError),
+    (nats.errors.ConnectionDrainingError, BrokerConnectionError),
+    (nats.js.errors.ServiceUnavailableError, BrokerConnectionError),
+    (nats.js.errors.NoStreamResponseError, NotFound),
+    (nats.errors.NoRespondersError, NotFound),
+    (nats.js.errors.NotFoundError, NotFound),
+    (nats.js.errors.BadRequestError, ConfigError),
+    (nats.errors.TimeoutError, Timeout),
+    (nats.js.errors.TooManyStalledMsgsError, Timeout),
+)
 
 
 class Deferrals:
@@ -89,6 +129,7 @@ class Deferrals:
 class NatsDriver(Driver):
     name = "nats"
     Options: ClassVar[type[BaseModel]] = NatsOptions
+    errors: ClassVar[Sequence[ErrorRule]] = ERRORS
     options: NatsOptions
 
     def __init__(self, url: BrokerURL, options: NatsOptions) -> None:
@@ -103,6 +144,8 @@ class NatsDriver(Driver):
         self._ack_seq = 0
         self._acks: dict[str, asyncio.Future[None]] = {}
         self._stream_locks: dict[str, asyncio.Lock] = {}
+        #: Publish permission violations the server reported since the last publish to that subject.
+        self._denied: dict[str, BaseException] = {}
         self.deferrals = Deferrals()
 
     @property
@@ -117,7 +160,7 @@ class NatsDriver(Driver):
     @property
     def nc(self) -> Client:
         if self._nc is None:
-            raise ConnectionError("nats: not connected")
+            raise BrokerConnectionError("nats: not connected")
         return self._nc
 
     @property
@@ -140,7 +183,7 @@ class NatsDriver(Driver):
         kwargs: dict[str, Any] = {
             "servers": servers, "name": opts.name, "connect_timeout": opts.connect_timeout,
             "max_reconnect_attempts": opts.connect_attempts - 1 or 1, "allow_reconnect": opts.connect_attempts > 1,
-            "reconnect_time_wait": 0.5, "error_cb": _log_error,
+            "reconnect_time_wait": 0.5, "error_cb": self._on_error,
             "disconnected_cb": _log_disconnect, "reconnected_cb": _log_reconnect,
         }
         if url.username is not None:
@@ -248,9 +291,10 @@ class NatsDriver(Driver):
         if pending:
             for token in [t for t, f in acks.items() if f.cancelled()]:
                 del acks[token]
+        denied = self._denied.pop(destination, None)
         for i, future in enumerate(futures):
             if future.cancelled():
-                results[i] = Timeout(f"nats: no publish ack from JetStream within {timeout:g}s")
+                results[i] = denied or Timeout(f"nats: no publish ack from JetStream within {timeout:g}s")
             elif results[i] is None:
                 results[i] = future.exception()
         return results
@@ -272,8 +316,16 @@ class NatsDriver(Driver):
         nc = self.nc
         for m in messages:
             await nc.publish(destination, m.body, headers=to_headers(m, False))
-        await nc.flush(timeout=int(max(1, self.options.api_timeout)))
-        return [None] * len(messages)
+        await nc.flush(timeout=int(max(1, self.options.api_timeout)))  # the server's -ERR comes before its PONG
+        denied = self._denied.pop(destination, None)
+        return [denied] * len(messages)
+
+    async def _on_error(self, exc: Exception) -> None:
+        """nats-py reports a refused publish only here: keep it for the publish that waits on it."""
+        found = _DENIED_PUBLISH.search(str(exc))
+        if found:
+            self._denied[found.group(1)] = exc
+        log.debug("nats client error: %s: %s", type(exc).__name__, exc)
 
     # Streams and durables
 
@@ -384,18 +436,8 @@ class NatsDriver(Driver):
 
     async def ensure(self, destination: str, spec: DestinationSpec) -> None:
         check_subject(destination)
-        if spec.partitions and spec.partitions > 1:
-            raise CapabilityError.unsupported(self._caps.backend, "partitions=", "partitions",
-                                              "NATS has no partitions: competing consumers of a group scale out.")
-        if spec.sessions:
-            raise CapabilityError.unsupported(self._caps.backend, "sessions=", "sessions",
-                                              "Use a destination (subject) per session.")
         if self._js is None:
-            for option, value in (("max_deliveries", spec.max_deliveries), ("lock_timeout", spec.lock_timeout),
-                                  ("retention", spec.retention)):
-                if value:
-                    raise CapabilityError(f"nats-core cannot honour {option}=: nothing is stored or redelivered")
-            return
+            return  # nothing to provision: every option that would need it is declared none
         async with self._stream_locks.setdefault(destination, asyncio.Lock()):
             stream = await self._find_or_create_stream(destination, spec)
         lock = spec.lock_timeout.total_seconds() if spec.lock_timeout else None
@@ -480,29 +522,6 @@ class NatsDriver(Driver):
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     await js.delete_stream(stream_name(name))
 
-    def map_error(self, exc: BaseException, context: str) -> UnimqError:
-        if isinstance(exc, UnimqError):
-            return exc
-        detail = f"{context}: {type(exc).__name__}: {exc}"
-        if isinstance(exc, nats.errors.MaxPayloadError):
-            return MessageTooLarge(detail)
-        if isinstance(exc, nats.errors.AuthorizationError | nats.errors.InvalidUserCredentialsError):
-            return ConnectionError(detail, retryable=False)
-        if isinstance(exc, (nats.errors.NoServersError, nats.errors.ConnectionClosedError,
-                            nats.errors.ConnectionReconnectingError, nats.errors.StaleConnectionError,
-                            nats.errors.OutboundBufferLimitError, nats.errors.ConnectionDrainingError,
-                            nats.js.errors.ServiceUnavailableError)):
-            return ConnectionError(detail)
-        if isinstance(exc, nats.js.errors.NoStreamResponseError | nats.errors.NoRespondersError):
-            return NotFound(f"{detail} (no stream for this subject)", retryable=True)
-        if isinstance(exc, nats.js.errors.NotFoundError):
-            return NotFound(detail)
-        if isinstance(exc, nats.js.errors.BadRequestError):
-            return ConfigError(detail)
-        if isinstance(exc, nats.errors.TimeoutError | nats.js.errors.TooManyStalledMsgsError):
-            return Timeout(detail)
-        return wrap(exc, context)
-
 
 def _header_bytes(headers: dict[str, str]) -> int:
     """Encoded size of a NATS header block (``NATS/1.0``, ``key: value`` lines, CRLFs)."""
@@ -560,10 +579,6 @@ def _deliver_policy(start: Start) -> dict[str, Any]:
     if isinstance(start, int) and not isinstance(start, bool):
         return {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": start}
     return {"deliver_policy": api.DeliverPolicy.ALL}
-
-
-async def _log_error(exc: Exception) -> None:
-    log.debug("nats client error: %s: %s", type(exc).__name__, exc)
 
 
 async def _log_disconnect() -> None:

@@ -4,6 +4,10 @@ Pull requests go out one at a time (``batch`` = the room the core gives, ``expir
 so messages received but not yet handed out never exceed the consumer's prefetch. Each request
 has its own reply subject under one wildcard inbox, so a late status (408) of an old request
 cannot end the current one.
+
+Settlement is JetStream's own: ack, ``nak(delay)`` and ``in_progress``. Dead-lettering (a copy to
+``<destination>.dlq``, then an ack), expiry and ``max_deliveries`` are the core's; the limit is read
+from the durable's description, where ``ensure()`` recorded it for every process.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import contextlib
 import json
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import nats.errors
@@ -19,9 +24,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
 from unimq.driver import ReceiveSettings, Subscription
-from unimq.errors import NotFound, PublishError
-from unimq.message import Delivery, Message
-from unimq.reliability import EXPIRES_AT, NOT_BEFORE, dead_letter_copy, seconds_until
+from unimq.errors import NotFound
+from unimq.message import Delivery
+from unimq.reliability import EXPIRES_AT, NOT_BEFORE, epoch_ms, seconds_until
 from unimq_nats.mapping import described, durable_name, to_message
 
 if TYPE_CHECKING:
@@ -29,9 +34,17 @@ if TYPE_CHECKING:
 
 #: Pull requests shorter than this are sent with no_wait (the server answers at once).
 _NO_WAIT_BELOW = 0.05
+#: Longest a pull request stays open on the server. close() lets the open one end before it naks
+#: what it holds: the server would deliver a nak'ed message into it (and nats-server 2.9 then
+#: loses one until ack_wait and delivers another twice), so this bounds how long close() takes.
+_PULL_MAX = 0.1
+#: How much later than our own deadline the server's end of a request (408) may arrive.
+_PULL_GRACE = 0.05
 
 
 class JetStreamSubscription(Subscription):
+    ack_batch = None  # an ack is a publish without reply: nothing to batch
+
     def __init__(self, driver: NatsDriver, destination: str, group: str | None, settings: ReceiveSettings) -> None:
         self._driver = driver
         self._destination = destination
@@ -40,7 +53,6 @@ class JetStreamSubscription(Subscription):
         self._durable = durable_name(group)
         self._stream = ""
         self._ack_wait = settings.lock_timeout or driver.options.lock_timeout
-        self._max_deliveries: int | None = None
         self._sub: NatsSubscription | None = None
         self._inbox = ""
         self._next_subject = ""
@@ -51,6 +63,7 @@ class JetStreamSubscription(Subscription):
         self._left = 0
         self._request_deadline = 0.0
         self._deleted = False
+        self._closing = False
         self._inflight: dict[int, Msg] = {}
         self._keepalive: dict[int, asyncio.Task[None]] = {}
 
@@ -61,7 +74,7 @@ class JetStreamSubscription(Subscription):
                                     self._settings.start)
         self._ack_wait = info.config.ack_wait or self._ack_wait
         limit = described(info.config.description).get("max_deliveries")
-        self._max_deliveries = int(limit) if limit else None
+        self.max_deliveries = int(limit) if limit else None
         nc = driver.nc
         self._inbox = nc.new_inbox()
         self._next_subject = f"{driver.js_prefix}.CONSUMER.MSG.NEXT.{self._stream}.{self._durable}"
@@ -83,7 +96,7 @@ class JetStreamSubscription(Subscription):
     async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
+        while not self._closing:
             if self._deleted:
                 raise NotFound(f"nats: durable {self._durable!r} of stream {self._stream!r} was deleted")
             if self._queue:
@@ -101,9 +114,11 @@ class JetStreamSubscription(Subscription):
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
             if not self._queue and loop.time() >= deadline:
                 return []
+        return []
 
     async def _pull(self, batch: int, wait: float) -> None:
         self._request_seq += 1
@@ -113,13 +128,14 @@ class JetStreamSubscription(Subscription):
             request: dict[str, object] = {"batch": batch, "no_wait": True}
             self._request_deadline = now + self._driver.options.api_timeout
         else:
+            wait = min(wait, _PULL_MAX)
             request = {"batch": batch, "expires": int(wait * 1e9)}
             self._request_deadline = now + wait
         self._left = batch
         await self._driver.nc.publish(self._next_subject, json.dumps(request).encode(), reply=self._request)
 
     async def _take(self, limit: int) -> list[Delivery]:
-        """Hand out queued messages, settling on receipt the ones the emulations own."""
+        """Hand out queued messages; one not due yet (emulated delay) is nak'ed until it is."""
         out: list[Delivery] = []
         queue = self._queue
         deferrals = self._driver.deferrals
@@ -128,23 +144,18 @@ class JetStreamSubscription(Subscription):
             headers = msg.headers
             meta = msg.metadata
             seq = meta.sequence.stream
+            expires = 0.0
             if headers and (EXPIRES_AT in headers or NOT_BEFORE in headers):
-                if seconds_until(headers, EXPIRES_AT) <= 0:
-                    await msg.ack()
-                    continue
                 due = seconds_until(headers, NOT_BEFORE)
                 if 0 < due < float("inf"):
                     deferrals.defer(self._stream, self._durable, seq)
                     await msg.nak(delay=due)
                     continue
+                expires = epoch_ms(headers, EXPIRES_AT) / 1000
             attempt = meta.num_delivered - deferrals.count(self._stream, self._durable, seq)
             message = to_message(msg.data, headers, f"{self._stream}-{seq}", meta.timestamp)
-            if self._max_deliveries and attempt > self._max_deliveries:
-                reason = f"delivered {self._max_deliveries} times without an ack"
-                await self._dead_letter(msg, message, reason)
-                continue
             self._inflight[id(msg)] = msg
-            out.append(Delivery(message, attempt, msg, msg))
+            out.append(Delivery(message, attempt, msg, msg, expires))
         return out
 
     def _settle(self, msg: Msg) -> None:
@@ -153,35 +164,20 @@ class JetStreamSubscription(Subscription):
         if task is not None:
             task.cancel()
 
-    async def ack(self, delivery: Delivery) -> None:
-        msg: Msg = delivery.token
-        self._settle(msg)
-        self._driver.deferrals.forget(self._stream, self._durable, msg.metadata.sequence.stream)
-        with contextlib.suppress(nats.errors.MsgAlreadyAckdError):
-            await msg.ack()
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        forget = self._driver.deferrals.forget
+        for delivery in deliveries:
+            msg: Msg = delivery.token
+            self._settle(msg)
+            forget(self._stream, self._durable, msg.metadata.sequence.stream)
+            with contextlib.suppress(nats.errors.MsgAlreadyAckdError):
+                await msg.ack()
 
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
         msg: Msg = delivery.token
         self._settle(msg)
         with contextlib.suppress(nats.errors.MsgAlreadyAckdError):
             await msg.nak(delay=delay)
-
-    async def reject(self, delivery: Delivery, reason: str) -> None:
-        msg: Msg = delivery.token
-        self._settle(msg)
-        await self._dead_letter(msg, delivery.message, reason)
-
-    async def _dead_letter(self, msg: Msg, message: Message, reason: str) -> None:
-        """Copy to the dead-letter destination, then ``term`` (JetStream itself only emits an advisory)."""
-        target = self._driver.dead_letter_destination(self._destination)
-        copy = dead_letter_copy(message, reason, self._destination, self._group)
-        results = await self._driver.publish(target, [copy])
-        if results[0] is not None:
-            raise PublishError(f"could not dead-letter {message.message_id} to {target}: {results[0]}",
-                               messages=[copy], results=list(results)) from results[0]
-        self._driver.deferrals.forget(self._stream, self._durable, msg.metadata.sequence.stream)
-        with contextlib.suppress(nats.errors.MsgAlreadyAckdError):
-            await msg.term()
 
     async def extend(self, delivery: Delivery, seconds: float) -> None:
         msg: Msg = delivery.token
@@ -203,16 +199,28 @@ class JetStreamSubscription(Subscription):
                 await msg.in_progress()
 
     async def close(self) -> None:
+        """Let the open pull request end, stop receiving, then nak what is held: redelivered at once."""
+        self._closing = True
         for task in self._keepalive.values():
             task.cancel()
         self._keepalive.clear()
-        unsettled = [*self._queue, *self._inflight.values()]
+        if not self._driver.nc.is_closed:
+            with contextlib.suppress(nats.errors.Error):
+                if self._queue or self._inflight:
+                    await self._request_ended()
+                if self._sub is not None:
+                    await self._sub.drain()  # type: ignore[no-untyped-call]
+                for msg in [*self._queue, *self._inflight.values()]:
+                    await msg.nak()
         self._queue.clear()
         self._inflight.clear()
-        if self._driver.nc.is_closed:
-            return
-        with contextlib.suppress(nats.errors.Error):
-            for msg in unsettled:
-                await msg.nak()
-            if self._sub is not None:
-                await self._sub.unsubscribe()
+
+    async def _request_ended(self) -> None:
+        """Wait (at most _PULL_MAX) for the server to end our pull request: fulfilled or expired."""
+        loop = asyncio.get_running_loop()
+        end = self._request_deadline + _PULL_GRACE
+        while self._left > 0 and loop.time() < end:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(end):
+                    await self._wake.wait()

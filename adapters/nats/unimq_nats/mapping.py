@@ -150,7 +150,7 @@ def jetstream_capabilities(max_message_bytes: int, max_batch: int) -> Capabiliti
                                        "naks it with the remaining delay (server 2.12 scheduling not used)"),
         nack_delay=native(note="nak with delay"),
         dead_letter=emulated(note="reject = copy to <destination>.dlq (reason in x-unimq-dead-letter-reason) "
-                                  "then term; past max_deliveries the copy is made on the next receipt"),
+                                  "then ack; past max_deliveries the copy is made on the next receipt"),
         priority=none("JetStream has no priorities; use a destination per priority"),
         message_ttl=emulated(note="x-unimq-expires-at header; an expired message is acked and dropped on receipt "
                                   "and stays in the stream until its retention removes it"),
@@ -163,6 +163,17 @@ def jetstream_capabilities(max_message_bytes: int, max_batch: int) -> Capabiliti
         batch_send=native(limit=max_batch, note="pipelined publishes, acks awaited together; not atomic"),
         headers=native(),
         transactions=none(),
+        listing=native(note="the literal subjects of every stream"),
+        partitions=none("no partitions: competing consumers of a group scale out"),
+        replication=native(limit=5, note="num_replicas of the stream"),
+        fifo=none("competing consumers and redeliveries interleave: use one consumer for stream order"),
+        sessions=none("use a destination (subject) per session"),
+        retention=native(note="max_age of the stream"),
+        lock_timeout=native(note="ack_wait of the group's durable; recorded in the stream description "
+                                 "for durables created later"),
+        max_deliveries=emulated(note="recorded in the durable's (and stream's) description; past it the core "
+                                     "dead-letters on receipt (JetStream's max_deliver would only stop redelivery)"),
+        new_group_backlog=native(note="a new durable delivers everything in the stream (start= chooses otherwise)"),
         max_message_bytes=max_message_bytes,
     )
 
@@ -188,5 +199,7 @@ def core_capabilities(max_message_bytes: int, max_batch: int) -> Capabilities:
         batch_send=native(limit=max_batch, note="written then flushed once; 'accepted' = the server read them"),
         headers=native(),
         transactions=none(),
+        listing=none("core NATS keeps no list of subjects"),
+        new_group_backlog=none("nothing is stored: a group receives what is sent while it is subscribed"),
         max_message_bytes=max_message_bytes,
     )

@@ -7,12 +7,17 @@ Topology (see docs/backends/rabbitmq.md):
 - group None = the queue named ``d`` (an existing one is used as is), also bound to ``d``, so
   plain AMQP publishers to the default exchange with routing key ``d`` reach it too;
 - dead letters go to exchange + queue ``d.dlq``; delays wait in TTL queues ``<queue>.delay.<ms>``
-  that dead-letter back into the exchange (delayed send) or the origin queue (nack with delay).
+  that dead-letter back into the exchange (delayed send) or the origin queue (nack with delay);
+- ``ensure(max_deliveries=n)`` is kept where every process reads it: the empty, unbound queue
+  ``d.max-deliveries`` with ``x-max-length`` = n. AMQP cannot read a queue's arguments, so a
+  reader declares it again with another ``x-max-length`` and takes n from the broker's refusal
+  ("inequivalent arg ... current is 'n'"), on a throw-away channel.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from collections.abc import Sequence
@@ -30,15 +35,15 @@ from pydantic import BaseModel
 from unimq.capabilities import Capabilities, emulated, native, none
 from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Stats, Subscription
 from unimq.errors import (
-    CapabilityError,
+    AuthenticationError,
+    BrokerConnectionError,
     ConfigError,
-    ConnectionError,
+    ErrorRule,
     NotFound,
+    PermissionDenied,
     PublishError,
-    Timeout,
-    UnimqError,
+    Throttled,
     register_secret,
-    wrap,
 )
 from unimq.message import Message
 from unimq.url import BrokerURL
@@ -56,11 +61,30 @@ BIND_ALL = "#"
 #: larger ones wait, so a pipelined batch cannot pile up megabytes in the transport's buffer
 #: (Python 3.11's selector transport copies the unsent rest of that buffer after every partial write).
 NO_DRAIN_MAX_BYTES = 4096
+#: The value in a PRECONDITION_FAILED "inequivalent arg" refusal (3.x: 'n'; 4.x: the value 'n' of type ...).
+_CURRENT = re.compile(r"current is (?:the value )?'(-?\d+)'")
+
+#: aiormq exception -> unimq class (unimq.errors.GENERIC_ERRORS follow; aiormq's connection errors
+#: are OSErrors, so the credential rows come first).
+ERRORS: tuple[ErrorRule, ...] = (
+    (amqp_errors.ProbableAuthenticationError, AuthenticationError),
+    (amqp_errors.AuthenticationError, AuthenticationError),
+    (amqp_errors.ConnectionNotAllowed, PermissionDenied),
+    (amqp_errors.ChannelAccessRefused, PermissionDenied),
+    (amqp_errors.ChannelNotFoundEntity, NotFound),
+    (amqp_errors.ChannelPreconditionFailed, ConfigError),
+    (amqp_errors.DeliveryError, Throttled),
+    (amqp_errors.AMQPConnectionError, BrokerConnectionError),
+    (amqp_errors.ChannelInvalidStateError, BrokerConnectionError),
+    (amqp_errors.ChannelClosed, BrokerConnectionError),
+    (ValueError, ConfigError),
+)
 
 
 class RabbitMQDriver(Driver):
     name = "rabbitmq"
     Options: ClassVar[type[BaseModel]] = RabbitMQOptions
+    errors: ClassVar[Sequence[ErrorRule]] = ERRORS
     options: RabbitMQOptions
 
     def __init__(self, url: BrokerURL, options: RabbitMQOptions) -> None:
@@ -92,10 +116,7 @@ class RabbitMQDriver(Driver):
                           "prefetch and redeliveries reorder, and there is no per-key affinity",
             delayed_delivery=emulated(limit=MAX_DELAY_SECONDS, note=delay_note),
             nack_delay=emulated(limit=MAX_DELAY_SECONDS, note=delay_note),
-            dead_letter=emulated(
-                note="copy with reason published (confirmed) to exchange+queue <dest>.dlq, then ack"
-                     + ("; max_deliveries also enforced by the broker (x-delivery-limit)" if quorum else "")
-            ),
+            dead_letter=emulated(note="copy with reason published (confirmed) to exchange+queue <dest>.dlq, then ack"),
             priority=(none("quorum queues have no priorities on RabbitMQ 3.x; use queue_type=classic") if quorum
                       else native(limit=levels or 255,
                                   note="x-max-priority set by ensure(max_priority=n) or the URL max_priority")),
@@ -107,6 +128,21 @@ class RabbitMQDriver(Driver):
             batch_send=native(limit=1000, note="pipelined basic.publish, confirms awaited together; not atomic"),
             headers=native(),
             transactions=none(),
+            listing=none("AMQP cannot list exchanges or queues (the management plugin can)"),
+            partitions=none("a queue is not partitioned: use competing consumers of one group"),
+            replication=(native(note="x-quorum-initial-group-size of the quorum queues ensure() declares")
+                         if quorum else none("classic queues are not replicated: use queue_type=quorum")),
+            fifo=none("competing consumers, prefetch and redeliveries reorder a queue"),
+            sessions=none("use one destination per session"),
+            retention=native(note="x-message-ttl of the queues ensure() declares"),
+            lock_timeout=none("an unacked message stays with its consumer until settled or the channel closes"),
+            max_deliveries=emulated(
+                note="x-max-length of the marker queue <dest>.max-deliveries, read by every consumer on open; "
+                     "past it the core dead-letters on receipt"
+                     + ("; quorum queues ensure() declares also get x-delivery-limit" if quorum else "")
+            ),
+            new_group_backlog=none("a group's queue receives what is sent once it exists: "
+                                   "ensure(groups=[...]) before sending"),
             max_message_bytes=self.options.max_message_bytes,
         )
 
@@ -173,7 +209,7 @@ class RabbitMQDriver(Driver):
 
     def _conn(self) -> AbstractRobustConnection:
         if self._connection is None:
-            raise ConnectionError("rabbitmq: the driver is not connected")
+            raise BrokerConnectionError("rabbitmq: the driver is not connected")
         return self._connection
 
     # Topology
@@ -274,29 +310,44 @@ class RabbitMQDriver(Driver):
         return name
 
     async def ensure(self, destination: str, spec: DestinationSpec) -> None:
-        if spec.partitions and spec.partitions > 1:
-            raise CapabilityError("rabbitmq cannot honour partitions=: a queue is not partitioned. Use competing "
-                                  "consumers of one group, or one destination per partition.")
-        if spec.sessions:
-            raise CapabilityError.unsupported("rabbitmq", "sessions=True", "ordering",
-                                              "Use one destination per session, or per-key ordering elsewhere.")
-        if spec.replication and self.options.queue_type != "quorum":
-            raise CapabilityError("rabbitmq cannot honour replication= on classic queues; use queue_type=quorum")
-        if spec.max_priority and self.options.queue_type == "quorum":
-            raise CapabilityError.unsupported("rabbitmq (quorum)", "max_priority=", "priority",
-                                              "Use queue_type=classic, or a destination per priority.")
         self._specs[destination] = spec
         await self.declare_group(destination, None, force=True)
         for group in spec.groups:
             await self.declare_group(destination, group, force=True)
         if spec.dead_letter or spec.max_deliveries:
             await self.declare_dead_letter(destination, force=True)
+        if spec.max_deliveries and await self.max_deliveries_of(destination) != spec.max_deliveries:
+            marker = self._marker(destination)
+            async with self._conn().channel(publisher_confirms=False) as channel:
+                await (await channel.get_underlay_channel()).queue_delete(marker)
+                await channel.declare_queue(marker, durable=True, arguments={"x-max-length": spec.max_deliveries})
+
+    @staticmethod
+    def _marker(destination: str) -> str:
+        return f"{destination}.max-deliveries"
+
+    async def max_deliveries_of(self, destination: str) -> int | None:
+        """The max_deliveries that ensure() recorded for ``destination``, in any process (None: none)."""
+        marker = self._marker(destination)
+        try:
+            async with self._conn().channel(publisher_confirms=False) as channel:
+                await channel.declare_queue(marker, passive=True)
+        except amqp_errors.ChannelNotFoundEntity:
+            return None
+        try:
+            async with self._conn().channel(publisher_confirms=False) as channel:
+                await channel.declare_queue(marker, durable=True, arguments={"x-max-length": 0})
+        except amqp_errors.ChannelPreconditionFailed as exc:
+            found = _CURRENT.search(str(exc))
+            if found:
+                return int(found.group(1)) or None
+        return None
 
     # Publishing
 
     def publish_channel(self) -> AbstractChannel:
         if self._channel is None:
-            raise ConnectionError("rabbitmq: the driver is not connected")
+            raise BrokerConnectionError("rabbitmq: the driver is not connected")
         return self._channel
 
     async def publish(self, destination: str, messages: Sequence[Message]) -> Sequence[BaseException | None]:
@@ -364,9 +415,10 @@ class RabbitMQDriver(Driver):
     # Consuming and inspection
 
     def subscription(self, destination: str, group: str | None, settings: ReceiveSettings) -> Subscription:
-        from unimq_rabbitmq.subscription import RabbitMQSubscription
+        from unimq_rabbitmq.subscription import QuorumSubscription, RabbitMQSubscription
 
-        return RabbitMQSubscription(self, destination, group, settings)
+        kind = QuorumSubscription if self.options.queue_type == "quorum" else RabbitMQSubscription
+        return kind(self, destination, group, settings)
 
     async def stats(self, destination: str, group: str | None) -> Stats:
         queue = self.group_queue(destination, group)
@@ -393,7 +445,7 @@ class RabbitMQDriver(Driver):
         groups = self._groups.pop(destination, set()) | {None} | set(spec.groups if spec else ())
         queues = {self.group_queue(destination, g) for g in groups}
         dlq = self.dead_letter_destination(destination)
-        queues.add(dlq)
+        queues |= {dlq, self._marker(destination)}
         delays = {q for q in self._delay_queues if any(q.startswith(f"{p}.delay.") for p in queues)}
         async with self._conn().channel(publisher_confirms=False) as channel:
             underlay = await channel.get_underlay_channel()
@@ -404,24 +456,3 @@ class RabbitMQDriver(Driver):
             for exchange in (destination, dlq):
                 await underlay.exchange_delete(exchange)
                 self._exchanges.discard(exchange)
-
-    def map_error(self, exc: BaseException, context: str) -> UnimqError:
-        detail = f"{context}: {type(exc).__name__}: {exc}"
-        if isinstance(exc, UnimqError):
-            return exc
-        if isinstance(exc, amqp_errors.ProbableAuthenticationError | amqp_errors.AuthenticationError):
-            return ConfigError(f"{detail} (check the user, password and vhost in the URL)")
-        if isinstance(exc, amqp_errors.ChannelNotFoundEntity):
-            return NotFound(detail)
-        if isinstance(exc, amqp_errors.ChannelPreconditionFailed | amqp_errors.ChannelAccessRefused):
-            return ConfigError(detail)
-        if isinstance(exc, amqp_errors.DeliveryError):
-            return PublishError(detail, retryable=True)
-        if isinstance(exc, amqp_errors.AMQPConnectionError | amqp_errors.ChannelInvalidStateError
-                      | amqp_errors.ChannelClosed | ConnectionResetError):
-            return ConnectionError(detail)
-        if isinstance(exc, TimeoutError):
-            return Timeout(detail)
-        if isinstance(exc, ValueError):
-            return ConfigError(detail)
-        return wrap(exc, context)

@@ -19,14 +19,14 @@ from aio_pika.abc import AbstractIncomingMessage
 from pamqp.commands import Basic
 
 from unimq.message import Message, new_message_id
-from unimq.reliability import ATTEMPT, DEAD_LETTER_REASON, EXPIRES_AT
+from unimq.reliability import ATTEMPT, DEAD_LETTER_REASON, EXPIRES_AT, NOT_BEFORE
 
 #: The routing key of a copy republished through the default exchange (delay, classic nack).
 KEY = "x-unimq-key"
 DELIVERY_COUNT = "x-delivery-count"
 _DEATH = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
           "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason")
-_TRANSPORT = (KEY, ATTEMPT, EXPIRES_AT, DELIVERY_COUNT)
+_TRANSPORT = (KEY, ATTEMPT, EXPIRES_AT, NOT_BEFORE, DELIVERY_COUNT)
 _DELAY_QUEUE = re.compile(r"\.delay\.\d+$")
 
 
@@ -134,13 +134,12 @@ def attempt(incoming: AbstractIncomingMessage) -> int:
     return base + (1 if incoming.redelivered else 0)
 
 
-def expired(incoming: AbstractIncomingMessage) -> bool:
-    """Whether a delayed message's emulated ttl ran out while it waited."""
-    raw = incoming.headers or {}
-    due = raw.get(EXPIRES_AT)
+def expires_at(incoming: AbstractIncomingMessage) -> float:
+    """When a delayed message's emulated ttl runs out (epoch seconds, 0 = never): the core drops it then."""
+    due = (incoming.headers or {}).get(EXPIRES_AT)
     if due is None:
-        return False
+        return 0.0
     try:
-        return int(header_text(due)) <= time.time() * 1000
+        return int(header_text(due)) / 1000
     except ValueError:
-        return False
+        return 0.0

@@ -9,11 +9,12 @@ See ``docs/backends/redis.md``.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from redis import exceptions as rex
@@ -24,14 +25,15 @@ from redis.backoff import NoBackoff
 from unimq.capabilities import Capabilities, emulated, native, none
 from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Stats, Subscription
 from unimq.errors import (
-    CapabilityError,
+    AuthenticationError,
+    BrokerConnectionError,
     ConfigError,
-    ConnectionError,
+    ErrorRule,
     NotFound,
+    PermissionDenied,
+    Throttled,
     Timeout,
-    UnimqError,
     register_secret,
-    wrap,
 )
 from unimq.message import Message
 from unimq.url import BrokerURL
@@ -42,6 +44,7 @@ from unimq_redis.subscription import RedisSubscription
 #: How long a destination's ``<d>:config`` hash is cached by producers, seconds.
 CONFIG_TTL = 10.0
 MIN_SERVER = (6, 2)
+T = TypeVar("T")
 
 
 class RedisOptions(BaseModel):
@@ -57,7 +60,9 @@ class RedisOptions(BaseModel):
         0.5, gt=0, description="seconds between a consumer's reclaim/delayed-move passes"
     )
     max_message_bytes: int = Field(8 * 1024 * 1024, ge=1, le=512 * 1024 * 1024)
-    socket_timeout: float = Field(10.0, gt=0, description="seconds; must exceed a blocking read (≤ 1 s)")
+    socket_timeout: float = Field(
+        10.0, gt=0, description="seconds any one call may take (asyncio.timeout); must exceed a blocking read (≤ 1 s)"
+    )
     connect_timeout: float = Field(5.0, gt=0)
     max_connections: int | None = Field(None, ge=1)
     client_name: str | None = None
@@ -78,10 +83,29 @@ class DestinationConfig:
     lock_timeout: float | None = None
 
 
+def _reply(prefix: str) -> Any:
+    return lambda exc: str(exc).startswith(prefix)
+
+
 class RedisDriver(Driver):
     name = "redis"
     Options: ClassVar[type[BaseModel]] = RedisOptions
     options: RedisOptions
+    errors: ClassVar[Sequence[ErrorRule]] = (
+        (rex.AuthenticationError, AuthenticationError),
+        (rex.AuthorizationError, PermissionDenied),
+        (rex.NoPermissionError, PermissionDenied),
+        (rex.TimeoutError, Timeout),
+        (rex.ConnectionError, BrokerConnectionError),
+        (rex.ReadOnlyError, BrokerConnectionError),
+        (rex.MasterDownError, BrokerConnectionError),
+        (rex.TryAgainError, BrokerConnectionError),
+        (rex.ResponseError, NotFound, _reply("NOGROUP")),
+        (rex.ResponseError, NotFound, lambda exc: "no such key" in str(exc)),
+        (rex.ResponseError, ConfigError, _reply("WRONGTYPE")),
+        (rex.ResponseError, Throttled, _reply("OOM")),
+        (rex.DataError, ConfigError),
+    )
 
     def __init__(self, url: BrokerURL, options: RedisOptions) -> None:
         super().__init__(url, options)
@@ -104,7 +128,9 @@ class RedisDriver(Driver):
         self.client = Redis(
             host=url.host or "127.0.0.1", port=url.port or 6379, db=int(db_text),
             username=url.username or None, password=url.password, ssl=tls, **tls_options,
-            socket_timeout=options.socket_timeout, socket_connect_timeout=options.connect_timeout,
+            # No socket timeout (redis-py 8 defaults to 5 s): with one it writes through asyncio.wait_for,
+            # which on CPython 3.11 can swallow a cancel (issue 32). bounded() uses asyncio.timeout instead.
+            socket_timeout=None, socket_connect_timeout=options.connect_timeout,
             max_connections=options.max_connections, client_name=options.client_name,
             protocol=2, retry=Retry(NoBackoff(), 0),
         )
@@ -126,11 +152,11 @@ class RedisDriver(Driver):
                                       "(precision ≈ maintenance_interval)"),
             nack_delay=emulated(note="XACK + sorted set DEST:delayed:GROUP; re-opened in the group's pending "
                                 "list (same entry id, delivery count kept) by running consumers"),
-            dead_letter=emulated(note="stream DEST:dlq; reason in x-unimq-dead-letter-reason, entry id in "
-                                 "x-unimq-dead-letter-original-id"),
+            dead_letter=emulated(note="stream DEST:dlq: the core XADDs a copy (reason in "
+                                 "x-unimq-dead-letter-reason), then XACKs the original"),
             priority=none("a stream is one ordered log"),
-            message_ttl=emulated(note="expiry field checked on receipt: an expired entry is acked and dropped; "
-                                 "it stays in the stream until trimmed"),
+            message_ttl=emulated(note="expiry field p:expires; the core acks and drops an expired entry on "
+                                 "receipt; it stays in the stream until trimmed"),
             deduplication=emulated(note="SET NX PX DEST:dedup:MESSAGE_ID per send, window from "
                                    "ensure(deduplication=...)"),
             replay=native(note="start= earliest/latest/a time creates the group at that stream id"),
@@ -140,6 +166,21 @@ class RedisDriver(Driver):
             batch_send=native(limit=1000, note="pipelined XADD, one round trip per batch"),
             headers=native(note="stream fields h:NAME"),
             transactions=none(),
+            listing=native(note="SCAN for keys of type stream"),
+            partitions=none("a stream is one log on one server"),
+            replication=none("replication is the server's configuration (replicas, AOF), not a stream's"),
+            fifo=none("competing consumers and redeliveries process a stream out of order"),
+            sessions=none("nothing keeps a key with one consumer; use key= and one consumer"),
+            retention=none("streams are trimmed by length: the maxlen= URL option"),
+            lock_timeout=native(note="ensure() writes DEST:config lock_timeout_ms; every consumer that sets "
+                                "no lock_timeout of its own reads it when it opens"),
+            max_deliveries=emulated(note="ensure() writes DEST:config max_deliveries, read by every consumer "
+                                  "when it opens; the delivery count is the entry's in the group's PEL, the "
+                                  "core dead-letters past it"),
+            new_group_backlog=none("a named group starts at the end of the stream ($), whether ensure() or a "
+                                   "consumer creates it: ensure(groups=[...]) first, or consumer(start="
+                                   "'earliest') to read the backlog; the default group (group=None) starts at "
+                                   "the beginning"),
             max_message_bytes=options.max_message_bytes,
         )
 
@@ -157,8 +198,13 @@ class RedisDriver(Driver):
     def dead_letter_destination(self, destination: str) -> str:
         return f"{destination}:dlq"
 
+    async def bounded(self, call: Awaitable[T]) -> T:
+        """Await one redis-py call, at most ``socket_timeout`` seconds (builtin TimeoutError → Timeout)."""
+        async with asyncio.timeout(self.options.socket_timeout):
+            return await call
+
     async def open(self) -> None:
-        info = await self.client.info("server")
+        info = await self.bounded(self.client.info("server"))
         version = tuple(int(p) for p in str(info.get("redis_version", "0.0")).split(".")[:2])
         if version < MIN_SERVER:
             raise ConfigError(f"redis: server {info.get('redis_version')} is too old; Streams need 6.2 or newer")
@@ -171,7 +217,7 @@ class RedisDriver(Driver):
         now = time.monotonic()
         if cached is not None and not refresh and cached[0] > now:
             return cached[1]
-        raw = await self.client.hgetall(self.key(destination, ":config"))
+        raw = await self.bounded(self.client.hgetall(self.key(destination, ":config")))
         values = {_text(k): int(v) for k, v in raw.items()}
         lock = values.get("lock_timeout_ms")
         config = DestinationConfig(
@@ -192,13 +238,14 @@ class RedisDriver(Driver):
         pool = self.client.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         try:
-            await conn.send_packed_command(commands, check_health=False)
-            out: list[Any] = []
-            for _ in range(replies):
-                try:
-                    out.append(await conn.read_response())
-                except rex.ResponseError as exc:
-                    out.append(exc)
+            async with asyncio.timeout(self.options.socket_timeout):
+                await conn.send_packed_command(commands, check_health=False)
+                out: list[Any] = []
+                for _ in range(replies):
+                    try:
+                        out.append(await conn.read_response())
+                    except rex.ResponseError as exc:
+                        out.append(exc)
             return out
         finally:
             await pool.release(conn)
@@ -240,7 +287,7 @@ class RedisDriver(Driver):
                     pipe.zadd(self.key(destination, ":delayed"), {pack_scheduled(fields): due})
                 else:
                     pipe.execute_command(*xadd, *fields)
-            results = await pipe.execute(raise_on_error=False)
+            results = await self.bounded(pipe.execute(raise_on_error=False))
         return [r if isinstance(r, BaseException) else None for r in results]
 
     def subscription(self, destination: str, group: str | None, settings: ReceiveSettings) -> Subscription:
@@ -248,17 +295,13 @@ class RedisDriver(Driver):
 
     async def create_group(self, stream: str, group: str, start: str) -> None:
         try:
-            await self.client.xgroup_create(stream, group, start, mkstream=True)
+            await self.bounded(self.client.xgroup_create(stream, group, start, mkstream=True))
         except rex.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     async def ensure(self, destination: str, spec: DestinationSpec) -> None:
         """Create the stream, the default group (at 0), each group (at ``$``), the DLQ, the config."""
-        if spec.sessions:
-            raise CapabilityError.unsupported("redis", "sessions=True", "sessions", "Use key= and one consumer.")
-        if spec.retention:
-            raise CapabilityError("redis cannot honour retention=: trim by length with the maxlen= URL option")
         stream = self.key(destination)
         await self.create_group(stream, self.options.default_group, "0")
         for group in spec.groups:
@@ -278,11 +321,11 @@ class RedisDriver(Driver):
             pipe.delete(config_key)
             if values:
                 pipe.hset(config_key, mapping=values)  # type: ignore[arg-type]
-            await pipe.execute()
+            await self.bounded(pipe.execute())
         self._configs.pop(destination, None)
 
     async def _groups(self, stream: str) -> list[dict[str, Any]]:
-        groups: list[dict[str, Any]] = await self.client.xinfo_groups(stream)
+        groups: list[dict[str, Any]] = await self.bounded(self.client.xinfo_groups(stream))
         return groups
 
     async def peek(self, destination: str, count: int) -> list[Message]:
@@ -292,7 +335,7 @@ class RedisDriver(Driver):
         for group in await self._groups(stream):
             if _text(group["name"]) == self.options.default_group:
                 after = "(" + _text(group["last-delivered-id"])
-        entries: Any = await self.client.xrange(stream, after, "+", count=count)
+        entries: Any = await self.bounded(self.client.xrange(stream, after, "+", count=count))
         return [from_entry(entry_id, fields)[0] for entry_id, fields in entries]
 
     async def stats(self, destination: str, group: str | None) -> Stats:
@@ -304,7 +347,7 @@ class RedisDriver(Driver):
             pipe.xlen(self.key(self.dead_letter_destination(destination)))
             pipe.zcard(self.key(destination, ":delayed"))
             pipe.zcard(self.key(destination, f":delayed:{name}"))
-            groups, length, dlq, delayed, retries = await pipe.execute()
+            groups, length, dlq, delayed, retries = await self.bounded(pipe.execute())
         info = next((g for g in groups if _text(g["name"]) == name), None)
         if info is None:
             raise NotFound(f"redis: stream {destination!r} has no group {name!r}")
@@ -320,11 +363,19 @@ class RedisDriver(Driver):
             },
         )
 
+    async def _scan(self, pattern: str, kind: str | None = None) -> list[str]:
+        """Every key matching ``pattern`` (of type ``kind``), each SCAN call bounded."""
+        cursor, keys = 0, []
+        while True:
+            cursor, batch = await self.bounded(self.client.scan(cursor, match=pattern, count=1000, _type=kind))
+            keys += [_text(key) for key in batch]
+            if not cursor:
+                return keys
+
     async def destinations(self) -> list[str]:
         prefix = self.options.prefix
         pattern = _glob_escape(prefix) + "*"
-        names = {_text(k)[len(prefix):] async for k in self.client.scan_iter(match=pattern, count=1000, _type="stream")}
-        return sorted(names)
+        return sorted({key[len(prefix):] for key in await self._scan(pattern, "stream")})
 
     async def delete(self, destination: str) -> None:
         """DEL the stream, its DLQ and every auxiliary key (found with SCAN)."""
@@ -333,32 +384,9 @@ class RedisDriver(Driver):
         own = re.compile(
             "^(" + re.escape(stream) + "|" + re.escape(dlq) + r")(:delayed(:.*)?|:config|:dedup:.*)?$", re.DOTALL,
         )
-        keys = {stream, dlq}
-        async for key in self.client.scan_iter(match=_glob_escape(stream) + ":*", count=1000):
-            text = _text(key)
-            if own.match(text):
-                keys.add(text)
-        await self.client.delete(*keys)
+        keys = {stream, dlq, *(key for key in await self._scan(_glob_escape(stream) + ":*") if own.match(key))}
+        await self.bounded(self.client.delete(*keys))
         self._configs.pop(destination, None)
-
-    def map_error(self, exc: BaseException, context: str) -> UnimqError:
-        text = f"{context}: {type(exc).__name__}: {exc}"
-        if isinstance(exc, (rex.AuthenticationError, rex.AuthorizationError, rex.NoPermissionError)):
-            return ConnectionError(f"{text} (check the URL's user and password)", retryable=False)
-        if isinstance(exc, rex.TimeoutError):
-            return Timeout(text)
-        if isinstance(exc, (rex.ConnectionError, rex.BusyLoadingError, rex.ReadOnlyError, rex.MasterDownError,
-                            rex.TryAgainError)):
-            return ConnectionError(text)
-        if isinstance(exc, rex.ResponseError):
-            message = str(exc)
-            if message.startswith("NOGROUP") or "no such key" in message:
-                return NotFound(text)
-            if message.startswith("WRONGTYPE"):
-                return ConfigError(f"{text} (the key exists and is not a stream)")
-        if isinstance(exc, rex.DataError):
-            return ConfigError(text)
-        return wrap(exc, context)
 
 
 def pack(out: list[bytes], args: Sequence[bytes]) -> None:

@@ -1,4 +1,9 @@
-"""A consumer in a Redis consumer group: XREADGROUP, XACK, XAUTOCLAIM redelivery."""
+"""A consumer in a Redis consumer group: XREADGROUP, XACK, XAUTOCLAIM redelivery.
+
+What the core does around it (``unimq.settlement``): ack batching (``ack_many`` is one XACK),
+dropping expired entries (``Delivery.expires_at``), dead-lettering past ``max_deliveries`` and on
+``reject()`` (a copy XADDed to ``<stream>:dlq`` through the driver, then an XACK).
+"""
 
 from __future__ import annotations
 
@@ -8,21 +13,17 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from redis.exceptions import ResponseError
 
-from unimq.driver import ReceiveSettings, Subscription
+from unimq.driver import AckBatch, ReceiveSettings, Subscription
 from unimq.message import Delivery
-from unimq.reliability import dead_letter_copy
 from unimq_redis import scripts
-from unimq_redis.fields import from_flat, now_ms, to_fields
+from unimq_redis.fields import from_flat, now_ms
 
 if TYPE_CHECKING:
     from unimq_redis.driver import RedisDriver
-
-#: Header of a dead-lettered entry naming the stream entry it was copied from.
-ORIGINAL_ID = "x-unimq-dead-letter-original-id"
 
 
 def group_start(start: Any, default: str) -> str:
@@ -40,9 +41,11 @@ def group_start(start: Any, default: str) -> str:
 class RedisSubscription(Subscription):
     """One consumer (a unique name) of one group of one stream."""
 
+    #: One XACK takes any number of ids; two in flight keep acks flowing while one is answered.
+    ack_batch: ClassVar[AckBatch | None] = AckBatch(max_batch=1000, max_in_flight=2)
+
     def __init__(self, driver: RedisDriver, destination: str, group: str | None, settings: ReceiveSettings) -> None:
         self._driver = driver
-        self._client = driver.client
         self._command = driver.command
         self._destination = destination
         self._stream = driver.key(destination)
@@ -54,29 +57,24 @@ class RedisSubscription(Subscription):
         self._xack = [b"XACK", self._stream_key, self._group.encode()]
         self._settings = settings
         self._lock = settings.lock_timeout or driver.options.lock_timeout
-        self._max_deliveries: int | None = None
         self._sends = driver.key(destination, ":delayed")
         self._retries = driver.key(destination, f":delayed:{self._group}")
         self._cursor = "0-0"
         self._next_maintenance = 0.0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._acks: list[bytes] = []
-        self._ack_waiters: list[asyncio.Future[None]] = []
-        self._ack_busy = False
-        self._ack_task: asyncio.Task[None] | None = None
         self._extended: dict[bytes, float] = {}
         self._keepalive: asyncio.Task[None] | None = None
+        self._closed = False
 
     @property
     def consumer_name(self) -> str:
         return self._consumer
 
     async def open(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        """Read the destination's config (what ``ensure()`` wrote, from any process) and join the group."""
         config = await self._driver.config(self._destination, refresh=True)
         if self._settings.lock_timeout is None and config.lock_timeout:
             self._lock = config.lock_timeout
-        self._max_deliveries = config.max_deliveries
+        self.max_deliveries = config.max_deliveries
         start = group_start(self._settings.start, "0" if self._default else "$")
         await self._driver.create_group(self._stream, self._group, start)
 
@@ -86,7 +84,7 @@ class RedisSubscription(Subscription):
         if time.monotonic() >= self._next_maintenance:
             out = await self._maintain(max_messages)
             if out:
-                return out
+                return await self._unless_closed(out)
         ms = int(min(timeout, self._next_maintenance - time.monotonic()) * 1000)
         block = (b"BLOCK", b"%d" % ms) if ms > 0 else ()
         reply: Any = await self._command(
@@ -94,102 +92,35 @@ class RedisSubscription(Subscription):
         )
         if not reply:
             return []
-        return await self._deliveries(reply[0][1])
+        return await self._unless_closed(_deliveries(reply[0][1]))
+
+    async def _unless_closed(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """A read that was in flight when :meth:`close` ran hands its entries straight back."""
+        if self._closed:
+            await self._release()
+            return []
+        return deliveries
 
     async def _maintain(self, count: int) -> list[Delivery]:
         """Move due delayed messages, then reclaim entries idle longer than the lock timeout."""
         driver = self._driver
-        cursor, claimed, due = await driver.maintain_script(
+        cursor, claimed, due = await driver.bounded(driver.maintain_script(
             keys=[self._stream, self._sends, self._retries],
             args=[self._group, self._consumer, int(self._lock * 1000), count, self._cursor, now_ms(),
                   driver.options.maxlen or 0],
-        )
+        ))
         self._cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
         interval = min(driver.options.maintenance_interval, self._lock / 2)
         wait = interval if self._cursor == "0-0" else 0.0
         if due:
             wait = min(wait, max(0.0, int(due) / 1000 - time.time()))
         self._next_maintenance = time.monotonic() + wait
-        return await self._deliveries(claimed)
-
-    async def _deliveries(self, entries: Sequence[list[Any]]) -> list[Delivery]:
-        """Deliveries of raw entries: ``[id, [field, value, ...]]`` as XREADGROUP returns them, or
-        ``[id, fields, delivery count]`` from the reclaim script. Expired entries are acked and
-        entries past ``max_deliveries`` dead-lettered instead."""
-        out: list[Delivery] = []
-        expired: list[Delivery] = []
-        exhausted: list[Delivery] = []
-        now = 0
-        for entry in entries:
-            entry_id = entry[0]
-            count = int(entry[2]) if len(entry) > 2 else 1
-            message, fields, expires = from_flat(entry_id, entry[1])
-            delivery = Delivery(message, count, (entry_id, fields), entry_id)
-            if expires:
-                now = now or now_ms()
-                if expires <= now:
-                    expired.append(delivery)
-                    continue
-            if count > 1 and self._max_deliveries and count > self._max_deliveries:
-                exhausted.append(delivery)
-                continue
-            out.append(delivery)
-        if expired:
-            await self.ack_many(expired)
-        for delivery in exhausted:
-            await self.reject(delivery, f"delivered {delivery.attempt - 1} times without an ack")
-        return out
+        return _deliveries(claimed)
 
     # Settling
 
-    async def ack(self, delivery: Delivery) -> None:
-        """XACK; acks issued while one XACK is in flight go out together in the next.
-
-        With no XACK in flight the ack is sent at once, from the caller's task (the sequential
-        receive/ack loop costs no task or future). ``ack()`` returns once the XACK carrying its
-        id was answered.
-        """
-        if self._extended:
-            self._extended.pop(delivery.token, None)
-        if self._ack_busy:
-            done = (self._loop or asyncio.get_running_loop()).create_future()
-            self._acks.append(delivery.token)
-            self._ack_waiters.append(done)
-            await done
-            return
-        self._ack_busy = True
-        try:
-            await self._command(*self._xack, delivery.token)
-        finally:
-            if self._acks:
-                self._ack_task = (self._loop or asyncio.get_running_loop()).create_task(self._flush_acks())
-            else:
-                self._ack_busy = False
-
-    async def _flush_acks(self) -> None:
-        """Send the acks that queued behind an XACK in flight, until none are left."""
-        try:
-            while self._acks:
-                ids, waiters = self._acks, self._ack_waiters
-                self._acks, self._ack_waiters = [], []
-                try:
-                    await self._command(*self._xack, *ids)
-                except Exception as exc:
-                    for waiter in waiters:
-                        if not waiter.done():
-                            waiter.set_exception(exc)
-                else:
-                    for waiter in waiters:
-                        if not waiter.done():
-                            waiter.set_result(None)
-        finally:
-            self._ack_busy = False
-            self._ack_task = None
-
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        """One XACK for the whole batch."""
-        if not deliveries:
-            return
+        """One XACK for the whole batch (an entry another consumer reclaimed is acked all the same)."""
         if self._extended:
             for delivery in deliveries:
                 self._extended.pop(delivery.token, None)
@@ -199,34 +130,23 @@ class RedisSubscription(Subscription):
         self._extended.pop(delivery.token, None)
         driver = self._driver
         if delay:
-            await driver.retry_later_script(
+            await driver.bounded(driver.retry_later_script(
                 keys=[self._stream, self._retries],
                 args=[self._group, self._consumer, delivery.token, now_ms() + int(delay * 1000)],
-            )
+            ))
         else:
-            await driver.claim_own_script(
+            await driver.bounded(driver.claim_own_script(
                 keys=[self._stream], args=[self._group, self._consumer, scripts.RELEASED_IDLE, delivery.token],
-            )
+            ))
             self._cursor = "0-0"
             self._next_maintenance = 0.0
-
-    async def reject(self, delivery: Delivery, reason: str) -> None:
-        """XADD a copy to ``<stream>:dlq`` and XACK the original, in one MULTI/EXEC."""
-        self._extended.pop(delivery.token, None)
-        copy = dead_letter_copy(delivery.message, reason, self._destination, None if self._default else self._group)
-        copy.headers[ORIGINAL_ID] = delivery.token.decode()
-        dlq = self._driver.key(self._driver.dead_letter_destination(self._destination))
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.execute_command("XADD", dlq, "*", *to_fields(copy))
-            pipe.xack(self._stream, self._group, delivery.token)
-            await pipe.execute()
 
     async def extend(self, delivery: Delivery, seconds: float) -> None:
         """Reset the entry's idle time (XCLAIM JUSTID to itself); for a lock longer than the
         lock timeout, keep resetting it in the background until ``seconds`` have passed."""
-        touched = await self._driver.claim_own_script(
+        touched = await self._driver.bounded(self._driver.claim_own_script(
             keys=[self._stream], args=[self._group, self._consumer, 0, delivery.token],
-        )
+        ))
         if touched and seconds > self._lock:
             self._extended[delivery.token] = time.monotonic() + seconds
             if self._keepalive is None or self._keepalive.done():
@@ -241,20 +161,35 @@ class RedisSubscription(Subscription):
                     self._extended.pop(entry_id, None)
             if self._extended:
                 with contextlib.suppress(Exception):
-                    await self._driver.claim_own_script(
+                    await self._driver.bounded(self._driver.claim_own_script(
                         keys=[self._stream], args=[self._group, self._consumer, 0, *self._extended],
-                    )
+                    ))
 
     async def close(self) -> None:
-        """Flush acks, hand unsettled entries back (reclaimable at once), delete the consumer."""
+        """Hand unsettled entries back (reclaimable at once) and delete the consumer."""
+        self._closed = True
         if self._keepalive is not None:
             self._keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keepalive
-        if self._ack_task is not None:
-            await asyncio.wait([self._ack_task])
+        await self._release()
+
+    async def _release(self) -> None:
         try:
-            await self._driver.release_all_script(keys=[self._stream], args=[self._group, self._consumer])
+            await self._driver.bounded(
+                self._driver.release_all_script(keys=[self._stream], args=[self._group, self._consumer]))
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
+
+
+def _deliveries(entries: Sequence[list[Any]]) -> list[Delivery]:
+    """Deliveries of raw entries: ``[id, [field, value, ...]]`` as XREADGROUP returns them, or
+    ``[id, fields, delivery count]`` from the reclaim script."""
+    out: list[Delivery] = []
+    for entry in entries:
+        entry_id = entry[0]
+        message, fields, expires = from_flat(entry_id, entry[1])
+        out.append(Delivery(message, int(entry[2]) if len(entry) > 2 else 1, (entry_id, fields), entry_id,
+                            expires / 1000))
+    return out

@@ -2,7 +2,10 @@
 
 The Python ``ServiceBusAdministrationClient`` always speaks HTTPS to ``https://<namespace>``, so it
 cannot manage a non-TLS emulator; with ``emulator=true`` the driver sends control requests over
-the SDK's own AMQP client instead (the double's protocol, docs/servicebus-double.md).
+the SDK's own AMQP client instead (the double's protocol, docs/servicebus-double.md). An endpoint
+without that node (the official emulator, the double in static mode) answers the first request
+with a refused link: :class:`ControlUnavailable`, and the driver then manages nothing (its
+entities come from the emulator's config file) while sending and receiving work as usual.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
-from unimq.errors import ConfigError, ConnectionError, NotFound, UnimqError
+from unimq.errors import CapabilityError, ConfigError, ConnectionError, NotFound, Timeout, UnimqError
 from unimq_servicebus.options import Endpoint
 
 Kind = Literal["queue", "topic"]
 CONTROL_NODE = "$unimq-control"
-CONTROL_TIMEOUT = 10.0
+#: A name no entity has: asking its stats tells whether the control node answers at all.
+PROBE_NAME = "$unimq-probe"
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,10 @@ class ControlError(UnimqError):
     """A failed ``$unimq-control`` request."""
 
 
+class ControlUnavailable(CapabilityError):
+    """The endpoint has no ``$unimq-control`` node (the official emulator, the double in static mode)."""
+
+
 class _Anonymous:
     """pyamqp's auth shape for a plain SASL ANONYMOUS connection (no CBS): what the double accepts."""
 
@@ -119,10 +127,21 @@ class ControlAdmin(Admin):
     the double, and the dependency pins azure-servicebus below 8.
     """
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, timeout: float) -> None:
         self._host = f"{endpoint.namespace}:{endpoint.port or 5672}"
+        self._timeout = timeout
         self._client: Any = None
         self._lock = asyncio.Lock()
+
+    async def available(self) -> bool:
+        """Whether the endpoint has the control node (False: it refused the node's link)."""
+        try:
+            await self._request("stats", {"name": PROBE_NAME})
+        except NotFound:
+            return True
+        except ControlUnavailable:
+            return False
+        return True
 
     async def _request(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
         # One request at a time: pyamqp's management operation fails under concurrent requests.
@@ -139,18 +158,27 @@ class ControlAdmin(Admin):
         from azure.servicebus._pyamqp.message import Message
 
         request = Message(value=body, application_properties={"operation": operation})
+        opened = False
         try:
-            if self._client is None:
-                client = AMQPClientAsync(self._host, use_tls=False, auth=_Anonymous())  # type: ignore[no-untyped-call]
-                self._client = client
-                await client.open_async()  # type: ignore[no-untyped-call]
-            status, description, response = await self._client.mgmt_request_async(
-                request, operation=operation, operation_type=b"unimq", node=CONTROL_NODE, timeout=CONTROL_TIMEOUT)
+            async with asyncio.timeout(self._timeout):
+                if self._client is None:
+                    client = AMQPClientAsync(self._host, use_tls=False, auth=_Anonymous())  # type: ignore[no-untyped-call]
+                    self._client = client
+                    await client.open_async()  # type: ignore[no-untyped-call]
+                opened = True
+                status, description, response = await self._client.mgmt_request_async(
+                    request, operation=operation, operation_type=b"unimq", node=CONTROL_NODE, timeout=self._timeout)
         except Exception as exc:
             # The connection is gone (broker restarted, network): the next request opens a new one.
             broken, self._client = self._client, None
             with contextlib.suppress(Exception):
                 await broken.close_async()
+            if opened and _refused(exc):
+                raise ControlUnavailable(f"servicebus: {self._host} has no {CONTROL_NODE} node (the official "
+                                         "emulator, or the double in static mode)") from exc
+            if isinstance(exc, TimeoutError):
+                raise Timeout(f"servicebus: {operation} got no answer within {self._timeout:g}s "
+                              "(operation_timeout)") from exc
             raise ConnectionError(f"servicebus: {operation} failed, the control connection was lost: "
                                   f"{type(exc).__name__}: {exc}") from exc
         text = description.decode() if isinstance(description, bytes) else str(description)
@@ -220,6 +248,11 @@ class ControlAdmin(Admin):
         if self._client is not None:
             client, self._client = self._client, None
             await client.close_async()
+
+
+def _refused(exc: BaseException) -> bool:
+    """pyamqp's ways of saying that the management link to the node was refused (the connection is up)."""
+    return isinstance(exc, ValueError) or "failed to open mgmt link" in str(exc).lower()
 
 
 def _decoded(value: Any) -> Any:

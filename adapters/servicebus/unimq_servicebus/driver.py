@@ -10,16 +10,26 @@ that subscription's dead-letter queue; with ``group=None`` it is the queue's, or
 every subscription's dead-letter queue read together.
 
 Sessions: whether an entity requires them is read from its properties once per destination (and
-group) and cached. Sends to a session entity carry the key as session id; consumers of one read
-it through session receivers (sessions.py).
+group) and cached: through the administration client (Azure), or the test double's control node;
+where neither answers (no Manage claim, the official emulator, the double in static mode) the URL's
+``sessions`` option decides, and a consumer whose plain receiver is refused because the entity
+requires sessions switches to session receivers. The data path never needs the control node.
+Sends to a session entity carry the key as session id; consumers of one read it through session
+receivers (sessions.py).
+
+Every SDK call is bounded by ``operation_timeout`` (links opening, sends, settlements, lock
+renewals, management): a call that passes it fails with ``Timeout`` naming the entity. Handlers a
+consumer is done with close in the background (an SDK close waits up to a second for its
+keep-alive task); ``close()`` of the driver waits for them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Awaitable, Sequence
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from azure.core.exceptions import (
     ClientAuthenticationError,
@@ -44,11 +54,13 @@ from pydantic import BaseModel
 from unimq.capabilities import Capabilities
 from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Stats, Subscription
 from unimq.errors import (
+    AuthenticationError,
     CapabilityError,
     ConfigError,
     ConnectionError,
     MessageTooLarge,
     NotFound,
+    PermissionDenied,
     Timeout,
     UnimqError,
     wrap,
@@ -56,12 +68,13 @@ from unimq.errors import (
 from unimq.message import Delivery, Message
 from unimq.url import BrokerURL
 from unimq_servicebus import mapping
-from unimq_servicebus.admin import Admin, AzureAdmin, ControlAdmin, EntityOptions, Kind
-from unimq_servicebus.options import ServiceBusOptions, capabilities, endpoint
+from unimq_servicebus.admin import Admin, AzureAdmin, ControlAdmin, ControlUnavailable, EntityOptions, Kind
+from unimq_servicebus.options import UNMANAGED, ServiceBusOptions, capabilities, endpoint
 from unimq_servicebus.sessions import SessionSubscription
 from unimq_servicebus.subscription import ServiceBusSubscription
 
 SUBSCRIPTIONS = "/Subscriptions/"
+T = TypeVar("T")
 
 
 class ServiceBusDriver(Driver):
@@ -85,6 +98,10 @@ class ServiceBusDriver(Driver):
         self._peekers: dict[str, ServiceBusReceiver] = {}
         self._kinds: dict[str, Kind] = {}
         self._sessions: dict[tuple[str, str | None], bool] = {}
+        self._timeout = options.operation_timeout
+        #: Whether entities can be managed here (None: not known yet).
+        self._managed: bool | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<ServiceBusDriver {self._endpoint!r}>"
@@ -122,13 +139,54 @@ class ServiceBusDriver(Driver):
         else:
             self._client = ServiceBusClient(ep.namespace, ep.credential, **kwargs)
             self._link_client = ServiceBusClient(ep.namespace, ep.credential, retry_total=0, **kwargs)
-        self._admin = ControlAdmin(ep) if ep.emulator else AzureAdmin(ep)
+        if not ep.emulator:
+            self._admin = AzureAdmin(ep)
+            return
+        control = ControlAdmin(ep, self._timeout)
+        self._admin = control
+        try:
+            available = await control.available()
+        except UnimqError:
+            return  # not reachable now: asked again when management is first needed
+        if not available:
+            self._unmanaged()
+
+    def _unmanaged(self) -> None:
+        """No control node here: entities come from the emulator's config file; nothing is managed."""
+        admin, self._admin, self._managed = self._admin, None, False
+        if admin is not None:
+            self.close_later(admin)
+        self._caps = capabilities(self.options, self.options.sessions, managed=False)
+        self._session_caps = capabilities(self.options, True, managed=False)
+        self._plain_caps = capabilities(self.options, False, managed=False)
+
+    def close_later(self, handler: Any) -> None:
+        """Close an SDK handler (or the admin) in the background; ``close()`` waits for it."""
+        task = asyncio.ensure_future(self._close_quietly(handler))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close_quietly(self, handler: Any) -> None:
+        with contextlib.suppress(Exception):  # a handler that fails to close is gone either way
+            async with asyncio.timeout(self._timeout):
+                await handler.close()
+
+    async def bounded(self, call: Awaitable[T], what: str) -> T:
+        """``call``, failing with Timeout naming ``what`` after operation_timeout."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await call
+        except TimeoutError:
+            raise Timeout(f"servicebus: {what} did not complete within {self._timeout:g}s "
+                          "(operation_timeout)") from None
 
     async def close(self) -> None:
         handlers: list[Any] = [*self._senders.values(), *self._peekers.values()]
         self._senders.clear()
         self._peekers.clear()
-        await asyncio.gather(*(h.close() for h in handlers), return_exceptions=True)
+        await asyncio.gather(*(self._close_quietly(h) for h in handlers))
+        if self._closing:
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
         if self._admin is not None:
             await self._admin.close()
         for client in (self._link_client, self._client):
@@ -143,10 +201,21 @@ class ServiceBusDriver(Driver):
             raise ConnectionError("servicebus: the driver is not open")
         return self._client
 
-    def _a(self) -> Admin:
+    def _a(self, operation: str) -> Admin:
         if self._admin is None:
+            if self._managed is False:
+                raise CapabilityError(f"servicebus cannot {operation} here: {UNMANAGED} (declare queues, topics "
+                                      "and subscriptions there; docs/backends/servicebus.md)")
             raise ConnectionError("servicebus: the driver is not open")
         return self._admin
+
+    async def _manage(self, call: Awaitable[T], operation: str) -> T:
+        """A management request, bounded; an endpoint found to have no control node becomes unmanaged."""
+        try:
+            return await self.bounded(call, operation)
+        except ControlUnavailable:
+            self._unmanaged()
+            raise CapabilityError(f"servicebus cannot {operation} here: {UNMANAGED}") from None
 
     # Sending
 
@@ -160,7 +229,11 @@ class ServiceBusDriver(Driver):
                 if self._link_client is None:
                     raise ConnectionError("servicebus: the driver is not open")
                 sender = self._link_client.get_queue_sender(destination)
-                await sender.__aenter__()
+                try:
+                    await self.bounded(sender.__aenter__(), f"opening a sender to {destination!r}")
+                except BaseException:
+                    self.close_later(sender)
+                    raise
                 self._senders[destination] = sender
                 self._sender_locks[destination] = asyncio.Lock()
         return sender
@@ -171,7 +244,15 @@ class ServiceBusDriver(Driver):
         # One send at a time per sender: concurrent send_messages on one aio sender break its
         # connection (checked with the plain SDK against the double).
         async with self._sender_locks[destination]:
-            return await self._publish(sender, messages, destination if sessions else None)
+            try:
+                return await self.bounded(self._publish(sender, messages, destination if sessions else None),
+                                          f"sending to {destination!r}")
+            except Timeout:
+                # Unsettled by the broker: the sender's state is unknown, so the next send opens a new one.
+                if self._senders.get(destination) is sender:
+                    del self._senders[destination]
+                    self.close_later(sender)
+                raise
 
     def _outgoing(self, message: Message, session_entity: str | None) -> Any:
         """The SDK message; on a session entity (``session_entity`` names it) with the key as session id."""
@@ -245,14 +326,47 @@ class ServiceBusDriver(Driver):
         known = self._sessions.get((destination, group))
         if known is not None:
             return known
-        try:
-            found = await self._a().requires_session(destination, group)
-        except (ClientAuthenticationError, ServiceBusAuthorizationError):
-            found = self.options.sessions  # unreadable for good: decide once, not on every send
+        if self._admin is None:
+            found: bool | None = self.options.sessions  # no management here: the option decides, once
+        else:
+            try:
+                found = await self._manage(self._admin.requires_session(destination, group),
+                                           f"read the properties of {destination!r}")
+            except (ClientAuthenticationError, ServiceBusAuthorizationError, CapabilityError):
+                found = self.options.sessions  # unreadable for good: decide once, not on every send
         if found is None:
             return self.options.sessions  # not created yet: ask again once it exists
         self._sessions[(destination, group)] = found
         return found
+
+    async def prepare_group(self, destination: str, group: str) -> None:
+        """Create a consumer's subscription that does not exist yet, as other backends create a group
+        on first use (with requires_session when the URL says sessions=true); NotFound naming it and
+        the fix where this key cannot create it."""
+        if self._admin is None or (destination, group) in self._sessions:
+            return  # nothing to ask here: the receiver's attach tells whether it exists
+        entity = f"{destination}/Subscriptions/{group}"
+        try:
+            found = await self._manage(self._admin.requires_session(destination, group),
+                                       f"read the properties of {entity!r}")
+        except (ClientAuthenticationError, ServiceBusAuthorizationError, CapabilityError):
+            return
+        if found is not None:
+            self._sessions[(destination, group)] = found
+            return
+        options = EntityOptions(requires_session=True if self.options.sessions else None)
+        try:
+            await self._manage(self._admin.create_topic(destination, options, (group,)), f"create {entity!r}")
+        except (ClientAuthenticationError, ServiceBusAuthorizationError, CapabilityError):
+            raise NotFound(f"servicebus: subscription {entity!r} does not exist and this key cannot create it: "
+                           f"create it with broker.ensure({destination!r}, groups=[{group!r}]) using a key with "
+                           "the Manage claim, or in the portal") from None
+        self._kinds[destination] = "topic"
+        self._sessions[(destination, group)] = self.options.sessions
+
+    def learn_sessions(self, destination: str, group: str | None, required: bool) -> None:
+        """What a link refusal showed about the entity (where its properties could not be read)."""
+        self._sessions[(destination, group)] = required
 
     def session_client(self) -> ServiceBusClient:
         """The client session receivers come from (retry_total=0, as for consumers' receivers)."""
@@ -280,14 +394,17 @@ class ServiceBusDriver(Driver):
         elif SUBSCRIPTIONS.lower() not in base.lower() and await self.entity_kind(base) == "topic":
             if not dead:
                 raise ConfigError(f"servicebus: {base!r} is a topic; consume it with group=<subscription>")
-            subs = await self._a().subscriptions(base)
+            subs = await self._manage(self._a("list subscriptions").subscriptions(base),
+                                      f"list the subscriptions of {base!r}")
             receivers = [client.get_subscription_receiver(base, sub, **common) for sub in subs]
         else:
             receivers = [client.get_queue_receiver(base, **common)]
         try:
-            await asyncio.gather(*(r.__aenter__() for r in receivers))
+            await self.bounded(asyncio.gather(*(r.__aenter__() for r in receivers)),
+                               f"opening a receiver of {destination!r}")
         except BaseException:
-            await asyncio.gather(*(r.close() for r in receivers), return_exceptions=True)
+            for receiver in receivers:
+                self.close_later(receiver)
             raise
         return receivers
 
@@ -295,10 +412,12 @@ class ServiceBusDriver(Driver):
         """'queue' or 'topic' (cached); None if missing, or unreadable without the Manage claim."""
         kind = self._kinds.get(name)
         if kind is None:
+            if self._admin is None:
+                return None  # nothing to ask: treat the name as a queue
             try:
-                kind = await self._a().kind(name)
-            except (ClientAuthenticationError, ServiceBusAuthorizationError):
-                return None  # no Manage claim: treat the name as a queue
+                kind = await self._manage(self._admin.kind(name), f"read the kind of {name!r}")
+            except (ClientAuthenticationError, ServiceBusAuthorizationError, CapabilityError):
+                return None  # no Manage claim, or no management here: treat the name as a queue
             if kind is not None:
                 self._kinds[name] = kind
         return kind
@@ -316,6 +435,9 @@ class ServiceBusDriver(Driver):
             raise CapabilityError(f"servicebus cannot honour ensure({', '.join(f'{n}=' for n in refused)}): "
                                   "partitioning and FIFO are not implemented by this adapter (per-key order: "
                                   "sessions=True)")
+        if self._managed is False:
+            await self._ensure_declared(destination, spec)
+            return
         sessions = spec.sessions or self.options.sessions
         options = EntityOptions(
             lock_duration=_seconds(spec.lock_timeout),
@@ -324,8 +446,8 @@ class ServiceBusDriver(Driver):
             default_ttl=_seconds(spec.retention),
             requires_session=True if sessions else None,
         )
-        admin = self._a()
-        kind = await admin.kind(destination)
+        admin = self._a("ensure destinations")
+        kind = await self._manage(admin.kind(destination), f"read the kind of {destination!r}")
         if spec.groups or kind == "topic":
             if kind == "queue":
                 raise ConfigError(f"servicebus: {destination!r} is a queue; groups need a topic "
@@ -333,20 +455,42 @@ class ServiceBusDriver(Driver):
             if sessions:
                 for group in spec.groups:
                     await self._check_sessions(destination, group)
-            await admin.create_topic(destination, options, spec.groups)
+            await self._manage(admin.create_topic(destination, options, spec.groups), f"ensure {destination!r}")
             self._kinds[destination] = "topic"
             for group in spec.groups:
                 self._sessions.pop((destination, group), None)
         else:
             if sessions and kind == "queue":
                 await self._check_sessions(destination, None)
-            await admin.create_queue(destination, options)
+            await self._manage(admin.create_queue(destination, options), f"ensure {destination!r}")
             self._kinds[destination] = "queue"
         self._sessions.pop((destination, None), None)
 
+    async def _ensure_declared(self, destination: str, spec: DestinationSpec) -> None:
+        """Without management an entity exists as declared or not at all: ensure() checks that it
+        exists, and refuses any setting (it could neither apply nor verify it)."""
+        settings = [name for name, value in (
+            ("lock_timeout", spec.lock_timeout), ("max_deliveries", spec.max_deliveries),
+            ("deduplication", spec.deduplication), ("retention", spec.retention), ("sessions", spec.sessions),
+        ) if value]
+        if settings:
+            raise CapabilityError(f"servicebus cannot honour ensure({', '.join(f'{n}=' for n in settings)}) on "
+                                  f"{destination!r}: {UNMANAGED}; set LockDuration, MaxDeliveryCount, "
+                                  "RequiresDuplicateDetection, DefaultMessageTimeToLive or RequiresSession there")
+        try:
+            await self._sender(destination)  # the attach fails when the entity was not declared
+        except Exception as exc:
+            error = self.map_error(exc, f"ensure {destination!r}")
+            if isinstance(error, NotFound):
+                raise NotFound(f"servicebus: {destination!r} does not exist and cannot be created here: "
+                               f"{UNMANAGED}; declare it there") from exc
+            raise error from exc
+
     async def _check_sessions(self, destination: str, group: str | None) -> None:
         """Service Bus cannot turn sessions on for an existing entity: say so instead of failing later."""
-        if await self._a().requires_session(destination, group) is False:
+        found = await self._manage(self._a("ensure destinations").requires_session(destination, group),
+                                   f"read the properties of {destination!r}")
+        if found is False:
             entity = f"{destination}/Subscriptions/{group}" if group else destination
             raise ConfigError(f"servicebus: {entity!r} exists without sessions, and Service Bus cannot turn "
                               "requires_session on for an existing entity: delete it, or use another name")
@@ -361,26 +505,28 @@ class ServiceBusDriver(Driver):
             self._peekers[destination] = receiver
         dead = destination.endswith(self.DLQ_SUFFIX)
         # sequence_number=1: a receiver otherwise continues after the last message it peeked.
-        peeked = await receiver.peek_messages(max_message_count=count, sequence_number=1)
+        peeked = await self.bounded(receiver.peek_messages(max_message_count=count, sequence_number=1),
+                                    f"peeking {destination!r}")
         return [mapping.to_message(m, dead, self.options.default_session_id) for m in peeked]
 
     async def stats(self, destination: str, group: str | None) -> Stats:
-        found = await self._a().stats(destination, group)
+        found = await self._manage(self._a("read stats").stats(destination, group), f"stats of {destination!r}")
         return Stats(destination=destination, group=group, depth=found.depth, in_flight=found.in_flight,
                      dead_letter_depth=found.dead_letter_depth, detail=found.detail)
 
     async def destinations(self) -> list[str]:
-        return await self._a().names()
+        return await self._manage(self._a("list destinations").names(), "list destinations")
 
     async def delete(self, destination: str) -> None:
+        admin = self._a("delete destinations")
         for cache in (self._senders, self._peekers):
             handler = cache.pop(destination, None)
             if handler is not None:
-                await handler.close()
+                self.close_later(handler)
         self._kinds.pop(destination, None)
         for known in [k for k in self._sessions if k[0] == destination]:
             del self._sessions[known]
-        await self._a().delete(destination)
+        await self._manage(admin.delete(destination), f"delete {destination!r}")
 
     def map_error(self, exc: BaseException, context: str) -> UnimqError:
         if isinstance(exc, UnimqError):
@@ -390,8 +536,10 @@ class ServiceBusDriver(Driver):
             return NotFound(detail)
         if isinstance(exc, MessageSizeExceededError):
             return MessageTooLarge(detail)
-        if isinstance(exc, ServiceBusAuthenticationError | ServiceBusAuthorizationError | ClientAuthenticationError):
-            return ConfigError(f"{detail} (check the SAS policy, key or Azure AD role)")
+        if isinstance(exc, ServiceBusAuthenticationError | ClientAuthenticationError):
+            return AuthenticationError(f"{detail} (check the SAS policy, key or Azure AD credential)")
+        if isinstance(exc, ServiceBusAuthorizationError):
+            return PermissionDenied(f"{detail} (the SAS policy or Azure AD role lacks the claim this needs)")
         if isinstance(exc, OperationTimeoutError):
             return Timeout(detail)
         if isinstance(exc, ServiceBusConnectionError | ServiceBusCommunicationError | ServiceRequestError):
@@ -405,6 +553,13 @@ class ServiceBusDriver(Driver):
         return wrap(exc, context)
 
 
+def _session_required(exc: BaseException) -> bool:
+    """A plain receiver refused because the entity requires sessions (the service's words, or the double's)."""
+    text = str(exc).lower()
+    return isinstance(exc, ServiceBusError) and "session" in text and (
+        "requires_session is true" in text or "requires sessions" in text)
+
+
 def _seconds(value: timedelta | None) -> float | None:
     return None if value is None else value.total_seconds()
 
@@ -412,15 +567,18 @@ def _seconds(value: timedelta | None) -> float | None:
 class _Detected(Subscription):
     """A consumer's reader, chosen on open: session receivers for a session entity, else plain ones."""
 
+    #: Service Bus dead-letters natively (DeadLetterReason / DeadLetterErrorDescription).
+    native_reject: ClassVar[bool] = True
+
     def __init__(self, driver: ServiceBusDriver, destination: str, group: str | None, prefetch: int,
                  lock_timeout: float | None) -> None:
         self._driver = driver
         self._args = (destination, group, prefetch)
         self._lock_timeout = lock_timeout
-        self._inner: Subscription | None = None
+        self._inner: ServiceBusSubscription | SessionSubscription | None = None
 
     @property
-    def inner(self) -> Subscription:
+    def inner(self) -> ServiceBusSubscription | SessionSubscription:
         """The ServiceBusSubscription or SessionSubscription in use (once open)."""
         if self._inner is None:
             raise ConnectionError("servicebus: the consumer is not open")
@@ -428,11 +586,22 @@ class _Detected(Subscription):
 
     async def open(self) -> None:
         destination, group, prefetch = self._args
+        if group is not None:
+            await self._driver.prepare_group(destination, group)
         if await self._driver.requires_session(destination, group):
             self._inner = SessionSubscription(self._driver, destination, group, prefetch, self._lock_timeout)
-        else:
-            self._inner = ServiceBusSubscription(self._driver, destination, group, prefetch)
-        await self._inner.open()
+            await self._inner.open()
+            return
+        self._inner = ServiceBusSubscription(self._driver, destination, group, prefetch)
+        try:
+            await self._inner.open()
+        except Exception as exc:
+            if not _session_required(exc):
+                raise
+            # The entity requires sessions though nothing said so (no management here): read it as one.
+            self._driver.learn_sessions(destination, group, True)
+            self._inner = SessionSubscription(self._driver, destination, group, prefetch, self._lock_timeout)
+            await self._inner.open()
 
     async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
         return await self.inner.receive(max_messages, timeout)

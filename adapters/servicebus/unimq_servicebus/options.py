@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from unimq.capabilities import Capabilities, emulated, native, none
-from unimq.errors import ConfigError, register_secret
+from unimq.errors import ConfigError, Secrets
 from unimq.url import BrokerURL
 
 #: Standard tier: 256 KiB per message (body + properties). Premium namespaces allow more.
@@ -33,7 +35,10 @@ DEFAULT_MAX_SESSIONS = 8
 DEFAULT_SUFFIX = ".servicebus.windows.net"
 EMULATOR_KEY_NAME = "RootManageSharedAccessKey"
 EMULATOR_KEY = "SAS_KEY_VALUE"
-_CONN_KEY = re.compile(r"(?i)SharedAccessKey=([^;]+)")
+#: Why an endpoint without management lacks what ensure() provides.
+UNMANAGED = ("entities on this endpoint (the official emulator, or the double in static mode) come from "
+             "the emulator's Config.json")
+_CONN_KEY = re.compile(r"(?i)(?:SharedAccessKey|SharedAccessSignature)=([^;]+)")
 
 
 class ServiceBusOptions(BaseModel):
@@ -65,6 +70,10 @@ class ServiceBusOptions(BaseModel):
                                                                      f"{DEFAULT_MAX_SESSIONS}")
     session_idle: float = Field(1.0, gt=0, le=300, description="seconds without a message after which a "
                                                                "consumer releases a session for the next one")
+    operation_timeout: float = Field(30.0, gt=0, le=600, description="seconds one SDK call may take (opening a "
+                                                                     "link, a send, a settlement, a lock renewal, a "
+                                                                     "management request) before it fails with "
+                                                                     "Timeout naming the entity")
 
 
 @dataclass(frozen=True)
@@ -76,37 +85,49 @@ class Endpoint:
     credential: Any = None
     emulator: bool = False
     port: int | None = None
+    #: The URL's secret scope, kept alive as long as this endpoint carries the key.
+    secrets: Secrets | None = None
 
     def __repr__(self) -> str:
         return f"Endpoint(namespace={self.namespace!r}, emulator={self.emulator})"
 
 
 def endpoint(url: BrokerURL, options: ServiceBusOptions) -> Endpoint:
-    """Resolve the URL's auth mode; the SAS key is registered as a secret before anything can print it."""
+    """Resolve the URL's auth mode; the SAS key joins the URL's secrets before anything can print it."""
     if options.connection_string:
         text = options.connection_string
-        register_secret(text)
+        url.secrets.add(text)
         for key in _CONN_KEY.findall(text):
-            register_secret(key)
+            url.secrets.add(key)
         fields = dict(part.split("=", 1) for part in text.split(";") if "=" in part)
         lowered = {k.lower(): v for k, v in fields.items()}
         host = lowered.get("endpoint", "").split("://", 1)[-1].strip("/")
         if not host:
             raise ConfigError("servicebus: option 'connection_string' has no Endpoint=sb://...")
+        if not lowered.get("sharedaccesssignature"):
+            for part in ("SharedAccessKeyName", "SharedAccessKey"):
+                if not lowered.get(part.lower()):
+                    raise ConfigError(f"servicebus: option 'connection_string' has no {part}=...; use the "
+                                      "connection string of a shared access policy, as the portal shows it")
         emulator = options.emulator or lowered.get("usedevelopmentemulator") == "true"
         name, _, port_text = host.partition(":")
+        if emulator:
+            _warn_if_remote(name)
+        if port_text and not (re.fullmatch(r"[0-9]{1,5}", port_text) and 0 < int(port_text) < 65536):
+            raise ConfigError(f"servicebus: the Endpoint of option 'connection_string' has an invalid port "
+                              f"(host {name!r}); expected 1-65535 in ASCII digits")
         return Endpoint(name, connection_string=text, emulator=emulator,
-                        port=int(port_text) if port_text.isdigit() else None)
+                        port=int(port_text) if port_text else None, secrets=url.secrets)
     host = url.host
     if options.emulator:
         name = url.username or EMULATOR_KEY_NAME
         key = url.password or EMULATOR_KEY
-        register_secret(key)
         host = host or "localhost"
+        _warn_if_remote(host)
         port = url.port or 5672
         text = (f"Endpoint=sb://{host}:{port};SharedAccessKeyName={name};SharedAccessKey={key};"
                 "UseDevelopmentEmulator=true")
-        return Endpoint(host, connection_string=text, emulator=True, port=port)
+        return Endpoint(host, connection_string=text, emulator=True, port=port, secrets=url.secrets)
     if not host:
         raise ConfigError("servicebus: the URL needs a namespace host (servicebus://KEYNAME:KEY@NAMESPACE), "
                           "?connection_string=..., or ?emulator=true")
@@ -118,19 +139,34 @@ def endpoint(url: BrokerURL, options: ServiceBusOptions) -> Endpoint:
         except ImportError:
             raise ConfigError("servicebus: credential=default needs azure-identity: "
                               "pip install 'unimq-servicebus[identity]'") from None
-        return Endpoint(host, credential=DefaultAzureCredential())
+        return Endpoint(host, credential=DefaultAzureCredential(), secrets=url.secrets)
     if url.username and url.password:
         from azure.core.credentials import AzureNamedKeyCredential
 
-        register_secret(url.password)
-        return Endpoint(host, credential=AzureNamedKeyCredential(url.username, url.password))
+        return Endpoint(host, credential=AzureNamedKeyCredential(url.username, url.password), secrets=url.secrets)
     raise ConfigError("servicebus: no credentials: put the SAS policy and key in the URL "
                       "(servicebus://KEYNAME:KEY@NAMESPACE), or pass ?credential=default or ?connection_string=...")
 
 
-def capabilities(options: ServiceBusOptions, sessions: bool) -> Capabilities:
+def _warn_if_remote(host: str) -> None:
+    """Emulator mode talks plain AMQP: say so when the host is not on this machine or a private network."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        local = host.lower() == "localhost" or "." not in host  # a container or compose service name
+    else:
+        local = address.is_loopback or address.is_private or address.is_link_local
+    if not local:
+        warnings.warn(f"servicebus: emulator=true on {host!r}, which is not a loopback or private address: "
+                      "emulator mode disables TLS (plain AMQP, key sent in clear); use it only for an "
+                      "emulator on a trusted network", UserWarning, stacklevel=4)
+
+
+def capabilities(options: ServiceBusOptions, sessions: bool, managed: bool = True) -> Capabilities:
     """The declaration, for session entities or not; receive_and_delete removes messages on receipt,
-    so settlement features go."""
+    so settlement features go. ``managed=False``: an endpoint where entities cannot be created or
+    changed at run time (the official emulator, the double in static mode), so what needs ensure()
+    goes."""
     locked = options.receive_mode == "peek_lock"
     gone = "receive_mode=receive_and_delete removes a message when it is received"
     unkeyed = (f"messages without a key share the session {options.default_session_id!r}"
@@ -139,7 +175,10 @@ def capabilities(options: ServiceBusOptions, sessions: bool) -> Capabilities:
         backend="servicebus",
         persistence=native(note="stored by Service Bus until settled "
                                 "(the test double: snapshot to disk about every second)"),
-        fanout=native(note="ensure(dest, groups=...) makes dest a topic with one subscription per group"),
+        fanout=(native(note="ensure(dest, groups=...) makes dest a topic with one subscription per group")
+                if managed else
+                none(f"{UNMANAGED}: groups need subscriptions that ensure() cannot create; a subscription "
+                     "declared there is read as the destination '<topic>/Subscriptions/<name>'")),
         competing_consumers=native(note="per session: a session is held by one consumer at a time"
                                    if sessions else ""),
         ordering="per_key" if sessions else "none",
@@ -167,9 +206,12 @@ def capabilities(options: ServiceBusOptions, sessions: bool) -> Capabilities:
         ),
         priority=none("Service Bus has no priorities; use a destination per priority"),
         message_ttl=native(note="time-to-live in milliseconds; capped by the entity's default TTL"),
-        deduplication=native(limit=MAX_DEDUP_WINDOW,
-                             note="duplicate detection by message_id on entities made by "
-                                  "ensure(deduplication=window); window 20 s to 7 days"),
+        deduplication=(native(limit=MAX_DEDUP_WINDOW,
+                              note="duplicate detection by message_id on entities made by "
+                                   "ensure(deduplication=window); window 20 s to 7 days")
+                       if managed else
+                       none(f"{UNMANAGED}: ensure(deduplication=) cannot turn it on; declare "
+                            "RequiresDuplicateDetection on the entity there")),
         replay=none("a completed message is gone"),
         lock_extension=(
             (native(limit=MAX_LOCK, note="a session's messages share its lock: extend() renews the session "
@@ -188,5 +230,17 @@ def capabilities(options: ServiceBusOptions, sessions: bool) -> Capabilities:
         batch_send=native(limit=MAX_BATCH, note="ServiceBusMessageBatch, split to fit the link's size limit"),
         headers=native(note="application properties (string values)"),
         transactions=none("the Python SDK has no transactions"),
+        listing=(native(note="queues and topics (the administration client, or the double's control node)")
+                 if managed else none(f"{UNMANAGED}: that file lists them")),
+        sessions=(native(note="requires_session, set when the entity is created (not on an existing one)")
+                  if managed else none(f"{UNMANAGED}: set RequiresSession there; ?sessions=true reads them")),
+        retention=(native(note="the entity's default message time-to-live") if managed
+                   else none(f"{UNMANAGED}: set DefaultMessageTimeToLive there")),
+        lock_timeout=(native(limit=MAX_LOCK, note="the entity's lock duration, 5 s to 5 min") if managed
+                      else none(f"{UNMANAGED}: set LockDuration there")),
+        max_deliveries=(native(note="the entity's MaxDeliveryCount; then Service Bus dead-letters the message")
+                        if managed else none(f"{UNMANAGED}: set MaxDeliveryCount there")),
+        new_group_backlog=none("a subscription receives what is sent after it exists: create groups first "
+                               "with ensure(dest, groups=[...])"),
         max_message_bytes=options.max_message_bytes,
     )

@@ -30,10 +30,10 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusReceivedMessage, ServiceBusReceiveMode
 from azure.servicebus.aio import ServiceBusReceiver
@@ -46,7 +46,7 @@ from azure.servicebus.exceptions import (
 )
 
 from unimq.driver import Subscription
-from unimq.errors import CapabilityError, ConfigError, ConnectionError, NotFound
+from unimq.errors import CapabilityError, ConfigError, ConnectionError, NotFound, Timeout
 from unimq.message import Delivery
 from unimq_servicebus.mapping import attempt_of, dead_letter_fields, to_message
 from unimq_servicebus.options import DEFAULT_MAX_SESSIONS
@@ -95,6 +95,9 @@ class _Session:
 
 
 class SessionSubscription(Subscription):
+    #: Service Bus dead-letters natively (DeadLetterReason / DeadLetterErrorDescription).
+    native_reject: ClassVar[bool] = True
+
     def __init__(self, driver: ServiceBusDriver, destination: str, group: str | None, prefetch: int,
                  lock_timeout: float | None) -> None:
         options = driver.options
@@ -140,15 +143,16 @@ class SessionSubscription(Subscription):
         receiver = (client.get_subscription_receiver(self._destination, self._group, **common)
                     if self._group is not None else client.get_queue_receiver(self._destination, **common))
         try:
-            await receiver.__aenter__()
+            await self._driver.bounded(receiver.__aenter__(), f"accepting a session of {self._destination!r}")
+        except Timeout:
+            self._driver.close_later(receiver)
+            raise OperationTimeoutError(message="no session was granted in time") from None
         except BaseException:
-            with contextlib.suppress(Exception):
-                await receiver.close()
+            self._driver.close_later(receiver)
             raise
         session = receiver.session
         if not isinstance(session.session_id, str):  # attached without a session (a refusal)
-            with contextlib.suppress(Exception):
-                await receiver.close()
+            self._driver.close_later(receiver)
             raise OperationTimeoutError(message="no session was granted")
         until = session.locked_until_utc
         duration = (until - datetime.now(UTC)).total_seconds() if until else DEFAULT_LOCK
@@ -161,6 +165,11 @@ class SessionSubscription(Subscription):
         self._free = failure is None
         if failure is None or isinstance(failure, NO_SESSION):
             return
+        if _sessions_refused(failure):
+            entity = f"{self._destination}/Subscriptions/{self._group}" if self._group else self._destination
+            raise ConfigError(f"servicebus: {entity!r} does not require sessions, so it cannot be read as a "
+                              "session entity: drop the URL option sessions=true for it, or use an entity "
+                              "created with requires_session") from failure
         mapped = self._driver.map_error(failure, f"accept a session of {self._destination}")
         if isinstance(mapped, NotFound | ConfigError):
             raise mapped from failure
@@ -281,12 +290,9 @@ class SessionSubscription(Subscription):
             await asyncio.wait_for(s.lock.acquire(), CLOSE_WAIT)
         except TimeoutError:
             acquired = False  # a call hangs: close under it rather than keep the consumer waiting
-        try:
-            with contextlib.suppress(Exception):
-                await s.receiver.close()
-        finally:
-            if acquired:
-                s.lock.release()
+        self._driver.close_later(s.receiver)  # the session is released once its link detaches
+        if acquired:
+            s.lock.release()
 
     async def _give_up(self, s: _Session) -> None:
         """Abandon the session's unsettled messages, last first (they come back in order, next
@@ -330,7 +336,8 @@ class SessionSubscription(Subscription):
             if s.broken or s.closed:
                 return False
             try:
-                await call()
+                await self._driver.bounded(call(), f"settling or renewing in session {s.session_id!r} of "
+                                                   f"{self._destination!r}")
             except LOST:
                 s.broken = True  # the session is gone: its messages come back to whoever takes it
                 return False
@@ -351,6 +358,11 @@ class SessionSubscription(Subscription):
     async def ack(self, delivery: Delivery) -> None:
         if self._peek_lock:
             await self._settle(delivery, delivery.token.receiver.complete_message)
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """One after another: concurrent settlements on one receiver stall (module docstring)."""
+        for delivery in deliveries:
+            await self.ack(delivery)
 
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
         if not self._peek_lock:
@@ -403,3 +415,9 @@ class SessionSubscription(Subscription):
         self._backlog.clear()
         await asyncio.gather(*(self._give_up(s) for s in list(self._sessions)))
         await asyncio.gather(*list(self._closing), return_exceptions=True)
+
+
+def _sessions_refused(failure: BaseException) -> bool:
+    """A session receiver refused because the entity has no sessions (the service's words, or the double's)."""
+    text = str(failure).lower()
+    return "session" in text and ("requires_session is false" in text or "does not require" in text)

@@ -19,6 +19,11 @@ it marks it broken, later settlements on it are skipped (the message comes back 
 expires), and the next receive closes every receiver, once no call is in flight on it, and opens
 new ones. Receivers come from a client with ``retry_total=0`` so the SDK does not reopen them
 inside a failing call either.
+
+Every settlement and renewal is bounded by the driver's ``operation_timeout``. Closing abandons
+what is unsettled (so it comes back at once), then hands the receivers to the driver to close in
+the background: an SDK close waits up to a second for its keep-alive task, and nothing depends on
+it once the messages are given back.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ import contextlib
 import functools
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from azure.servicebus import ServiceBusReceivedMessage
 from azure.servicebus.aio import ServiceBusReceiver
@@ -53,6 +58,9 @@ CLOSE_WAIT = 10.0
 
 
 class ServiceBusSubscription(Subscription):
+    #: Service Bus dead-letters natively (DeadLetterReason / DeadLetterErrorDescription).
+    native_reject: ClassVar[bool] = True
+
     def __init__(self, driver: ServiceBusDriver, destination: str, group: str | None, prefetch: int) -> None:
         self._driver = driver
         self._destination = destination
@@ -128,8 +136,8 @@ class ServiceBusSubscription(Subscription):
 
     async def _close_receivers(self) -> None:
         """Close every receiver once nothing runs on it (closing one that a settlement is
-        reopening orphans the new handler). Their unsettled messages come back when their locks
-        expire; settling them from now on is a no-op."""
+        reopening orphans the new handler), in the background. Their unsettled messages come back
+        when their locks expire; settling them from now on is a no-op."""
         receivers, self._receivers = self._receivers, []
         self._broken.update(receivers)
         pending = [self._pending.pop(r) for r in receivers if r in self._pending]
@@ -144,12 +152,9 @@ class ServiceBusSubscription(Subscription):
                     await asyncio.wait_for(lock.acquire(), CLOSE_WAIT)
             except TimeoutError:
                 lock = None  # a settlement hangs: close under it rather than keep the consumer waiting
-            try:
-                with contextlib.suppress(Exception):
-                    await receiver.close()
-            finally:
-                if lock is not None:
-                    lock.release()
+            self._driver.close_later(receiver)
+            if lock is not None:
+                lock.release()
         self._broken.clear()
 
     async def _call(self, receiver: ServiceBusReceiver, call: Callable[[], Awaitable[object]]) -> bool:
@@ -163,7 +168,7 @@ class ServiceBusSubscription(Subscription):
             if receiver in self._broken or self._locks.get(receiver) is not lock:
                 return False
             try:
-                await call()
+                await self._driver.bounded(call(), f"settling or renewing a message of {self._destination!r}")
             except LOST:
                 return False
             except Exception:
@@ -196,6 +201,11 @@ class ServiceBusSubscription(Subscription):
     async def ack(self, delivery: Delivery) -> None:
         if self._peek_lock:
             await self._settle(delivery, delivery.token.complete_message)
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """One after another: concurrent settlements on one receiver stall (module docstring)."""
+        for delivery in deliveries:
+            await self.ack(delivery)
 
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
         if not self._peek_lock:

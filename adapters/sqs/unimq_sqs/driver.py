@@ -12,7 +12,6 @@ queue kind, see :meth:`SqsDriver.capabilities_for`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import math
@@ -28,40 +27,47 @@ from pydantic import BaseModel
 from unimq.capabilities import Capabilities
 from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Stats, Subscription
 from unimq.errors import (
+    AuthenticationError,
+    BrokerConnectionError,
     CapabilityError,
+    Closed,
     ConfigError,
-    ConnectionError,
+    ErrorRule,
     MessageTooLarge,
     NotFound,
+    PermissionDenied,
+    Throttled,
+    Timeout,
     UnimqError,
     register_secret,
     scrub_loggers,
-    wrap,
 )
 from unimq.message import Message
 from unimq.url import BrokerURL
 from unimq_sqs import mapping
-from unimq_sqs.options import DEDUP_WINDOW, MAX_BATCH, MAX_VISIBILITY, SqsOptions, capabilities
+from unimq_sqs.options import MAX_BATCH, MAX_RETENTION, MIN_RETENTION, SqsOptions, capabilities
 
 T = TypeVar("T")
 
 _QUEUE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 _NOT_FOUND = frozenset({"QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue"})
 _EXISTS = frozenset({"QueueAlreadyExists", "QueueNameExists"})
-_RETRYABLE = frozenset({
-    "Throttling", "ThrottlingException", "RequestThrottled", "ServiceUnavailable", "InternalError",
-    "InternalFailure", "KmsThrottled", "QueueDeletedRecently", "RequestTimeout", "SlowDown",
-})
+_THROTTLED = frozenset({"Throttling", "ThrottlingException", "RequestThrottled", "KmsThrottled", "SlowDown",
+                        "OverLimit"})
+_UNAVAILABLE = frozenset({"ServiceUnavailable", "InternalError", "InternalFailure", "RequestTimeout"})
 _CREDENTIALS = frozenset({
-    "AccessDenied", "AccessDeniedException", "InvalidClientTokenId", "SignatureDoesNotMatch",
-    "UnrecognizedClientException", "InvalidSecurity", "ExpiredToken", "MissingAuthenticationToken",
-    "IncompleteSignature",
+    "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException", "InvalidSecurity",
+    "ExpiredToken", "MissingAuthenticationToken", "IncompleteSignature",
 })
+_DENIED = frozenset({"AccessDenied", "AccessDeniedException", "KMS.AccessDeniedException"})
 _TOO_LARGE = frozenset({"MessageTooLong", "BatchRequestTooLong", "AWS.SimpleQueueService.BatchRequestTooLong"})
 #: A receipt handle whose lock was lost: settling it is a no-op, not an error.
 _STALE_HANDLE = frozenset({"ReceiptHandleIsInvalid", "InvalidReceiptHandle", "MessageNotInflight",
                            "AWS.SimpleQueueService.MessageNotInflight"})
-_RETENTION = 1_209_600  # seconds: 14 days, SQS's maximum, for dead-letter queues
+
+
+def _code(codes: frozenset[str]) -> Callable[[BaseException], bool]:
+    return lambda exc: error_code(exc) in codes
 
 
 def error_code(exc: BaseException) -> str:
@@ -76,14 +82,35 @@ def entry_error(failed: dict[str, Any], context: str) -> UnimqError:
     detail = f"{context}: {code}: {failed.get('Message', '')}"
     if code in _TOO_LARGE:
         return MessageTooLarge(detail)
-    retryable = code in _RETRYABLE or not failed.get("SenderFault", True)
-    return UnimqError(detail, retryable=retryable)
+    if code in _THROTTLED:
+        return Throttled(detail)
+    return UnimqError(detail, retryable=code in _UNAVAILABLE or not failed.get("SenderFault", True))
 
 
 class SqsDriver(Driver):
     name = "sqs"
     Options: ClassVar[type[BaseModel]] = SqsOptions
     options: SqsOptions
+    errors: ClassVar[Sequence[ErrorRule]] = (
+        (botocore.exceptions.ClientError, AuthenticationError, _code(_CREDENTIALS)),
+        (botocore.exceptions.ClientError, PermissionDenied, _code(_DENIED)),
+        (botocore.exceptions.ClientError, NotFound, _code(_NOT_FOUND)),
+        (botocore.exceptions.ClientError, MessageTooLarge, _code(_TOO_LARGE)),
+        (botocore.exceptions.ClientError, Throttled, _code(_THROTTLED)),
+        (botocore.exceptions.ClientError, BrokerConnectionError, _code(_UNAVAILABLE)),
+        (botocore.exceptions.ClientError, BrokerConnectionError,
+         lambda exc: exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500),  # type: ignore[attr-defined]
+        (botocore.exceptions.ConnectTimeoutError, Timeout),
+        (botocore.exceptions.ReadTimeoutError, Timeout),
+        (botocore.exceptions.EndpointConnectionError, BrokerConnectionError),
+        (botocore.exceptions.ConnectionError, BrokerConnectionError),
+        (botocore.exceptions.HTTPClientError, BrokerConnectionError),
+        (botocore.exceptions.NoCredentialsError, ConfigError),
+        (botocore.exceptions.PartialCredentialsError, ConfigError),
+        (botocore.exceptions.NoRegionError, ConfigError),
+        (botocore.exceptions.ProfileNotFound, ConfigError),
+        (RuntimeError, Closed, lambda exc: "shutdown" in str(exc)),  # a pool of a closed driver
+    )
 
     def __init__(self, url: BrokerURL, options: SqsOptions) -> None:
         super().__init__(url, options)
@@ -225,42 +252,24 @@ class SqsDriver(Driver):
         return url
 
     async def ensure(self, destination: str, spec: DestinationSpec) -> None:
+        """Create (or update) the queue and its dead-letter queue; ``max_deliveries`` becomes the
+        RedrivePolicy (SQS moves a message past it, for every consumer)."""
         name = self.queue_name(destination)
-        fifo = name.endswith(".fifo")
-        backend = self.capabilities_for(destination).backend
-        if spec.fifo is not None and spec.fifo != fifo:
-            raise ConfigError(
-                f"sqs: ensure({destination!r}, fifo={spec.fifo}): FIFO queue names end in '.fifo' "
-                "(or connect with ?fifo=true); standard queue names do not"
-            )
-        if spec.groups:
-            raise CapabilityError.unsupported(backend, "groups=", "fanout",
-                                              "Use one queue per subscriber (SNS fan-out is not part of sqs://).")
-        if spec.partitions is not None and spec.partitions > 1:
-            raise CapabilityError(f"{backend} has no partitions (SQS scales a queue by itself); omit partitions=")
-        if spec.sessions and not fifo:
-            raise CapabilityError(f"{backend}: sessions need a FIFO queue (message groups); use a '.fifo' name")
-        if spec.deduplication is not None and spec.deduplication.total_seconds() > DEDUP_WINDOW:
-            raise CapabilityError(
-                f"{backend} de-duplicates for a fixed {DEDUP_WINDOW}s; cannot honour "
-                f"deduplication={spec.deduplication.total_seconds():g}s"
-            )
+        if spec.fifo is False and name.endswith(".fifo"):
+            raise ConfigError(f"sqs: ensure({destination!r}, fifo=False): a '.fifo' name is a FIFO queue")
         if spec.max_deliveries is not None and not spec.dead_letter:
             raise ConfigError("sqs: max_deliveries= needs dead_letter=True (SQS moves, it never drops)")
         attributes = self._base_attributes(name)
         if spec.lock_timeout is not None:
-            seconds = math.ceil(spec.lock_timeout.total_seconds())
-            if not 0 <= seconds <= MAX_VISIBILITY:
-                raise CapabilityError(f"{backend}: lock_timeout must be 0-{MAX_VISIBILITY}s, got {seconds}s")
-            attributes["VisibilityTimeout"] = str(seconds)
+            attributes["VisibilityTimeout"] = str(math.ceil(spec.lock_timeout.total_seconds()))
         if spec.retention is not None:
             seconds = int(spec.retention.total_seconds())
-            if not 60 <= seconds <= _RETENTION:
-                raise CapabilityError(f"{backend}: retention must be 60s-14 days, got {seconds}s")
+            if seconds < MIN_RETENTION:
+                raise CapabilityError(f"sqs cannot honour retention={seconds}s: SQS keeps messages 60 s to 14 days")
             attributes["MessageRetentionPeriod"] = str(seconds)
         if spec.dead_letter:
             dlq_name = self.queue_name(self.dead_letter_destination(destination))
-            dlq_url = await self._create(dlq_name, {**attributes, "MessageRetentionPeriod": str(_RETENTION)})
+            dlq_url = await self._create(dlq_name, {**attributes, "MessageRetentionPeriod": str(MAX_RETENTION)})
             if spec.max_deliveries is not None:
                 arn = (await self.call("get_queue_attributes", QueueUrl=dlq_url,
                                        AttributeNames=["QueueArn"]))["Attributes"]["QueueArn"]
@@ -378,38 +387,3 @@ class SqsDriver(Driver):
         from unimq_sqs.subscription import SqsSubscription
 
         return SqsSubscription(self, destination, settings)
-
-    # -- errors -------------------------------------------------------------------------------
-
-    def map_error(self, exc: BaseException, context: str) -> UnimqError:
-        if isinstance(exc, UnimqError):
-            return exc
-        detail = f"{context}: {exc}"
-        if isinstance(exc, botocore.exceptions.ClientError):
-            code = error_code(exc)
-            if code in _NOT_FOUND:
-                return NotFound(detail)
-            if code in _TOO_LARGE:
-                return MessageTooLarge(detail)
-            if code in _CREDENTIALS:
-                return ConfigError(f"{detail} (check the AWS credentials, region and IAM permissions)")
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            return UnimqError(detail, retryable=code in _RETRYABLE or status >= 500)
-        if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError,
-                            botocore.exceptions.HTTPClientError)):
-            return ConnectionError(detail)
-        if isinstance(exc, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError,
-                            botocore.exceptions.NoRegionError, botocore.exceptions.ProfileNotFound)):
-            return ConfigError(f"sqs: {exc}")
-        if isinstance(exc, RuntimeError) and "shutdown" in str(exc):
-            return ConnectionError(f"{context}: the sqs broker is closed", retryable=False)
-        return wrap(exc, context)
-
-
-async def release(driver: SqsDriver, url: str, handles: list[str]) -> None:
-    """Make received messages visible again now (visibility 0), in batches; best effort."""
-    for start in range(0, len(handles), MAX_BATCH):
-        entries = [{"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0}
-                   for i, h in enumerate(handles[start:start + MAX_BATCH])]
-        with contextlib.suppress(Exception):
-            await driver.call("change_message_visibility_batch", QueueUrl=url, Entries=entries)

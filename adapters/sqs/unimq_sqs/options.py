@@ -11,6 +11,9 @@ MAX_DELAY = 900
 MAX_VISIBILITY = 43200
 DEDUP_WINDOW = 300
 MAX_BATCH = 10
+MIN_RETENTION = 60
+MAX_RETENTION = 1_209_600
+MAX_RECEIVE_COUNT = 1000
 DEFAULT_MAX_BYTES = 262_144
 
 
@@ -55,12 +58,12 @@ def capabilities(options: SqsOptions, fifo: bool) -> Capabilities:
         ),
         nack_delay=native(limit=MAX_VISIBILITY, note="ChangeMessageVisibility; 12 h max from first receive"),
         dead_letter=native(note=(
-            f"'{'<name>-dlq.fifo' if fifo else '<name>-dlq'}': reject() sends a copy then deletes; "
-            "ensure(max_deliveries=n) sets a RedrivePolicy"
+            f"'{'<name>-dlq.fifo' if fifo else '<name>-dlq'}', created by ensure(); max_deliveries: the "
+            "RedrivePolicy moves the message; reject(): SQS has no reject call, the core sends a copy then deletes"
         )),
         priority=none("no priorities; use a queue per priority"),
         message_ttl=emulated(note=(
-            "expiry in the 'unimq' attribute, expired messages deleted on receive; "
+            "expiry in the 'unimq' attribute; the core deletes an expired message on receipt; "
             "queue-wide MessageRetentionPeriod (max 14 days) still applies"
         )),
         deduplication=(
@@ -73,6 +76,20 @@ def capabilities(options: SqsOptions, fifo: bool) -> Capabilities:
         batch_send=native(limit=MAX_BATCH, note="SendMessageBatch; also split to fit the size limit"),
         headers=native(limit=MAX_BATCH - 1, note="String MessageAttributes; 1 of SQS's 10 carries unimq's properties"),
         transactions=none(),
+        listing=native(note="ListQueues"),
+        partitions=none("SQS scales a queue by itself"),
+        replication=none("AWS stores every queue across availability zones; not configurable"),
+        fifo=(native(note="a '.fifo' queue: per-key order and de-duplication") if fifo
+              else none("name the queue '<name>.fifo', or connect with ?fifo=true")),
+        sessions=(native(note="message groups, always on in a FIFO queue: key → MessageGroupId, one group's "
+                              "messages in order, one in flight at a time") if fifo
+                  else none("message groups need a FIFO queue: a '.fifo' name or ?fifo=true")),
+        retention=native(limit=MAX_RETENTION, note="MessageRetentionPeriod, 60 s to 14 days"),
+        lock_timeout=native(limit=MAX_VISIBILITY, note="the queue's VisibilityTimeout, whole seconds; a "
+                                                       "consumer's lock_timeout= overrides it per receive"),
+        max_deliveries=native(limit=MAX_RECEIVE_COUNT, note="RedrivePolicy maxReceiveCount: SQS moves the message "
+                                                            "to the dead-letter queue itself (needs dead_letter=True)"),
+        new_group_backlog=native(note="no groups: a consumer of a queue reads what it holds, whenever it was sent"),
         max_message_bytes=max_body(options.max_message_bytes),
     )
 

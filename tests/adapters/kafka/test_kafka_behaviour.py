@@ -146,3 +146,53 @@ async def test_a_topic_is_ready_when_ensure_returns(broker: unimq.Broker, topic:
     with caplog.at_level(logging.WARNING, logger="aiokafka"):
         await broker.producer(topic).send_many([unimq.Message(body=b"x", key=f"k{i}") for i in range(64)])
     assert not [r for r in caplog.records if "NotLeaderForPartition" in r.getMessage()]
+
+
+async def test_max_deliveries_is_read_by_a_process_that_did_not_ensure(broker: unimq.Broker, topic: str,
+                                                                       kafka_url: str) -> None:
+    """ensure(max_deliveries=2) in one Broker; a fresh Broker's consumer dead-letters the poison message
+    (the limit travels in the __unimq_meta topic, not in the memory of the process that ensured)."""
+    await broker.ensure(topic, partitions=1, max_deliveries=2)
+    await broker.producer(topic).send(b"poison")
+    async with unimq.connect(kafka_url) as other:
+        async with other.consumer(topic) as consumer:
+            for attempt in (1, 2):
+                delivery = await consumer.receive(timeout=15)
+                assert delivery is not None and delivery.attempt == attempt
+                await delivery.nack()
+            assert await consumer.receive(timeout=2) is None, "delivered past max_deliveries=2"
+        async with other.consumer(other.dead_letter_destination(topic)) as dlq:
+            dead = await dlq.receive(timeout=15)
+            assert dead is not None and dead.message.body == b"poison"
+            assert "2 times" in dead.message.headers["x-unimq-dead-letter-reason"]
+            await dead.ack()
+
+
+async def test_a_slow_handler_does_not_hold_up_a_joining_consumer(broker: unimq.Broker, topic: str) -> None:
+    """A rebalance waits only for the messages being processed, not for the prefetch queued behind them:
+    with a 0.2 s handler and prefetch 100, a second consumer of the group receives within seconds."""
+    await broker.ensure(topic, partitions=2, groups=("slow",))
+    await broker.producer(topic).send_many([unimq.Message(body=b"x", key=str(i)) for i in range(400)])
+    received: dict[str, float] = {}
+    started = time.monotonic()
+
+    async def run(name: str) -> None:
+        async with broker.consumer(topic, "slow", prefetch=100) as consumer:
+            async for delivery in consumer:
+                received.setdefault(name, time.monotonic() - started)
+                await asyncio.sleep(0.2)
+                await delivery.ack()
+
+    first = asyncio.create_task(run("first"))
+    while "first" not in received:
+        assert time.monotonic() - started < 20, "the first consumer never received"
+        await asyncio.sleep(0.05)
+    second = asyncio.create_task(run("second"))
+    try:
+        while "second" not in received:
+            assert time.monotonic() - started < 15, f"the second consumer waited for the rebalance: {received}"
+            await asyncio.sleep(0.05)
+    finally:
+        for task in (first, second):
+            task.cancel()
+        await asyncio.gather(first, second, return_exceptions=True)

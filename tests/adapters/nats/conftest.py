@@ -27,6 +27,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
+def nats_url() -> str:
+    return NATS_URL
+
+
+@pytest.fixture
 async def broker() -> AsyncIterator[unimq.Broker]:
     async with unimq.connect(NATS_URL) as b:
         yield b

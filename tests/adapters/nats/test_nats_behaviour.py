@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import socket
+import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
@@ -151,8 +156,92 @@ async def test_stats_destinations_delete(broker: unimq.Broker, raw: Client, dest
     assert dest not in await broker.destinations()
 
 
+async def test_max_deliveries_is_read_by_a_process_that_did_not_ensure(broker: unimq.Broker, dest: str,
+                                                                       nats_url: str) -> None:
+    """The limit lives in the durable's description: a fresh Broker that never ensured dead-letters too."""
+    await broker.ensure(dest, groups=("g",), max_deliveries=2)
+    await broker.producer(dest).send(b"poison")
+    async with unimq.connect(nats_url) as other:
+        async with other.consumer(dest, "g") as consumer:
+            for attempt in (1, 2):
+                delivery = await consumer.receive(timeout=5)
+                assert delivery is not None and delivery.attempt == attempt
+                await delivery.nack()
+            assert await consumer.receive(timeout=1) is None, "delivered past max_deliveries=2"
+        async with other.consumer(other.dead_letter_destination(dest)) as dlq:
+            dead = await dlq.receive(timeout=5)
+            assert dead is not None and dead.message.body == b"poison"
+            await dead.ack()
+
+
+async def test_messages_held_at_close_come_back_at_once_and_once(broker: unimq.Broker, dest: str) -> None:
+    """Consumer A holds 3 (and has one more fetched, not handed out) with its pull request still open;
+    after close, B gets each of the 3 + 1 once, at once, as the next attempt (not after ack_wait)."""
+    await broker.ensure(dest, groups=("g",))
+    await broker.producer(dest).send_many([b"m1", b"m2", b"m3", b"m4", b"m5"])
+    async with broker.consumer(dest, "g", lock_timeout=30) as first:
+        taken = [await first.receive(timeout=5) for _ in range(4)]
+        assert all(taken)
+        await taken[0].ack()  # type: ignore[union-attr]
+        started = time.monotonic()
+    assert time.monotonic() - started < 0.5, "close waited too long"
+    closed = time.monotonic()
+    got = []
+    async with broker.consumer(dest, "g", lock_timeout=30) as second:
+        while (delivery := await second.receive(timeout=1.5)) is not None:
+            got.append((delivery.message.body, delivery.attempt))
+            await delivery.ack()
+    assert sorted(body for body, _ in got) == [b"m2", b"m3", b"m4", b"m5"], got
+    assert all(attempt == 2 for body, attempt in got if body != b"m5"), got
+    assert time.monotonic() - closed < 5, "held messages waited out ack_wait"
+
+
+@pytest.fixture
+def secured_server(tmp_path: Path) -> Iterator[int]:
+    """A private nats-server with a user/password account and one that may not publish to ``denied.>``."""
+    if shutil.which("nats-server") is None:
+        pytest.fail("nats-server is not installed (scripts/brokers up nats installs it)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    (tmp_path / "nats.conf").write_text(
+        f'host: 127.0.0.1\nport: {port}\njetstream {{ store_dir: "{tmp_path / "js"}", max_file_store: 64MB }}\n'
+        'authorization { users: [ {user: alice, password: "right-pw"},\n'
+        '  {user: bob, password: "bob-pw", permissions: {publish: {deny: ["denied.>"]}}} ] }\n'
+    )
+    with open(tmp_path / "nats.log", "wb") as log:
+        proc = subprocess.Popen(["nats-server", "-c", str(tmp_path / "nats.conf")], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "nats-server did not start"
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_credentials_and_permissions_are_classified(secured_server: int) -> None:
+    port = secured_server
+    with pytest.raises(unimq.AuthenticationError) as wrong:
+        await unimq.connect(f"nats://alice:wrong-pw@127.0.0.1:{port}?jetstream=false&connect_attempts=1")
+    assert not wrong.value.retryable and "wrong-pw" not in str(wrong.value)
+    async with unimq.connect(f"nats://bob:bob-pw@127.0.0.1:{port}?jetstream=false") as bob:
+        await bob.producer("allowed.x").send(b"ok")
+        with pytest.raises(unimq.PublishError) as denied:  # reported by the server before its reply to the flush
+            await bob.producer("denied.x").send(b"no")
+        assert isinstance(denied.value.results[0], unimq.PermissionDenied), denied.value.results
+        assert not denied.value.retryable
+
+
 async def test_errors_are_mapped() -> None:
-    with pytest.raises(unimq.ConnectionError):
+    with pytest.raises(unimq.BrokerConnectionError):
         await unimq.connect("nats://127.0.0.1:1?connect_attempts=1&connect_timeout=0.5")
     with pytest.raises(unimq.ConfigError, match="bogus"):
         await unimq.connect("nats://127.0.0.1:4222?bogus=1")

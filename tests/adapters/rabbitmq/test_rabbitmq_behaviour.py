@@ -15,7 +15,7 @@ from pathlib import Path
 import aio_pika
 import aiormq
 import pytest
-from rabbitmq_support import URL, FaultProxy, with_query
+from rabbitmq_support import QUORUM_URL, URL, FaultProxy, with_query
 from unimq_rabbitmq import RabbitMQDriver, RabbitMQOptions
 from unimq_rabbitmq.mapping import delay_bucket
 
@@ -151,6 +151,30 @@ async def test_max_deliveries_dead_letters(broker: unimq.Broker, dest: str) -> N
     assert DEAD_LETTER_REASON in dead.message.headers
 
 
+@pytest.mark.parametrize("url", [URL, QUORUM_URL], ids=["classic", "quorum"])
+async def test_max_deliveries_is_read_by_a_process_that_did_not_ensure(url: str, dest: str) -> None:
+    """The limit lives in the marker queue <dest>.max-deliveries (x-max-length): a fresh Broker that
+    never called ensure() dead-letters the poison message after two deliveries, a delayed nack's
+    copy counting as a delivery too."""
+    async with unimq.connect(url) as broker:
+        try:
+            await broker.ensure(dest, max_deliveries=2)
+            await broker.producer(dest).send(b"poison")
+            async with unimq.connect(url) as other:
+                async with other.consumer(dest) as consumer:
+                    for attempt in (1, 2):
+                        delivery = await consumer.receive(timeout=5)
+                        assert delivery is not None and delivery.attempt == attempt
+                        await delivery.nack(delay=0.05 if attempt == 2 else None)
+                    assert await consumer.receive(timeout=1) is None, "delivered past max_deliveries=2"
+                async with other.consumer(other.dead_letter_destination(dest)) as dlq:
+                    dead = await dlq.receive(timeout=5)
+                    assert dead is not None and dead.message.body == b"poison"
+                    await dead.ack()
+        finally:
+            await broker.delete(dest)
+
+
 async def test_native_dead_letter_reason_is_surfaced(raw: aio_pika.abc.AbstractChannel, dest: str) -> None:
     """A message dead-lettered by RabbitMQ itself (here: expired) shows x-death's reason via unimq."""
     async with unimq.connect(URL) as broker:
@@ -267,6 +291,19 @@ def test_delay_buckets_round_up_to_two_digits() -> None:
 async def test_bad_options_are_config_errors(query: str, word: str) -> None:
     with pytest.raises(unimq.ConfigError, match=word):
         await unimq.connect(with_query("amqp://guest:guest@127.0.0.1:5672/", query))
+
+
+async def test_errors_are_classified(dest: str) -> None:
+    """Wrong password: AuthenticationError; unreachable: retryable BrokerConnectionError; unknown queue: NotFound."""
+    with pytest.raises(unimq.AuthenticationError) as wrong:
+        await unimq.connect("amqp://guest:not-the-password@127.0.0.1:5672/?connect_timeout=3")
+    assert not wrong.value.retryable
+    with pytest.raises(unimq.BrokerConnectionError) as unreachable:
+        await unimq.connect("amqp://guest:guest@127.0.0.1:1/?connect_timeout=1")
+    assert unreachable.value.retryable
+    async with unimq.connect(URL) as broker:
+        with pytest.raises(unimq.NotFound):
+            await broker.stats(dest)
 
 
 async def test_password_never_shown() -> None:

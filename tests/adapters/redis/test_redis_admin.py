@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 import unimq
-from unimq.errors import CapabilityError, ConfigError, ConnectionError, NotFound
+from unimq.errors import AuthenticationError, BrokerConnectionError, CapabilityError, ConfigError, NotFound
 
 
 async def test_url_options_and_errors() -> None:
@@ -17,9 +17,12 @@ async def test_url_options_and_errors() -> None:
         await unimq.connect("redis://127.0.0.1:6379/0?bogus=1")
     with pytest.raises(ConfigError, match="rediss"):
         await unimq.connect("redis://127.0.0.1:6379/0?ssl_ca_certs=/x")
-    with pytest.raises(ConnectionError) as info:
+    with pytest.raises(BrokerConnectionError) as info:
         await unimq.connect("redis://user:hunter2secret@127.0.0.1:1/0?connect_timeout=0.5")
-    assert "hunter2secret" not in str(info.value)
+    assert "hunter2secret" not in str(info.value) and info.value.retryable
+    with pytest.raises(AuthenticationError) as refused:
+        await unimq.connect("redis://nobody:hunter2secret@127.0.0.1:6379/0")
+    assert "hunter2secret" not in str(refused.value) and not refused.value.retryable
     broker = await unimq.connect("redis://127.0.0.1:6379/0?prefix=app:&maxlen=100&default_group=main")
     assert "redis" in repr(broker)
     await broker.close()
@@ -34,8 +37,11 @@ async def test_ensure_groups_get_messages_sent_after(rbroker: unimq.Broker, plai
     async with rbroker.consumer(dest) as default:  # the default group starts at the beginning
         assert [d.message.body for d in await default.receive_many(5, 0.5)] == [b"before", b"after"]
     assert {g["name"] for g in await plain.xinfo_groups(f"{dest}:dlq")} == {b"default"}
-    with pytest.raises(CapabilityError):
-        await rbroker.ensure(dest, retention=timedelta(days=1))
+    assert await plain.hgetall(f"{dest}:config") == {b"lock_timeout_ms": b"5000"}
+    for refused in ({"retention": timedelta(days=1)}, {"partitions": 2}, {"fifo": True}, {"sessions": True},
+                    {"replication": 2}):
+        with pytest.raises(CapabilityError, match=next(iter(refused))):
+            await rbroker.ensure(dest, **refused)  # type: ignore[arg-type]
 
 
 async def test_replay_start(rbroker: unimq.Broker, dest: str) -> None:

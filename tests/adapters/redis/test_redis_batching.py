@@ -1,5 +1,5 @@
-"""The packed hot paths: batched XADD results, one XACK per ack_many, coalesced acks, a clean
-connection after error replies and cancelled reads."""
+"""The packed hot paths: batched XADD results, one XACK per ack_many, per-message acks batched by the
+core into one XACK, a clean connection after error replies and cancelled reads, no wait_for."""
 
 from __future__ import annotations
 
@@ -42,19 +42,52 @@ async def test_ack_many_is_one_xack_for_the_batch(rbroker: unimq.Broker, plain: 
         await consumer.ack_many(got)  # settled already: nothing to do
 
 
-async def test_concurrent_acks_coalesce_and_all_complete(rbroker: unimq.Broker, plain: Redis, dest: str) -> None:
+async def test_per_message_acks_go_out_as_one_xack(rbroker: unimq.Broker, plain: Redis, dest: str) -> None:
     await rbroker.ensure(dest, groups=("g",))
     await rbroker.producer(dest).send_many([b"%d" % i for i in range(30)])
     async with rbroker.consumer(dest, "g", prefetch=30) as consumer:
+        sub = consumer.subscription
+        calls: list[int] = []
+        xack = sub.ack_many
+
+        async def counted(deliveries: Any) -> None:
+            calls.append(len(deliveries))
+            await xack(deliveries)
+
+        sub.ack_many = counted  # type: ignore[method-assign]
         got = await consumer.receive_many(30, timeout=3)
         assert len(got) == 30
-        await asyncio.gather(*(d.ack() for d in got))
-        assert await _pending(plain, dest, "g") == 0
+        for delivery in got:
+            await delivery.ack()  # queued: returns without a round trip
         await rbroker.producer(dest).send(b"after")
         late = await consumer.receive(3)
         assert late is not None
-        await late.ack()  # a lone ack after a coalesced round goes out on its own
-        assert await _pending(plain, dest, "g") == 0
+        await late.ack()
+        assert calls[0] == 30
+    assert sum(calls) == 31  # close sent the last one
+    assert await _pending(plain, dest, "g") == 0
+
+
+async def test_no_call_goes_through_wait_for(rbroker: unimq.Broker, dest: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPython 3.11's wait_for can swallow a cancel (issue 32): redis-py uses it to write whenever a
+    socket_timeout is set, so the driver sets none and bounds calls with asyncio.timeout."""
+    await rbroker.ensure(dest, max_deliveries=5)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("asyncio.wait_for was called")
+
+    monkeypatch.setattr(asyncio, "wait_for", refuse)
+    await rbroker.producer(dest).send_many([b"a", b"b", b"c"])
+    await rbroker.producer(dest).send(b"later", delay=timedelta(milliseconds=10))
+    async with rbroker.consumer(dest) as consumer:
+        a, b, c = await consumer.receive_many(3, timeout=3)
+        await a.ack()
+        await b.nack()
+        await c.extend(1)
+        await c.reject("no")
+        assert {d.message.body for d in await consumer.receive_many(2, timeout=3)} == {b"b", b"later"}
+    await rbroker.stats(dest)
 
 
 async def test_error_replies_are_per_message_and_leave_the_connection_usable(

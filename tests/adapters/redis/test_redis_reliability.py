@@ -123,12 +123,14 @@ async def test_delay_mover_is_safe_with_several_consumers(dest: str, plain: Redi
             await broker.close()
 
 
-async def test_reject_and_max_deliveries_dead_letter(rbroker: unimq.Broker, plain: Redis, dest: str) -> None:
+async def test_reject_and_max_deliveries_dead_letter(rbroker: unimq.Broker, plain: Redis, dest: str,
+                                                    redis_url: str) -> None:
+    """max_deliveries ensured by one Broker is enforced by a consumer of another (it reads DEST:config)."""
     await rbroker.ensure(dest, dead_letter=True, max_deliveries=2)
     producer = rbroker.producer(dest)
     bad = await producer.send(b"bad", headers={"k": "v"})
     poison = await producer.send(b"poison")
-    async with rbroker.consumer(dest, lock_timeout=0.2) as consumer:
+    async with unimq.connect(redis_url) as other, other.consumer(dest, lock_timeout=0.2) as consumer:
         first = await consumer.receive(3)
         assert first is not None and first.message.message_id == bad.message_id
         await first.reject("cannot parse")

@@ -96,5 +96,8 @@ async def test_fifo_name_in_standard_mode(broker: unimq.Broker, name: str) -> No
         d = await consumer.receive(timeout=5)
         assert d is not None and d.message.key == "k"
         await d.ack()
-    with pytest.raises(unimq.ConfigError, match=r"\.fifo"):
+    with pytest.raises(unimq.CapabilityError, match="fifo"):  # a standard queue name: the core refuses
         await broker.ensure(name, fifo=True)
+    with pytest.raises(unimq.ConfigError, match=r"\.fifo"):
+        await broker.ensure(fifo, fifo=False)
+    await broker.ensure(fifo, fifo=True, sessions=True)  # message groups are always on in a FIFO queue

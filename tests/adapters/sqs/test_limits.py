@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 import unimq
 from unimq.reliability import DEAD_LETTER_REASON, DEAD_LETTER_SOURCE
@@ -150,6 +152,76 @@ async def test_options_are_validated_and_secrets_hidden(sqs_url: str) -> None:
         assert secret not in str(info.value)
 
 
+@pytest.mark.parametrize(("code", "status", "expected"), [
+    ("InvalidClientTokenId", 403, unimq.AuthenticationError),
+    ("SignatureDoesNotMatch", 403, unimq.AuthenticationError),
+    ("AccessDenied", 403, unimq.PermissionDenied),
+    ("AWS.SimpleQueueService.NonExistentQueue", 400, unimq.NotFound),
+    ("ThrottlingException", 400, unimq.Throttled),
+    ("RequestThrottled", 403, unimq.Throttled),
+    ("ServiceUnavailable", 503, unimq.BrokerConnectionError),
+    ("SomethingNew", 500, unimq.BrokerConnectionError),
+    ("InvalidParameterValue", 400, unimq.UnimqError),
+])
+async def test_error_table(broker: unimq.Broker, code: str, status: int, expected: type[unimq.UnimqError]) -> None:
+    """AWS error codes (ElasticMQ accepts any credentials, so these are built, not provoked)."""
+    exc = ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                      "SendMessage")
+    error = broker._driver.map_error(exc, "publish to q")
+    assert type(error) is expected
+    assert error.retryable == (expected in (unimq.Throttled, unimq.BrokerConnectionError))
+
+
+async def test_ensure_fields(broker: unimq.Broker, boto: Any, name: str) -> None:
+    """What SQS cannot honour is refused by the core; lock_timeout and retention become queue attributes."""
+    for field, value in (("replication", 2), ("partitions", 2), ("fifo", True), ("sessions", True),
+                         ("max_priority", 3), ("lock_timeout", timedelta(hours=13))):
+        with pytest.raises(unimq.CapabilityError, match=field):
+            await broker.ensure(name, **{field: value})
+    with pytest.raises(unimq.CapabilityError, match="retention"):
+        await broker.ensure(name, retention=timedelta(seconds=30))
+    sent: list[dict[str, str]] = []
+
+    def record(model: Any, params: Any, **_: Any) -> None:
+        if model.name == "CreateQueue" and params["QueueName"] == name:
+            sent.append(params["Attributes"])
+
+    broker.native.meta.events.register("before-parameter-build.sqs", record, unique_id="t-ensure-fields")
+    try:
+        await broker.ensure(name, lock_timeout=timedelta(seconds=7), retention=timedelta(hours=2))
+    finally:
+        broker.native.meta.events.unregister("before-parameter-build.sqs", unique_id="t-ensure-fields")
+    assert sent[0]["VisibilityTimeout"] == "7" and sent[0]["MessageRetentionPeriod"] == "7200"
+    url = boto.get_queue_url(QueueName=name)["QueueUrl"]  # ElasticMQ keeps the visibility, not the retention
+    assert boto.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]["VisibilityTimeout"] == "7"
+
+
+async def test_close_is_prompt_and_releases_at_once(broker: unimq.Broker, name: str) -> None:
+    """close() does not wait for the long polls in flight (wait_time 2 s); what they bring back
+    after close, and what was held, is visible again at once, not after the 30 s visibility."""
+    await broker.ensure(name)
+    await broker.producer(name).send_many([b"a", b"b"])
+    async with broker.consumer(name, prefetch=10, lock_timeout=30) as consumer:
+        held = await consumer.receive(timeout=5)
+        assert held is not None
+        await asyncio.sleep(0.2)  # the other message arrives in the buffer; a poll is in flight
+        started = time.monotonic()
+        await consumer.close()
+        closed_in = time.monotonic() - started
+    assert closed_in < 0.5, f"close took {closed_in:.2f}s"
+    idle = broker.consumer(name, lock_timeout=30)
+    await idle.receive(timeout=0.1)  # starts 2 s long polls; whatever it takes, close hands back
+    await idle.close()
+    await broker.producer(name).send(b"c")  # may be taken by the poll still in flight: released
+    async with broker.consumer(name, lock_timeout=30) as again:
+        got: list[unimq.Delivery] = []
+        deadline = time.monotonic() + 6
+        while len(got) < 3 and time.monotonic() < deadline:
+            got += await again.receive_many(3 - len(got), timeout=1)
+        assert sorted(d.message.body for d in got) == [b"a", b"b", b"c"]
+        await again.ack_many(got)
+
+
 async def test_unreachable_endpoint_is_a_retryable_connection_error() -> None:
     async with unimq.connect("sqs://?endpoint_url=http://127.0.0.1:9&region=us-east-1") as b:
         with pytest.raises(unimq.PublishError) as info:
@@ -178,11 +250,17 @@ async def test_redrive_policy_and_reason(broker: unimq.Broker, name: str) -> Non
 
 
 async def test_reject_sends_then_deletes(broker: unimq.Broker, name: str) -> None:
+    """SQS has no reject call: the core sends a copy to the dead-letter queue, then deletes."""
     await broker.ensure(name, dead_letter=False)
     sent = await broker.producer(name).send(b"bad", correlation_id="c")
-    async with broker.consumer(name) as consumer:
+    async with broker.consumer(name, lock_timeout=1) as consumer:
         got = await consumer.receive(timeout=5)
         assert got is not None
+        with pytest.raises(unimq.NotFound, match="-dlq"):  # no dead-letter queue: nothing is lost
+            await got.reject("unparseable")
+        await broker.ensure(name)
+        got = await consumer.receive(timeout=5)
+        assert got is not None and got.attempt == 2
         await got.reject("unparseable")
     stats = await broker.stats(name)
     assert (stats.depth, stats.in_flight, stats.dead_letter_depth) == (0, 0, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Hashable, Iterable
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ from unimq.testing.brokers import Timing
 from unimq.testing.plugin import Names
 
 
-async def queue(broker: unimq.Broker, names: Names, dest: str | None = None, **spec: object) -> tuple[str, str | None]:
+async def queue(broker: unimq.Broker, names: Names, dest: str | None = None, **spec: Any) -> tuple[str, str | None]:
     """Ensure ``dest`` (default ``names.dest``) with one group of its own on fan-out backends, else
     its default group; return ``(destination, group)``. What is sent next reaches that group even
     before a consumer of it starts."""

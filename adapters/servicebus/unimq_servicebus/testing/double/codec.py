@@ -217,7 +217,7 @@ class StoredMessage:
         self.app_properties = props
         self.app_raw = _encode(APPLICATION_PROPERTIES, props)
 
-    def encode(self, lock_token=None, locked_until_ms: int | None = None) -> bytes:
+    def encode(self, lock_token: Any = None, locked_until_ms: int | None = None) -> bytes:
         """The bytes of this message as a delivery (or a peek result) would carry them."""
         header = list(self.header)
         header[4] = uint(self.delivery_count)

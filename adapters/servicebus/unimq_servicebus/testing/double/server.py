@@ -16,7 +16,10 @@ Link roles, by address (see docs/servicebus-double.md):
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
+import hmac
 import itertools
 import json
 import logging
@@ -26,12 +29,13 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
+from urllib.parse import parse_qs, quote_plus
 
 from proton import UNDESCRIBED, Array, Condition, Data, Delivery, Link, Message, Terminus, int32, symbol, timestamp
 from proton.reactor import ApplicationEvent, Container, EventInjector
 
 from .codec import StoredMessage, now_ms, split_sections, unpack_transfer
-from .entities import ARGUMENT_ERROR, TIMEOUT, Broker, Queue, ServiceBusError, Topic, entity_path
+from .entities import ARGUMENT_ERROR, ENTITY_NOT_FOUND, TIMEOUT, Broker, Queue, ServiceBusError, Topic, entity_path
 from .persistence import SnapshotStore
 
 log = logging.getLogger("unimq.servicebus_double")
@@ -47,9 +51,12 @@ DEAD_LETTER_CONDITION = "com.microsoft:dead-letter"
 DATETIMEOFFSET_EPOCH = 621355968000000000  # .NET ticks at the Unix epoch
 MAX_MESSAGE_SIZE = 1024 * 1024
 _reply_tags = itertools.count(1)
+_UNDESCRIBED: Any = UNDESCRIBED  # proton's stub does not list its constant among AMQP data
 INCOMING_CREDIT = 500
 TICK_SECONDS = 0.05
 DEFAULT_SESSION_WAIT_MS = 60_000
+#: The official emulator's shared access policy (its connection string's key name and key).
+DEFAULT_KEYS = {"RootManageSharedAccessKey": "SAS_KEY_VALUE"}
 
 # Settlement names used by $management update-disposition -> our outcome names.
 DISPOSITION_STATUS = {"completed": "complete", "abandoned": "abandon",
@@ -71,7 +78,7 @@ class _Consumer:
     def deliver(self, payload: bytes, token: uuid.UUID | None) -> None:
         # The SDK reads the lock token back from the delivery tag: uuid.UUID(bytes_le=tag).
         tag = token.bytes_le if token is not None else str(next(self._tags)).encode()
-        delivery = self.link.delivery(tag)
+        delivery = self.link.delivery(tag)  # type: ignore[arg-type]  # proton's stub says str; bytes work
         delivery.lock_token = token  # python-qpid-proton returns tags as text, so keep the UUID
         self.link.stream(payload)
         self.link.advance()
@@ -136,17 +143,19 @@ class _Handler:
     """Proton event handler: connection plumbing plus routing of links to the broker."""
 
     def __init__(self, broker: Broker, host: str, port: int, listening: threading.Event,
-                 store: SnapshotStore | None = None):
+                 store: SnapshotStore | None = None, keys: dict[str, str] | None = None):
         self.broker = broker
+        #: Shared access policies: name -> key (the official emulator's by default).
+        self.keys = dict(keys or DEFAULT_KEYS)
         self.store = store
         #: Set by every event that may change durable state; a periodic snapshot clears it.
         self.dirty = False
         self.host, self.port = host, port
         self.listening = listening
         self.injector = EventInjector()
-        self.calls: queue.Queue[tuple] = queue.Queue()
-        self.acceptor = None
-        self.container: Container | None = None
+        self.calls: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
+        self.acceptor: Any = None
+        self.container: Any = None
 
     # ------------------------------------------------------------- lifecycle
 
@@ -241,13 +250,24 @@ class _Handler:
                 self._open_incoming(link)
         except ServiceBusError as exc:
             log.info("refusing link %s: %s", link.name, exc.description)
+            # As Service Bus refuses an attach: the reply has no terminus on our side, then a
+            # detach carries the error (the SDK raises it from the open, mapped by condition).
+            (link.target if link.is_receiver else link.source).type = Terminus.UNSPECIFIED
             link.open()
             _close_with_error(link, exc.condition, exc.description)
+
+    def _is_request_node(self, address: str) -> bool:
+        """``$cbs``, ``<entity>/$management`` and (not in static mode) ``$unimq-control``."""
+        lowered = address.lower()
+        if lowered == CONTROL_NODE and self.broker.static:
+            raise ServiceBusError(ENTITY_NOT_FOUND, f"The messaging entity '{address}' could not be found "
+                                  "(static mode has no control node)", 404)
+        return lowered in (CBS_NODE, CONTROL_NODE) or lowered.endswith(MANAGEMENT_SUFFIX)
 
     def _open_incoming(self, link: Link) -> None:
         """The client sends: to an entity, or requests to a request/response node."""
         address = entity_path(link.remote_target.address or "")
-        if _is_request_node(address):
+        if self._is_request_node(address):
             link.request_node = address
         else:
             link.entity = self.broker.for_send(address)
@@ -258,7 +278,7 @@ class _Handler:
     def _open_outgoing(self, link: Link) -> None:
         """The client receives: replies from a request/response node, or messages from an entity."""
         address = entity_path(link.remote_source.address or "")
-        if _is_request_node(address):
+        if self._is_request_node(address):
             link.connection.reply_links[address.lower()] = link
             link.open()
             return
@@ -377,7 +397,7 @@ class _Handler:
         elif state == Delivery.REJECTED:
             outcome = "dead-letter"
             condition = remote.condition
-            info = (condition.info if condition else None) or {}
+            info: Any = (condition.info if condition else None) or {}
             reason = info.get("DeadLetterReason")
             description = info.get("DeadLetterErrorDescription")
         else:
@@ -396,19 +416,38 @@ class _Handler:
         request = Message()
         request.decode(payload)
         node = link.request_node
-        properties = request.properties or {}
+        properties: dict[Any, Any] = request.properties or {}
         operation = str(properties.get("operation", ""))
         if node.lower() == CBS_NODE:
-            reply = _Reply(202, None, "Accepted")  # any token is fine
+            reply = self._put_token(request.body)
         else:
             try:
+                body: Any = request.body or {}
                 if node.lower() == CONTROL_NODE:
-                    reply = self._control(operation, request.body or {})
+                    reply = self._control(operation, body)
                 else:
-                    reply = self._management(node, operation, request.body or {})
+                    reply = self._management(node, operation, body)
             except ServiceBusError as exc:
                 reply = _Reply(exc.status, None, exc.description, exc.condition)
         self._send_reply(link, request, reply)
+
+    def _put_token(self, token: Any) -> _Reply:
+        """CBS put-token: a SAS token must be signed with the key of the policy it names, as Service
+        Bus checks it (https://learn.microsoft.com/azure/service-bus-messaging/service-bus-sas)."""
+        text = token.decode() if isinstance(token, bytes) else str(token or "")
+        prefix = "SharedAccessSignature "
+        fields = {k: v[0] for k, v in parse_qs(text[len(prefix):]).items()} if text.startswith(prefix) else {}
+        key = self.keys.get(fields.get("skn", ""))
+        expiry = fields.get("se", "")
+        if key is None or not expiry.isdigit() or "sr" not in fields or "sig" not in fields:
+            return _Reply(401, None, "InvalidSignature: unknown policy or malformed SharedAccessSignature")
+        expected = base64.b64encode(hmac.new(key.encode(), f"{quote_plus(fields['sr'])}\n{expiry}".encode(),
+                                             hashlib.sha256).digest()).decode()
+        if not hmac.compare_digest(expected, fields["sig"]):
+            return _Reply(401, None, "InvalidSignature: The token has an invalid signature.")
+        if int(expiry) < now_ms() // 1000:
+            return _Reply(401, None, "ExpiredToken: The token is expired.")
+        return _Reply(202, None, "Accepted")
 
     def _send_reply(self, link: Link, request: Message, reply: _Reply) -> None:
         node = link.request_node
@@ -419,7 +458,7 @@ class _Handler:
             return
         code_key, description_key = ("status-code", "status-description") if node.lower() == CBS_NODE \
             else ("statusCode", "statusDescription")
-        properties = {code_key: int32(reply.status), description_key: reply.description}
+        properties: dict[str, Any] = {code_key: int32(reply.status), description_key: reply.description}
         if reply.condition:
             properties["errorCondition"] = symbol(reply.condition)
         response = Message(id=uuid.uuid4(), correlation_id=request.id, properties=properties, body=reply.body)
@@ -439,7 +478,7 @@ class _Handler:
                 message = StoredMessage(split_sections(bytes(item["message"])))
                 entity.check_sendable(message)
                 numbers.append(entity.enqueue(message, now, dedup=False))
-            return _Reply(body={"sequence-numbers": Array(UNDESCRIBED, Data.LONG, *numbers)})
+            return _Reply(body={"sequence-numbers": Array(_UNDESCRIBED, Data.LONG, *numbers)})
         if op == "cancel-scheduled-message":
             entity.cancel_scheduled([int(n) for n in _as_list(body.get("sequence-numbers"))])
             return _Reply(body={})
@@ -449,7 +488,7 @@ class _Handler:
             tokens = [_as_uuid(t) for t in _as_list(body.get("lock-tokens"))]
             expirations = entity.renew_locks(tokens, now)
             stamps = [timestamp(e) for e in expirations]
-            return _Reply(body={"expirations": Array(UNDESCRIBED, Data.TIMESTAMP, *stamps)})
+            return _Reply(body={"expirations": Array(_UNDESCRIBED, Data.TIMESTAMP, *stamps)})
         if op == "peek-message":
             encoded = entity.peek(int(body.get("from-sequence-number", 1)), int(body.get("message-count", 1)),
                                   session_id, now)
@@ -478,7 +517,7 @@ class _Handler:
             entity.session_state[str(session_id)] = None if state is None else bytes(state)
             return _Reply(body={})
         if op == "get-message-sessions":
-            sessions = Array(UNDESCRIBED, Data.STRING, *entity.session_ids())
+            sessions = Array(_UNDESCRIBED, Data.STRING, *entity.session_ids())
             return _Reply(body={"skip": int32(0), "sessions-ids": sessions})
         raise ServiceBusError("amqp:not-implemented", f"operation {operation!r} is not supported by the double", 501)
 
@@ -503,9 +542,6 @@ class _Handler:
         raise ServiceBusError(ARGUMENT_ERROR, f"unknown control operation {operation!r}")
 
 
-def _is_request_node(address: str) -> bool:
-    lowered = address.lower()
-    return lowered in (CBS_NODE, CONTROL_NODE) or lowered.endswith(MANAGEMENT_SUFFIX)
 
 
 def _read_filter(terminus: Terminus) -> dict[Any, Any]:
@@ -532,12 +568,18 @@ class ServiceBusDouble:
     With ``data_dir``, the state survives a restart: it is loaded from there at construction and
     written there on ``stop()`` and periodically (see :mod:`.persistence` for what is kept and
     what a SIGKILL loses). Without it, everything is in memory.
+
+    ``static=True`` gives the official emulator's constraints: no ``$unimq-control`` node and no
+    entity created on first use, so every entity comes from ``config`` (either config format).
+
+    ``keys`` are the shared access policies (name -> key) whose SAS tokens CBS accepts; by default
+    the official emulator's ``RootManageSharedAccessKey`` / ``SAS_KEY_VALUE``.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 5673, config: dict[str, Any] | None = None,
-                 data_dir: str | None = None):
+                 data_dir: str | None = None, static: bool = False, keys: dict[str, str] | None = None):
         self.host = host
-        self.broker = Broker()
+        self.broker = Broker(static=static)
         if config:
             self.broker.load_config(config)
         store = None
@@ -545,17 +587,17 @@ class ServiceBusDouble:
             store = SnapshotStore(data_dir)
             store.load(self.broker)
         self._listening = threading.Event()
-        self._handler = _Handler(self.broker, host, port, self._listening, store)
+        self._handler = _Handler(self.broker, host, port, self._listening, store, keys)
         self._thread: threading.Thread | None = None
-        self._container: Container | None = None
+        self._container: Any = None
         self._stopped = threading.Event()
         self._startup_error: BaseException | None = None
 
     @classmethod
     def from_config_file(cls, path: str, host: str = "127.0.0.1", port: int = 5673,
-                         data_dir: str | None = None) -> ServiceBusDouble:
+                         data_dir: str | None = None, static: bool = False) -> ServiceBusDouble:
         with open(path, encoding="utf-8") as handle:
-            return cls(host, port, json.load(handle), data_dir)
+            return cls(host, port, json.load(handle), data_dir, static)
 
     @property
     def port(self) -> int:
@@ -618,7 +660,7 @@ class ServiceBusDouble:
         """Run ``function`` on the reactor thread (directly if the reactor is not running)."""
         if not self._listening.is_set() or self._stopped.is_set():
             return function()
-        future: Future = Future()
+        future: Future[Any] = Future()
         self._handler.calls.put((function, future))
         self._handler.injector.trigger(ApplicationEvent("call"))
         return future.result(timeout)
@@ -631,13 +673,16 @@ class ServiceBusDouble:
         (``"queue"``/``"topic"``) the entity is created now; otherwise the options apply when it is
         first used.
         """
-        return self.call(lambda: self.broker.configure_entity(name, kind, **options))
+        configured: dict[str, Any] = self.call(lambda: self.broker.configure_entity(name, kind, **options))
+        return configured
 
     def stats(self, name: str) -> dict[str, Any]:
-        return self.call(lambda: self.broker.stats(name))
+        stats: dict[str, Any] = self.call(lambda: self.broker.stats(name))
+        return stats
 
     def list_entities(self) -> list[dict[str, Any]]:
-        return self.call(self.broker.list)
+        listed: list[dict[str, Any]] = self.call(self.broker.list)
+        return listed
 
     def delete_entity(self, name: str) -> None:
         self.call(lambda: self.broker.delete(name))

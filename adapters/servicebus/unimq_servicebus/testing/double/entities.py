@@ -27,6 +27,7 @@ from __future__ import annotations
 import builtins
 import heapq
 import logging
+import re
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -152,7 +153,7 @@ class Queue:
         self.locks: dict[uuid.UUID, Lock] = {}
         self.consumers: list[Any] = []
         self.session_locks: dict[str, SessionLock] = {}
-        self.session_state: dict[str, bytes] = {}
+        self.session_state: dict[str, bytes | None] = {}
         self.session_waiters: list[tuple[Any, int, Callable[[str | None], None]]] = []
         self.counters = {"enqueued": 0, "delivered": 0, "completed": 0, "dead_lettered": 0,
                          "expired": 0, "duplicates": 0}
@@ -352,7 +353,7 @@ class Queue:
     # ----------------------------------------------------------- $management
 
     def peek(self, from_seq: int, count: int, session_id: str | None, now: int) -> list[bytes]:
-        result = []
+        result: list[bytes] = []
         for seq, message in self.messages.items():
             if len(result) >= count:
                 break
@@ -364,7 +365,7 @@ class Queue:
         return result
 
     def receive_deferred(self, seqs: list[int], peek_lock: bool, now: int) -> list[tuple[bytes, uuid.UUID | None]]:
-        result = []
+        result: list[tuple[bytes, uuid.UUID | None]] = []
         for seq in seqs:
             message = self.messages.get(seq)
             if message is None or message.state != DEFERRED:
@@ -450,11 +451,11 @@ class Queue:
                 message.state = ACTIVE
                 self._ready_queue(message).append(seq)
                 changed = True
-        for sid, lock in list(self.session_locks.items()):
-            if lock.until_ms <= now:
+        for sid, session_lock in list(self.session_locks.items()):
+            if session_lock.until_ms <= now:
                 log.info("session lock on %s session %r expired", self.name, sid)
-                self.remove_consumer(lock.consumer)
-                lock.consumer.lose_session()
+                self.remove_consumer(session_lock.consumer)
+                session_lock.consumer.lose_session()
                 changed = True
         if self.session_waiters:
             self._serve_session_waiters(now)
@@ -516,7 +517,7 @@ class Queue:
             if message.seq in locked:
                 continue
             if message.state == SCHEDULED:
-                heapq.heappush(queue._scheduled_heap, (message.scheduled_ms, message.seq))
+                heapq.heappush(queue._scheduled_heap, (int(message.scheduled_ms or 0), message.seq))
             elif message.state == ACTIVE:
                 queue._ready_queue(message).append(message.seq)
         for seq in sorted(locked):  # back in sequence order, at the front
@@ -610,7 +611,7 @@ class Topic:
         for values in state["scheduled"]:
             message = message_from_fields(values)
             topic.scheduled[message.seq] = message
-            heapq.heappush(topic._scheduled_heap, (message.scheduled_ms, message.seq))
+            heapq.heappush(topic._scheduled_heap, (int(message.scheduled_ms or 0), message.seq))
         topic.subscriptions = {key: Queue.restore(sub) for key, sub in state["subscriptions"].items()}
         return topic
 
@@ -633,8 +634,10 @@ def entity_path(address: str) -> str:
 class Broker:
     """The namespace: named entities, created on first use or declared up front."""
 
-    def __init__(self, defaults: dict[str, Any] | None = None):
+    def __init__(self, defaults: dict[str, Any] | None = None, static: bool = False):
         self.defaults = EntityConfig().update(**(defaults or {}))
+        #: Static mode (the official emulator's constraints): no entity is created on first use.
+        self.static = static
         self.entities: dict[str, Entity] = {}
         # Options declared for entities that do not exist yet: key -> (kind or None, options).
         self.declared: dict[str, tuple[str | None, dict[str, Any]]] = {}
@@ -720,10 +723,16 @@ class Broker:
 
     # ------------------------------------------------------------ resolution
 
+    def _missing(self, name: str) -> ServiceBusError:
+        return ServiceBusError(ENTITY_NOT_FOUND, f"The messaging entity '{name}' could not be found "
+                               "(static mode: entities come from the config file only)", 404)
+
     def _auto_queue(self, name: str) -> Entity:
         key = name.lower()
         entity = self.entities.get(key)
         if entity is None:
+            if self.static:
+                raise self._missing(name)
             kind = self.declared.get(key, (None, {}))[0]
             entity = self.create_topic(name) if kind == "topic" else self.create_queue(name)
             entity.auto_created = True
@@ -745,10 +754,13 @@ class Broker:
             parts = parts[:-1]
         if len(parts) == 3 and parts[1].lower() == SUBSCRIPTIONS.lower():
             topic = self.entities.get(parts[0].lower())
+            known = topic.subscriptions.get(parts[2].lower()) if isinstance(topic, Topic) else None
+            if known is None and self.static:
+                raise self._missing("/".join(parts))
             if not isinstance(topic, Topic):
                 topic = self.create_topic(parts[0])
                 topic.auto_created = True
-            queue = topic.subscriptions.get(parts[2].lower()) or self.create_subscription(parts[0], parts[2])
+            queue = known or self.create_subscription(parts[0], parts[2])
         elif len(parts) == 1 and parts[0]:
             entity = self._auto_queue(parts[0])
             if not isinstance(entity, Queue):
@@ -799,7 +811,10 @@ class Broker:
             entity.tick(now)
 
     def load_config(self, document: dict[str, Any]) -> None:
-        """Apply a JSON config document (format in docs/servicebus-double.md)."""
+        """Apply a JSON config document: the double's own format, or the official emulator's
+        ``Config.json`` (``{"UserConfig": {"Namespaces": [...]}}``); see docs/servicebus-double.md."""
+        if "UserConfig" in document:
+            document = emulator_config(document)
         if "defaults" in document:
             self.defaults.update(**document["defaults"])
         for name, options in (document.get("queues") or {}).items():
@@ -821,3 +836,66 @@ class Broker:
         self.declared.update(state["declared"])
         for key, entity in state["entities"].items():
             self.entities[key] = Topic.restore(entity) if entity["kind"] == "topic" else Queue.restore(entity)
+
+
+_DURATION = re.compile(r"^P(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$")
+#: The emulator's "no expiry" TimeSpan.MaxValue, and anything longer than this, means no TTL.
+_NO_TTL = 10 * 365 * 86400.0
+
+
+def iso_seconds(text: str) -> float:
+    """An ISO 8601 duration as the emulator's config writes them (``PT30S``, ``PT1H``, ``P14D``)."""
+    found = _DURATION.match(text.strip())
+    if found is None or text.strip() in ("P", "PT"):
+        raise ValueError(f"not an ISO 8601 duration: {text!r}")
+    parts = {k: float(v) if v else 0.0 for k, v in found.groupdict().items()}
+    return parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
+
+
+def _entity_options(properties: dict[str, Any], where: str) -> dict[str, Any]:
+    """The double's options for one entity of the emulator's config (keys it does not model are refused
+    when set to something the double would silently get wrong)."""
+    options: dict[str, Any] = {}
+    for key, value in properties.items():
+        if key == "LockDuration":
+            options["lock_duration"] = iso_seconds(value)
+        elif key == "MaxDeliveryCount":
+            options["max_delivery_count"] = int(value)
+        elif key == "RequiresSession":
+            options["requires_session"] = bool(value)
+        elif key == "DeadLetteringOnMessageExpiration":
+            options["dead_lettering_on_message_expiration"] = bool(value)
+        elif key == "DefaultMessageTimeToLive":
+            ttl = iso_seconds(value)
+            options["default_ttl"] = None if ttl >= _NO_TTL else ttl
+        elif key in ("RequiresDuplicateDetection", "DuplicateDetectionHistoryTimeWindow"):
+            continue  # read together below
+        elif key in ("ForwardTo", "ForwardDeadLetteredMessagesTo"):
+            if value:
+                raise ValueError(f"{where}: {key} is not supported by the double")
+        else:
+            raise ValueError(f"{where}: unknown property {key!r}")
+    if properties.get("RequiresDuplicateDetection"):
+        options["duplicate_detection_window"] = iso_seconds(properties.get("DuplicateDetectionHistoryTimeWindow",
+                                                                           "PT10M"))
+    return options
+
+
+def emulator_config(document: dict[str, Any]) -> dict[str, Any]:
+    """The official emulator's ``Config.json`` in the double's own format (one namespace)."""
+    namespaces = document["UserConfig"].get("Namespaces") or []
+    if len(namespaces) != 1:
+        raise ValueError(f"the emulator config declares {len(namespaces)} namespaces; the double serves exactly one")
+    namespace = namespaces[0]
+    queues = {q["Name"]: _entity_options(q.get("Properties") or {}, q["Name"]) for q in namespace.get("Queues") or []}
+    topics: dict[str, Any] = {}
+    for topic in namespace.get("Topics") or []:
+        options = _entity_options(topic.get("Properties") or {}, topic["Name"])
+        subscriptions = {}
+        for sub in topic.get("Subscriptions") or []:
+            where = f"{topic['Name']}/Subscriptions/{sub['Name']}"
+            if sub.get("Rules"):
+                raise ValueError(f"{where}: subscription rules are not supported by the double")
+            subscriptions[sub["Name"]] = _entity_options(sub.get("Properties") or {}, where)
+        topics[topic["Name"]] = {**options, "subscriptions": subscriptions}
+    return {"queues": queues, "topics": topics}

@@ -1,0 +1,15 @@
+"""NATS's conformance targets (entry point ``unimq.targets``): JetStream, and core NATS."""
+
+from __future__ import annotations
+
+from unimq.testing.brokers import Image, Target
+
+_IMAGE = Image("nats:2.9", 4222, command="-js")
+
+
+def targets() -> list[Target]:
+    return [
+        Target("nats", "nats://127.0.0.1:4222", "nats", container=_IMAGE, matrix=(("nats", "orders"),)),
+        Target("nats-core", "nats://127.0.0.1:4222?jetstream=false", "nats", container=_IMAGE,
+               matrix=(("nats core", "orders"),)),
+    ]

@@ -1,0 +1,1 @@
+"""Test support shipped with the Service Bus adapter: the AMQP 1.0 test double (``double``)."""

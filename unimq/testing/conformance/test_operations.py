@@ -1,0 +1,62 @@
+"""Queue operations on every backend: dead letters with their reasons, redrive without loss, purge, health."""
+
+from __future__ import annotations
+
+import pytest
+
+import unimq
+from unimq.testing.brokers import Timing
+from unimq.testing.conformance.support import bodies, collect, collect_all, queue
+from unimq.testing.plugin import Names
+
+pytestmark = pytest.mark.asyncio
+
+
+async def _reject_all(broker: unimq.Broker, dest: str, group: str | None, sent: list[bytes],
+                      timing: Timing) -> None:
+    async with broker.consumer(dest, group) as consumer:
+        for delivery in await collect(consumer, len(sent), timing, ack=False):
+            await delivery.reject(reason=f"bad {delivery.message.body.decode()}")
+
+
+@pytest.mark.requires("dead_letter")
+async def test_dead_letters_list_reasons_and_redrive_moves_them_back(broker: unimq.Broker, names: Names,
+                                                                    timing: Timing) -> None:
+    dest, group = await queue(broker, names)
+    sent = bodies(3, "dl")
+    await broker.producer(dest).send_many(sent)
+    await _reject_all(broker, dest, group, sent, timing)
+
+    letters = await broker.dead_letters(dest, count=10)
+    assert sorted(letter.message.body for letter in letters) == sorted(sent)
+    for letter in letters:
+        assert letter.reason == f"bad {letter.message.body.decode()}"
+        assert letter.source in (dest, None)
+
+    report = await broker.redrive(dest, filter=lambda letter: letter.message.body != b"dl-2")
+    assert (report.moved, report.failed) == (2, 0), report
+    async with broker.consumer(dest, group) as consumer:
+        back = await collect_all(consumer, [b"dl-0", b"dl-1"], timing)
+    assert all(d.attempt == 1 for d in back)
+    remaining = await broker.dead_letters(dest, count=10)
+    assert [letter.message.body for letter in remaining] == [b"dl-2"]
+
+
+@pytest.mark.requires("dead_letter")
+async def test_purge_empties_a_destination_and_its_dead_letters(broker: unimq.Broker, names: Names,
+                                                                timing: Timing) -> None:
+    dest, group = await queue(broker, names)
+    await broker.producer(dest).send_many(bodies(3, "bad"))
+    await _reject_all(broker, dest, group, bodies(3, "bad"), timing)
+    await broker.producer(dest).send_many(bodies(5, "p"))
+    assert await broker.purge(dest, group) == 5
+    assert await broker.purge(dest, dead_letters=True) == 3
+    async with broker.consumer(dest, group) as consumer:
+        assert await consumer.receive(timeout=timing.quiet) is None
+    assert await broker.dead_letters(dest) == []
+
+
+async def test_health_answers(broker: unimq.Broker) -> None:
+    health = await broker.health()
+    assert health.ok, health.error
+    assert health.rtt_ms is not None and health.rtt_ms >= 0
