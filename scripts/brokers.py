@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import hmac
 import http.client
 import os
 import shlex
@@ -38,7 +39,7 @@ JARS = ROOT / "scripts" / "jars"
 HOST = "127.0.0.1"
 
 DEFAULT_BACKENDS = ["rabbitmq", "redis", "nats", "kafka", "sqs"]
-ALL_BACKENDS = [*DEFAULT_BACKENDS, "servicebus", "postgres"]
+ALL_BACKENDS = [*DEFAULT_BACKENDS, "servicebus", "postgres", "s3", "azurite"]
 
 SERVICEBUS_CONNECTION_STRING = (
     f"Endpoint=sb://{HOST}:5673;SharedAccessKeyName=RootManageSharedAccessKey;"
@@ -790,9 +791,114 @@ class ServiceBusDouble(Broker):
         super().wipe()
 
 
+class S3Proxy(Broker):
+    """S3Proxy, an S3-compatible server (Maven jars, scripts/jars/s3proxy/pom.xml) over jclouds'
+    in-memory ``transient`` blob store, for the claim-check S3 store (docs/payloads.md). Test
+    credentials only; the bucket ``unimq-test`` is created on start. ``restart s3`` empties it.
+    """
+
+    name = "s3"
+    port = 9400
+    bucket = "unimq-test"
+    identity = "unimq"
+    credential = "unimq-s3-test-secret"
+    url = f"s3://{identity}:{credential}@{bucket}/?endpoint_url=http://{HOST}:9400&region=us-east-1"
+    start_timeout = 60.0
+
+    def __init__(self, home: Path | None = None) -> None:
+        super().__init__(home)
+        self.libs = STATE / self.name / "libs"
+        self.config = self.dir / "s3proxy.conf"
+        self.logback = self.dir / "logback.xml"
+
+    def install(self) -> None:
+        maven_libs("s3proxy", self.libs)
+
+    def prepare(self) -> None:
+        self.config.write_text(
+            f"s3proxy.endpoint=http://{HOST}:{self.port}\n"
+            "s3proxy.authorization=aws-v2-or-v4\n"
+            f"s3proxy.identity={self.identity}\ns3proxy.credential={self.credential}\n"
+            f"jclouds.provider=transient\njclouds.identity={self.identity}\njclouds.credential={self.credential}\n"
+        )
+        self.logback.write_text(
+            "<configuration><appender name=\"out\" class=\"ch.qos.logback.core.ConsoleAppender\">"
+            "<encoder><pattern>%d %level %logger{20} %msg%n</pattern></encoder></appender>"
+            "<root level=\"WARN\"><appender-ref ref=\"out\"/></root></configuration>\n"
+        )
+
+    def command(self) -> list[str]:
+        return ["java", "-Xms32m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                f"-Dlogback.configurationFile={self.logback}", "-cp", f"{self.libs}/*",
+                "org.gaul.s3proxy.Main", "--properties", str(self.config)]
+
+    def ready(self) -> bool:
+        # Unsigned requests are refused (403) once the server answers; then make sure of the bucket.
+        return http_status(self.port, "/") == 403 and self.create_bucket()
+
+    def create_bucket(self) -> bool:
+        """PUT the bucket with an AWS signature v2 (standard library only); 409 = it exists."""
+        date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())
+        digest = hmac.new(self.credential.encode(), f"PUT\n\n\n{date}\n/{self.bucket}".encode(), "sha1").digest()
+        headers = {"Date": date, "Authorization": f"AWS {self.identity}:{base64.b64encode(digest).decode()}"}
+        try:
+            conn = http.client.HTTPConnection(HOST, self.port, timeout=5.0)
+            conn.request("PUT", f"/{self.bucket}", headers=headers)
+            status = conn.getresponse().status
+            conn.close()
+        except OSError:
+            return False
+        return status in (200, 409)
+
+
+class Azurite(Broker):
+    """Azurite, Microsoft's Azure Storage emulator (blob service only), from npm into
+    .brokers/azurite, in memory (``restart azurite`` empties it), for the claim-check Azure Blob
+    store. ``url`` is the well-known development-storage connection string (a public test key).
+    """
+
+    name = "azurite"
+    port = 10000
+    version = "3.37.0"
+    account = "devstoreaccount1"
+    key = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+    url = (f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};"
+           f"BlobEndpoint=http://{HOST}:10000/{account};")
+    start_timeout = 60.0
+
+    def __init__(self, home: Path | None = None) -> None:
+        super().__init__(home)
+        self.prefix = STATE / self.name / "npm"
+        self.bin = self.prefix / "node_modules" / ".bin" / "azurite-blob"
+
+    def install(self) -> None:
+        stamp = self.prefix / ".version"
+        if self.bin.exists() and stamp.exists() and stamp.read_text().strip() == self.version:
+            return
+        if not shutil.which("npm"):
+            apt_install(["nodejs", "npm"])
+        say(f"azurite: npm install azurite@{self.version} (first run only) ...")
+        self.prefix.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix",
+                                 str(self.prefix), f"azurite@{self.version}"],
+                                check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if result.returncode != 0 or not self.bin.exists():
+            raise BrokerError(f"npm install azurite failed:\n{result.stdout[-3000:]}")
+        stamp.write_text(self.version + "\n")
+
+    def command(self) -> list[str]:
+        return [str(self.bin), "--blobHost", HOST, "--blobPort", str(self.port), "--inMemoryPersistence",
+                "--extentMemoryLimit", "1024", "--skipApiVersionCheck", "--disableProductStyleUrl"]
+
+    def ready(self) -> bool:
+        # An unsigned account request is answered (403/400) once the blob service listens.
+        return http_status(self.port, f"/{self.account}?comp=list") in (400, 403)
+
+
 BROKERS: dict[str, type[Broker]] = {
     "rabbitmq": RabbitMQ, "redis": Redis, "nats": Nats, "kafka": Kafka, "sqs": ElasticMQ,
     "servicebus": ServiceBusDouble, "postgres": Postgres,
+    "s3": S3Proxy, "azurite": Azurite,
 }
 
 

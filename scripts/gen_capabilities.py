@@ -30,8 +30,9 @@ def declared() -> list[tuple[str, Capabilities]]:
         parsed = parse_url(target.url)
         if not target.matrix or parsed.scheme not in installed:
             continue
-        driver_cls = registry.load(parsed.scheme)
-        driver = driver_cls(parsed, parse_options(driver_cls.Options, driver_cls.name, dict(parsed.query)))
+        query = dict(parsed.query)
+        driver_cls = registry.load(parsed.scheme, query.pop("client", None))
+        driver = driver_cls(parsed, parse_options(driver_cls.Options, driver_cls.name, query))
         columns += [(label, driver.capabilities_for(destination)) for label, destination in target.matrix]
     return columns
 

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar
@@ -29,6 +29,7 @@ from unimq.errors import CapabilityError, Closed, ConfigError, PublishError, Uni
 from unimq.message import Delivery, Message, new_message_id
 from unimq.middleware import Chain, Middleware
 from unimq.operations import DeadLetter, Health, RedriveReport
+from unimq.patterns import SUBJECT, TEMPORARY_PREFIX, Filter, Requester, check_subject, created_at, temporary_name
 from unimq.recoverability import KillSwitch
 from unimq.reliability import DEAD_LETTER_REASON, Retry
 from unimq.runner import AsyncHandler, run
@@ -56,6 +57,7 @@ class Broker:
         self._closed = False
         self._consumers: set[Consumer] = set()
         self._middlewares: list[Middleware] = []
+        self._requester: Requester | None = None
 
     def __repr__(self) -> str:
         return f"<unimq.Broker {self._url.redacted()}>"
@@ -130,13 +132,17 @@ class Broker:
         start: Start = None,
         max_decoded_bytes: int | None = None,
         middlewares: Sequence[Middleware] = (),
+        subject: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Consumer:
         """A consumer of ``destination`` in ``group`` (None = the destination's default group).
 
         ``prefetch`` bounds the messages received but not yet settled; ``lock_timeout`` is how
         long an unsettled message stays invisible to others; ``start`` is where a new group begins
         reading on backends with ``replay``; ``max_decoded_bytes`` bounds a decompressed body
-        (default: 4 × the backend's message limit): a bigger one is dead-lettered.
+        (default: 4 × the backend's message limit): a bigger one is dead-lettered. ``subject`` (a
+        pattern: ``*`` one token, ``#`` any number) and ``headers`` give the group only the
+        messages that match (see :mod:`unimq.patterns`).
         """
         self._check_open()
         caps = self._driver.capabilities_for(destination)
@@ -156,10 +162,11 @@ class Broker:
             settings = ReceiveSettings(prefetch=prefetch, lock_timeout=seconds, start=start)
         except ValueError as exc:
             raise ConfigError(f"consumer options: {_first_error(exc)}") from None
+        wanted = None if subject is None and headers is None else Filter(subject, headers)
         sub = self._driver.subscription(destination, group, settings)
         limit = max_decoded_bytes or 4 * caps.max_message_bytes
         return Consumer(self, destination, group, sub, settings, codec_for(schema, codec), limit,
-                        self._chain(middlewares))
+                        self._chain(middlewares), wanted)
 
     async def consume(
         self,
@@ -239,12 +246,14 @@ class Broker:
         retention: timedelta | float | None = None,
         max_priority: int | None = None,
         sessions: bool = False,
+        dead_letter_expired: bool = False,
     ) -> None:
         """Provision ``destination`` (its groups, dead-letter destination, …), or pass a ``DestinationSpec``.
 
         Every option the backend cannot honour is refused with a ``CapabilityError`` naming it,
         before any network call (``capabilities`` says which: partitions, replication, fifo,
-        sessions, retention, lock_timeout, max_deliveries, deduplication, priority).
+        sessions, retention, lock_timeout, max_deliveries, deduplication, priority,
+        dead_letter_expired: expired messages go to the dead-letter destination instead of vanishing).
         """
         self._check_open()
         if spec is None:
@@ -254,6 +263,7 @@ class Broker:
                     deduplication=_duration(deduplication, "deduplication"), fifo=fifo,
                     max_deliveries=max_deliveries, lock_timeout=_duration(lock_timeout, "lock_timeout"),
                     retention=_duration(retention, "retention"), max_priority=max_priority, sessions=sessions,
+                    dead_letter_expired=dead_letter_expired,
                 )
             except ValueError as exc:
                 raise ConfigError(f"ensure({destination!r}): {_first_error(exc)}") from None
@@ -278,6 +288,66 @@ class Broker:
             raise CapabilityError.unsupported(self.backend, "destinations()", "listing",
                                               "Keep the names in your configuration.")
         return await self._guard(self._driver.destinations(), "list destinations")
+
+    async def request(
+        self,
+        destination: str,
+        body: Any,
+        *,
+        timeout: timedelta | float = 30.0,
+        schema: type[BaseModel] | None = None,
+        **fields: Any,
+    ) -> Any:
+        """Send a request and wait for its reply: the reply ``Message``, or with ``schema`` the reply
+        decoded into it. Replies come back on this broker's own reply destination (see
+        :mod:`unimq.patterns`); ``unimq.Timeout`` if none arrives in time. ``fields`` are ``send()``'s."""
+        self._check_open()
+        seconds = durations.seconds(timeout, "timeout", allow_zero=False)
+        request_schema = type(body) if isinstance(body, BaseModel) else None
+        message = self.producer(destination, schema=request_schema).message(body, **fields)
+        if self._requester is None:
+            self._requester = Requester(self)
+        reply = await self._requester.request(destination, message, seconds)
+        if schema is None:
+            return reply
+        try:
+            return codec_for(schema, None).decode(reply.body)
+        except Exception as exc:
+            raise ConfigError(f"the reply to {message.message_id} is not a {schema.__name__}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def temporary(self, prefix: str = TEMPORARY_PREFIX, **spec: Any) -> AsyncIterator[str]:
+        """A destination that exists for the ``async with`` block and is deleted after it (or swept
+        by :meth:`sweep_temporary` if the process dies first)."""
+        self._check_open()
+        name = temporary_name(prefix)
+        await self.ensure(name, **spec)
+        try:
+            yield name
+        finally:
+            if not self._closed:
+                await self.delete(name)
+
+    async def sweep_temporary(self, older_than: timedelta | float = 3600.0) -> list[str]:
+        """Delete temporary and reply destinations older than ``older_than`` (left by crashed processes)."""
+        self._check_open()
+        age = durations.seconds(older_than, "older_than")
+        now = time.time()
+        gone = []
+        for name in await self.destinations():
+            stamp = created_at(name)
+            if stamp is not None and now - stamp > age:
+                await self.delete(name)
+                gone.append(name)
+        return gone
+
+    @property
+    def late_replies(self) -> int:
+        """Replies that arrived after their ``request()`` gave up (acked and dropped, never dead-lettered)."""
+        return self._requester.late if self._requester is not None else 0
+
+    async def _send_reply(self, destination: str, message: Message) -> Message:
+        return await self.producer(destination).send(message)
 
     async def dead_letters(self, destination: str, group: str | None = None, count: int = 10) -> list[DeadLetter]:
         """Up to ``count`` dead letters of ``destination`` with reason, source, group, attempt and
@@ -316,6 +386,8 @@ class Broker:
     async def close(self) -> None:
         if self._closed:
             return
+        if self._requester is not None:
+            await self._requester.close()
         self._closed = True
         for consumer in list(self._consumers):
             with contextlib.suppress(Exception):
@@ -399,8 +471,13 @@ class Producer:
         delay: timedelta | float | None = None,
         ttl: timedelta | float | None = None,
         priority: int | None = None,
+        subject: str | None = None,
     ) -> Message:
-        """Send one message and wait until the broker has accepted it. Returns the sent Message."""
+        """Send one message and wait until the broker has accepted it. Returns the sent Message.
+
+        ``subject`` is a routing subject (``orders.eu.created``) that groups filter on."""
+        if subject is not None:
+            headers = {**(headers or {}), SUBJECT: check_subject(subject, pattern=False)}
         message = self._message(body, key, headers, message_id, correlation_id, reply_to, content_type,
                                 delay, ttl, priority)
         failed = await self._publish([message])
@@ -567,6 +644,7 @@ class Consumer:
         codec: Codec,
         max_decoded_bytes: int,
         chain: Chain,
+        wanted: Filter | None = None,
     ) -> None:
         self.destination = destination
         self.group = group
@@ -580,7 +658,7 @@ class Consumer:
         caps = broker._driver.capabilities_for(destination)
         self._chain = chain if chain.receive else None
         self._settlement = Settlement(broker._driver, subscription, caps, destination, group, self._release,
-                                      chain.acked)
+                                      chain.acked, wanted, broker._send_reply)
         self._buffer: deque[Delivery] = deque()
         self._unsettled = 0
         self._room: asyncio.Future[None] | None = None
@@ -887,8 +965,12 @@ class _Connect:
                               "Pass a URL such as 'kafka://host:9092', or call connect() with no argument "
                               "for $UNIMQ_URL or the embedded memory://")
         parsed = parse_url(url)
-        driver_cls = registry.load(parsed.scheme)
-        options = parse_options(driver_cls.Options, driver_cls.name, {**parsed.query, **self._options})
+        query = {**parsed.query, **self._options}
+        client = query.pop("client", None)
+        if client is not None and not isinstance(client, str):
+            raise ConfigError(f"client= must be a name such as 'confluent', got {type(client).__name__}")
+        driver_cls = registry.load(parsed.scheme, client)
+        options = parse_options(driver_cls.Options, driver_cls.name, query)
         driver = driver_cls(parsed, options)
         if self._require:
             driver.capabilities.require(self._require)

@@ -115,9 +115,14 @@ class Capabilities(BaseModel):
     retention: Feature = none()
     lock_timeout: Feature = none()
     max_deliveries: Feature = none()
+    dead_letter_expired: Feature = none()
     #: Whether a group created after messages were sent still receives them (a retained log), or
     #: only what is sent once the group exists (create groups first: ``ensure(groups=[...])``).
     new_group_backlog: Feature = none()
+    # Patterns the core builds on any backend (an adapter with a native mapping declares native).
+    routing: Feature = emulated(note="subject patterns and header filters per group, applied by the core on "
+                                     "receipt: a group still receives what it does not want, and acks it")
+    temporary: Feature = emulated(note="a named destination deleted on exit; swept by age after a crash")
     max_message_bytes: int = 1024 * 1024
 
     @classmethod
@@ -252,6 +257,8 @@ def check_spec(caps: Capabilities, destination: str, spec: DestinationSpec) -> N
         ("deduplication", "deduplication", spec.deduplication,
          "De-duplicate in the consumer (unimq.idempotency)."),
         ("max_priority", "priority", spec.max_priority, "Use a destination per priority."),
+        ("dead_letter_expired", "dead_letter_expired", spec.dead_letter_expired or None,
+         "Drop dead_letter_expired=; expired messages are dropped on this backend."),
     ):
         if value is None:
             continue

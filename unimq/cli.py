@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Coroutine
@@ -19,8 +18,17 @@ from typing import Any, NoReturn
 
 import unimq
 from unimq import registry
+from unimq.cliargs import (
+    count_arg,
+    header_arg,
+    natural_arg,
+    port_arg,
+    positive_float_arg,
+    positive_seconds_arg,
+    seconds_arg,
+    sizes_arg,
+)
 from unimq.errors import ConfigError, Secrets, UnimqError, scrub
-from unimq.inspect import MAX_SECONDS
 from unimq.message import Delivery
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
@@ -31,64 +39,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
-
-
-def seconds_arg(text: str) -> float:
-    """A finite duration in seconds, 0 to a year (argparse ``type``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or not 0 <= value <= MAX_SECONDS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration from 0 to {MAX_SECONDS:.0f} seconds (a year)")
-    return value
-
-
-def positive_seconds_arg(text: str) -> float:
-    value = seconds_arg(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
-    return value
-
-
-def count_arg(text: str, minimum: int = 1) -> int:
-    """A whole number >= ``minimum`` in ASCII digits (argparse ``type``)."""
-    if not text.strip().isascii() or not text.strip().lstrip("-").isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-    value = int(text)
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least {minimum}")
-    return value
-
-
-def positive_float_arg(text: str) -> float:
-    """A finite number above 0 (argparse ``type``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number above 0")
-    return value
-
-
-def natural_arg(text: str) -> int:
-    return count_arg(text, 0)
-
-
-def port_arg(text: str) -> int:
-    value = count_arg(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
-    return value
-
-
-def header_arg(text: str) -> tuple[str, str]:
-    """``K=V`` with a non-empty K (argparse ``type``)."""
-    name, sep, value = text.partition("=")
-    if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not K=V (a header name, '=', and a value)")
-    return name, value
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -166,14 +116,6 @@ async def cmd_backends(args: argparse.Namespace) -> int:
         else:
             print(f"{scheme + '://':<12} {'':<40} pip install \"unimq[{registry.KNOWN_EXTRAS[scheme]}]\"")
     return 0
-
-
-def sizes_arg(text: str) -> list[int]:
-    """Comma-separated message sizes in bytes, each at least 1 (argparse ``type``)."""
-    try:
-        return [count_arg(part.strip()) for part in text.split(",")]
-    except argparse.ArgumentTypeError as exc:
-        raise argparse.ArgumentTypeError(f"--sizes {text[:40]!r}: {exc}") from None
 
 
 async def cmd_bench(args: argparse.Namespace) -> int:

@@ -69,6 +69,7 @@ class DestinationSpec(BaseModel):
     retention: timedelta | None = None
     max_priority: int | None = Field(None, ge=1, le=255)
     sessions: bool = False
+    dead_letter_expired: bool = False
 
 
 class Stats(BaseModel):
@@ -118,6 +119,10 @@ class Subscription(abc.ABC):
     #: it from where every process sees it (queue arguments, stream or topic metadata); ``None`` when
     #: there is no limit or the broker enforces it itself.
     max_deliveries: int | None = None
+    #: True when the destination asked for expired messages to be dead-lettered
+    #: (``ensure(dead_letter_expired=True)``) and the core sees the expiry on receipt: the core then
+    #: dead-letters a delivery whose ``expires_at`` has passed instead of dropping it. Set by ``open()``.
+    dead_letter_expired: bool = False
     #: The lock in force for this reader in seconds, where ``open()`` learns it (e.g. from
     #: ``ensure(lock_timeout=)``); the runner renews locks before it runs out.
     lock_timeout: float | None = None

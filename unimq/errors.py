@@ -75,16 +75,12 @@ class Secrets:
 
     def scrub(self, text: str) -> str:
         """Mask every value in one pass, longest first (a secret that is a prefix of another cannot
-        leave the other's tail). A value is masked only where it is not part of a longer word."""
+        leave the other's tail, whatever the order the values were added in)."""
         if not self._values:
             return text
         if self._pattern is None:
-            parts = []
-            for value in sorted(self._values, key=len, reverse=True):
-                head = r"(?<![A-Za-z0-9])" if value[0].isalnum() else ""
-                tail = r"(?![A-Za-z0-9])" if value[-1].isalnum() else ""
-                parts.append(head + re.escape(value) + tail)
-            self._pattern = re.compile("|".join(parts))
+            ordered = sorted(self._values, key=len, reverse=True)
+            self._pattern = re.compile("|".join(re.escape(value) for value in ordered))
         return self._pattern.sub(REDACTED, text)
 
 
@@ -101,17 +97,27 @@ def enter_scope(secrets: Secrets) -> None:
     _CURRENT.set(weakref.ref(secrets))
 
 
+#: Secrets registered in this context with no live URL to own them (a database password).
+_UNOWNED: ContextVar[Secrets | None] = ContextVar("unimq_unowned_secrets", default=None)
+
+
 def register_secret(value: str | None) -> None:
     """Add ``value`` to the scope of the URL most recently parsed in this context.
 
     For adapters with secrets that come from keyword options rather than the URL (``connect``
-    parses the URL, then builds the driver, in one context). With no live URL in this context
-    there is nothing to tie the value to, and it is not remembered.
+    parses the URL, then builds the driver, in one context). With no live URL in this context the
+    value goes to a scope of the context itself, which ends with the context (an ``asyncio.run``,
+    a task), not with the process.
     """
     ref = _CURRENT.get()
     scope = ref() if ref is not None else None
-    if scope is not None:
-        scope.add(value)
+    if scope is None:
+        scope = _UNOWNED.get()
+        if scope is None:
+            scope = Secrets()
+            _UNOWNED.set(scope)
+            _LIVE.add(scope)
+    scope.add(value)
 
 
 def scrub_pattern(text: str) -> str:

@@ -136,6 +136,8 @@ class _Group:
             entry = heapq.heappop(ready)[2]
             if entry.expires_at and entry.expires_at <= now:
                 self.expired += 1
+                if self.destination.spec.dead_letter_expired:
+                    self.destination.dead_letter(entry.message, "expired (ttl) before it was received", self.name)
                 continue
             key = entry.message.key
             if key is not None:
@@ -364,6 +366,8 @@ class MemoryDriver(Driver):
             listing=native(),
             lock_timeout=native(note="per destination (ensure) or per consumer"),
             max_deliveries=emulated(note="counted by the memory broker, dead-lettered by the core on receipt"),
+            dead_letter_expired=native(note="ensure(dead_letter_expired=True): an expired message is "
+                                            "dead-lettered when a consumer of its group reaches it"),
             new_group_backlog=none("a group receives what is sent after it exists: ensure(groups=[...]) first"),
             max_message_bytes=options.max_message_bytes,
         )

@@ -48,6 +48,11 @@ class Message:
     ttl: timedelta | None = None
     priority: int | None = None
 
+    @property
+    def subject(self) -> str | None:
+        """The routing subject (``send(subject=...)``), carried in the ``x-unimq-subject`` header."""
+        return self.headers.get("x-unimq-subject") if self.headers else None
+
 
 class Settler(Protocol):
     """What a :class:`Delivery` settles through: the core's settlement for one consumer.
@@ -62,6 +67,7 @@ class Settler(Protocol):
     async def nack(self, delivery: Delivery, delay: float | None) -> None: ...
     async def reject(self, delivery: Delivery, reason: str) -> None: ...
     async def extend(self, delivery: Delivery, seconds: float) -> None: ...
+    async def reply(self, delivery: Delivery, body: bytes, fields: dict[str, Any]) -> Message: ...
 
 
 class Delivery:
@@ -126,6 +132,11 @@ class Delivery:
             if not isinstance(reason, str):
                 raise ConfigError(f"reject(reason=) must be a str, got {type(reason).__name__}")
             await self._bound().reject(self, reason)
+
+    async def reply(self, body: bytes, **fields: Any) -> Message:
+        """Send ``body`` to this message's ``reply_to``, correlated with it (``broker.request``'s other side).
+        ``fields`` are ``send()``'s (headers, key, ...). ConfigError if the message has no ``reply_to``."""
+        return await self._bound().reply(self, body, fields)
 
     async def extend(self, duration: timedelta | float) -> None:
         """Keep the lock (visibility) for ``duration`` longer, so the message is not redelivered."""

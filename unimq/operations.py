@@ -90,6 +90,11 @@ def _check_count(value: object, field: str, *, allow_none: bool = False) -> None
         raise ConfigError(f"{field} must be an int >= 1, got {value!r}")
 
 
+def _check_group(group: object) -> None:
+    if group is not None and (not isinstance(group, str) or not group):
+        raise ConfigError(f"group must be a non-empty str or None (every group), got {group!r}")
+
+
 def _dead_lettering(broker: Broker, destination: str) -> str:
     caps = broker.capabilities_for(destination)
     if not caps.dead_letter:
@@ -105,6 +110,7 @@ async def dead_letters(broker: Broker, destination: str, group: str | None = Non
     Peeked where the dead-letter destination can be peeked; elsewhere received and released again
     at once (their order may change; nothing is consumed)."""
     _check_count(count, "count")
+    _check_group(group)
     dlq = _dead_lettering(broker, destination)
     wanted = (lambda d: d.group == group) if group else (lambda d: True)
     if broker.capabilities_for(dlq).peek:
@@ -145,6 +151,7 @@ async def redrive(
     (``consume(idempotency=...)``) drops it where it was already processed.
     """
     _check_count(limit, "limit", allow_none=True)
+    _check_group(group)
     pause = 0.0 if rate is None else 1.0 / durations.seconds(rate, "rate", allow_zero=False)
     dlq = _dead_lettering(broker, destination)
     report = RedriveReport()
@@ -187,6 +194,7 @@ async def purge(broker: Broker, destination: str, group: str | None = None, *,
     """Remove every waiting message of ``destination`` (for ``group``), or of its dead-letter
     destination with ``dead_letters=True``; return how many. Messages held by running consumers
     are not touched (they come back if not acked)."""
+    _check_group(group)
     target = _dead_lettering(broker, destination) if dead_letters else destination
     removed = 0
     async with broker.consumer(target, None if dead_letters else group, prefetch=500) as consumer:

@@ -10,19 +10,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
 
 import unimq
 from unimq import inspect
-from unimq.cli import count_arg, positive_float_arg, positive_seconds_arg
+from unimq.cliargs import count_arg, positive_float_arg, positive_seconds_arg
 from unimq.errors import ConfigError, UnimqError
 from unimq.operations import DeadLetter
 
 
 def _url(args: argparse.Namespace) -> str:
     return str(args.url or os.environ.get("UNIMQ_URL") or "memory://")
+
+
+def group_arg(text: str) -> str:
+    """A consumer group name: not empty (an empty one would silently mean every group)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a group name must not be empty (omit --group for every group)")
+    return text
 
 
 def _summary(letter: DeadLetter) -> str:
@@ -94,6 +102,8 @@ async def cmd_dlq_purge(args: argparse.Namespace) -> int:
 async def cmd_health(args: argparse.Namespace) -> int:
     """One line and 0 when the broker answers within --timeout; one line and 1 when it does not."""
     url = _url(args)
+    quiet = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)  # client libraries log the same failure: the line below is the one
     try:
         async with asyncio.timeout(args.timeout), unimq.connect(url) as broker:
             health = await broker.health(args.timeout)
@@ -105,6 +115,8 @@ async def cmd_health(args: argparse.Namespace) -> int:
         problem = " ".join(f"{type(exc).__name__}: {exc or 'no answer within --timeout'}".split())
         print(f"unhealthy {parse_url(url).redacted()} {problem}")
         return 1
+    finally:
+        logging.disable(quiet)
     if not health.ok:
         print(f"unhealthy {health.backend} {health.url} {' '.join(str(health.error).split())}")
         return 1
@@ -131,13 +143,13 @@ def add_commands(sub: Any, commands: Callable[..., argparse.ArgumentParser]) -> 
     for name, func, help_text in (("ls", cmd_dlq_ls, "list dead letters with their reason, group, attempt, time"),
                                   ("peek", cmd_dlq_peek, "show dead letters with their bodies")):
         v = verb(name, func, help_text)
-        v.add_argument("--group", help="only those dead-lettered by this consumer group")
+        v.add_argument("--group", type=group_arg, help="only those dead-lettered by this consumer group")
         v.add_argument("--count", type=count_arg, default=10, help="how many (default 10)")
         if name == "ls":
             v.add_argument("--json", action="store_true", help="one JSON object per dead letter")
 
     v = verb("redrive", cmd_dlq_redrive, "move dead letters back to their destination (never losing one)")
-    v.add_argument("--group", help="only those dead-lettered by this consumer group")
+    v.add_argument("--group", type=group_arg, help="only those dead-lettered by this consumer group")
     v.add_argument("--filter-reason", metavar="TEXT", help="only those whose reason contains TEXT")
     v.add_argument("--limit", type=count_arg, help="move at most this many")
     v.add_argument("--rate", type=positive_float_arg, help="at most this many per second")

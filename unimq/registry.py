@@ -38,10 +38,22 @@ def installed() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
-def load(scheme: str) -> type[Driver]:
+def load(scheme: str, client: str | None = None) -> type[Driver]:
+    """The driver for ``scheme``; with ``client`` (the URL's ``?client=``), the alternative driver
+    registered as ``<scheme>+<client>`` (e.g. ``kafka+confluent``), so a second client library for
+    one broker is a separate distribution chosen by URL."""
     eps = installed()
+    if client is not None:
+        name = f"{scheme}+{client}"
+        if name not in eps:
+            clients = sorted(n.split("+", 1)[1] for n in eps if n.startswith(scheme + "+"))
+            raise ConfigError(f"{scheme}:// has no client {client!r} installed"
+                              + (f'; pip install "unimq[{scheme}-{client}]"' if scheme in KNOWN_EXTRAS else "")
+                              + f". Installed clients: {', '.join(['(default)', *clients])}")
+        alternative: type[Driver] = eps[name].load()
+        return alternative
     if scheme not in eps:
-        have = ", ".join(f"{s}://" for s in sorted(eps)) or "(none)"
+        have = ", ".join(f"{s}://" for s in sorted(eps) if "+" not in s) or "(none)"
         if scheme in KNOWN_EXTRAS:
             raise ConfigError(
                 f'{scheme}:// needs: pip install "unimq[{KNOWN_EXTRAS[scheme]}]". Installed schemes: {have}'

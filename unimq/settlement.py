@@ -24,14 +24,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from unimq import telemetry
 from unimq.capabilities import Capabilities, check_limit
 from unimq.driver import AckBatch, Driver, Subscription
-from unimq.errors import CapabilityError, PublishError, UnimqError
-from unimq.message import Delivery
+from unimq.errors import CapabilityError, ConfigError, PublishError, UnimqError
+from unimq.message import Delivery, Message
 from unimq.middleware import Middleware
+from unimq.patterns import reply_message
 from unimq.reliability import dead_letter_copy, redelivery_copy
 
 T = TypeVar("T")
@@ -117,6 +118,8 @@ class Settlement:
         group: str | None,
         released: Callable[[int], None],
         acked: Sequence[Middleware] = (),
+        wanted: Callable[[Message], bool] | None = None,
+        send: Callable[[str, Message], Awaitable[Message]] | None = None,
     ) -> None:
         self.destination = destination
         self.group = group
@@ -125,6 +128,8 @@ class Settlement:
         self._caps = caps
         self._released = released
         self._acked = tuple(acked)
+        self._wanted = wanted
+        self._send = send
         limits = subscription.ack_batch
         self._batcher = AckBatcher(self._ack_processed, limits, destination) if limits else None
         self._backend = caps.backend
@@ -132,17 +137,28 @@ class Settlement:
     # Receipt
 
     async def admit(self, deliveries: list[Delivery]) -> list[Delivery]:
-        """The deliveries a consumer hands out: expired ones acked, exhausted ones dead-lettered."""
+        """The deliveries a consumer hands out: expired ones acked, exhausted ones dead-lettered,
+        those the group's routing filter does not want acked for this group."""
         limit = self._sub.max_deliveries
+        wanted = self._wanted
         now = 0.0
         out: list[Delivery] = []
+        dropped: list[Delivery] = []
         for delivery in deliveries:
             delivery._settler = self
+            if wanted is not None and not wanted(delivery.message):
+                delivery.settled = True
+                dropped.append(delivery)
+                continue
             if delivery.expires_at:
                 now = now or time.time()
                 if delivery.expires_at <= now:
                     delivery.settled = True
-                    await self._guard(self._sub.ack_many([delivery]), "ack an expired message on")
+                    if self._sub.dead_letter_expired:
+                        with contextlib.suppress(UnimqError):  # not dead-lettered now: it comes back
+                            await self._dead_letter(delivery, "expired (ttl) before it was received")
+                    else:
+                        dropped.append(delivery)
                     continue
             if limit is not None and delivery.attempt > limit:
                 delivery.settled = True
@@ -150,6 +166,10 @@ class Settlement:
                     await self._dead_letter(delivery, f"delivered {limit} times without an ack")
                 continue
             out.append(delivery)
+        if dropped:
+            size = self._sub.ack_batch.max_batch if self._sub.ack_batch else len(dropped)
+            for start in range(0, len(dropped), size):
+                await self._ack_now(dropped[start:start + size])
         return out
 
     # Settler: what Delivery calls
@@ -215,6 +235,12 @@ class Settlement:
         check_limit(self._caps, "extend()", "lock_extension", seconds,
                     "Use a longer lock_timeout, or ack and track progress yourself.")
         await self._guard(self._sub.extend(delivery, seconds), "extend on")
+
+    async def reply(self, delivery: Delivery, body: bytes, fields: dict[str, Any]) -> Message:
+        if self._send is None:
+            raise ConfigError("this consumer cannot send replies")
+        reply_to, message = reply_message(delivery, body, dict(fields))
+        return await self._send(reply_to, message)
 
     # Shared by the rules above
 

@@ -104,6 +104,8 @@ class BrokerURL:
 
 @dataclass
 class _Split:
+    """The raw text of each part of a URL, before any decoding."""
+
     scheme: str
     userinfo: str | None
     hostlist: str
@@ -123,7 +125,7 @@ def _split(url: str) -> _Split:
     return _Split(scheme, userinfo if at else None, hostlist, path, query, fragment)
 
 
-def _split_raw_userinfo(url: str, standard: _Split) -> _Split | None:
+def _split_raw_userinfo(url: str) -> _Split | None:
     """The split of a URL whose password holds a raw ``/``, ``?`` or ``#`` (base64 SAS keys do).
 
     Tried only when an ``@`` follows the standard authority. The userinfo ends at the last ``@``
@@ -179,7 +181,7 @@ def parse_url(url: str) -> BrokerURL:
                           "(e.g. bytes that are not UTF-8 on the command line)") from None
     parts = _split(url)
     if _suspect(parts):
-        raw = _split_raw_userinfo(url, parts)
+        raw = _split_raw_userinfo(url)
         if raw is None:
             _parse_hosts(parts.hostlist, _show_raw(url), suspect=True)
             raise ConfigError(f"cannot tell where the user and password of broker URL {_show_raw(url)} end: "

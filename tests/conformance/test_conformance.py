@@ -15,3 +15,4 @@ from unimq.testing.conformance.test_consumer_lifecycle import *  # noqa: F403
 from unimq.testing.conformance.test_settlement import *  # noqa: F403
 from unimq.testing.conformance.test_operations import *  # noqa: F403
 from unimq.testing.conformance.test_recoverability import *  # noqa: F403
+from unimq.testing.conformance.test_patterns import *  # noqa: F403

@@ -69,8 +69,8 @@ async def test_mcp_command_serves_stdio() -> None:
                                                              "--create-destinations"])
     async with Client(params) as client:
         names = {tool.name for tool in (await client.list_tools()).tools}
-        assert names == {"send_message", "peek_messages", "receive_messages", "settle_message", "request_reply",
-                         "destination_properties", "list_destinations"}
+        assert {"send_message", "peek_messages", "receive_messages", "settle_message", "request_reply",
+                "destination_properties", "list_destinations"} <= names
         sent = await client.call_tool("send_message", {"destination": "jobs", "body": "hi"})
         assert not sent.is_error  # memory:// starts empty; --create-destinations made 'jobs'
         peeked = await client.call_tool("peek_messages", {"destination": "jobs"})

@@ -36,7 +36,7 @@ async def tool(c: Client, name: str, **arguments: Any) -> Any:
 async def test_assistant_sends_work_inspects_failures_redrives_and_waits(name: str, broker_url: Any) -> None:
     wait = next(t.timing for t in TARGETS if t.name == name).receive
     url = f"memory://e2e-{uuid.uuid4().hex[:8]}" if name == "memory" else broker_url(name)
-    work, results = f"e2e-{uuid.uuid4().hex[:8]}", ""
+    work = f"e2e-{uuid.uuid4().hex[:8]}"
     results = f"{work}-results"
     fixed = asyncio.Event()
 

@@ -32,12 +32,14 @@ from unimq import registry
 from unimq.cli import main
 from unimq.codecs import Compressed, JsonCodec, ModelCodec, MsgpackCodec, RawCodec, compress, decompress
 from unimq.errors import ConfigError, MessageTooLarge, UnimqError
-from unimq.url import parse_options, parse_url
+from unimq.url import is_secret_option, parse_options, parse_url
 
-SCHEMES = ("memory", "amqp", "amqps", "rabbitmq", "kafka", "sqs", "redis", "rediss", "nats", "tls", "servicebus")
-#: A secret query option per scheme (a scheme without one gets 'password', an unknown option).
-SECRET_OPTION = {"kafka": "sasl_password", "nats": "token", "tls": "token", "sqs": "aws_secret_access_key",
-                 "redis": "ssl_password", "rediss": "ssl_password", "servicebus": "connection_string"}
+FIRST_PARTY = ("memory", "amqp", "amqps", "rabbitmq", "kafka", "sqs", "redis", "rediss", "nats", "tls", "servicebus")
+#: Every first-party scheme, and any other installed adapter's.
+SCHEMES = tuple(sorted(set(FIRST_PARTY) | set(registry.installed())))
+#: A secret query option per scheme: the first the adapter declares, else 'password' (an unknown option).
+SECRET_OPTION = {scheme: next((k for k in registry.load(scheme).Options.model_fields if is_secret_option(k)),
+                              "password") for scheme in registry.installed()}
 RESERVED = "/?#&;@ +=%:"
 #: Examples per test: 400 URLs + 5 tests x 150 = 1,150 generated inputs per CI run (10-20 s).
 URL_EXAMPLES = 400
@@ -49,7 +51,7 @@ slow_ok = settings(deadline=None, suppress_health_check=[HealthCheck.function_sc
 
 def test_every_scheme_is_installed() -> None:
     """The generated URL tests cover every first-party scheme, so each must be importable here."""
-    assert set(SCHEMES) <= set(registry.installed())
+    assert set(FIRST_PARTY) <= set(registry.installed())
 
 
 # Secrets ----------------------------------------------------------------------------------------

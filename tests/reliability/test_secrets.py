@@ -43,6 +43,10 @@ CASES: dict[str, list[Any]] = {
               f"kafka://127.0.0.1:{PORT}?security_protocol=SASL_SSL&sasl_mechanism=PLAIN&sasl_username=a"
               f"&sasl_password={S}",
               f"kafka://alice:{S}@127.0.0.1:9092?security_protocol=SASL_PLAINTEXT&sasl_mechanism=PLAIN"],
+    "kafka+confluent": [f"kafka+confluent://alice:{S}@127.0.0.1:{PORT}?security_protocol=SASL_PLAINTEXT"
+                        "&sasl_mechanism=SCRAM-SHA-256",
+                        f"kafka+confluent://127.0.0.1:{PORT}?security_protocol=SASL_SSL&sasl_mechanism=PLAIN"
+                        f"&sasl_username=a&sasl_password={S}"],
     "redis": [f"redis://alice:{S}@127.0.0.1:{PORT}/0", f"redis://alice:{S}@127.0.0.1:6379/0",
               f"redis://:{S}@127.0.0.1:6379/0"],
     "rediss": [f"rediss://alice:{S}@127.0.0.1:{PORT}/0?ssl_password={S}"],

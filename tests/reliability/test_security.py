@@ -119,5 +119,7 @@ async def test_nats_token(server: Callable[[list[str], int], None], tmp_path: Pa
     )
     server(["nats-server", "-c", str(tmp_path / "nats.conf")], port)
     await roundtrip(f"nats://127.0.0.1:{port}?token={TOKEN}")
+    await roundtrip(f"nats://{TOKEN}@127.0.0.1:{port}")  # the NATS token URL form: a token, not a user
     await _refused(f"nats://127.0.0.1:{port}?token=wrong-{TOKEN}", "authorization", "auth")
+    await _refused(f"nats://wrong-{TOKEN}@127.0.0.1:{port}", "authorization", "auth")
     await _refused(f"nats://127.0.0.1:{port}", "authorization", "auth")

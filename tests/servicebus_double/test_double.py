@@ -26,7 +26,6 @@ from azure.servicebus.aio import ServiceBusClient
 from azure.servicebus.exceptions import MessageLockLostError, SessionCannotBeLockedError
 from proton import Message
 from proton.utils import BlockingConnection
-
 from unimq_servicebus.testing.double import ServiceBusDouble
 
 

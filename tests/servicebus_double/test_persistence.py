@@ -16,7 +16,6 @@ pytest.importorskip("azure.servicebus")
 
 from azure.servicebus import ServiceBusMessage, ServiceBusReceiveMode, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
-
 from unimq_servicebus.testing.double import ServiceBusDouble
 
 

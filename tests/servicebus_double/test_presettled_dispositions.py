@@ -17,7 +17,6 @@ pytest.importorskip("azure.servicebus")
 
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient
-
 from unimq_servicebus.testing.double import ServiceBusDouble
 
 

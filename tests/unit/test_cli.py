@@ -122,15 +122,26 @@ def test_every_command_refuses_an_unknown_flag_in_one_line(command: tuple[str, .
     _assert_one_line_error(code, capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("command", [c for c in COMMANDS if c[0] in ("send", "consume", "peek", "stats", "ls",
-                                                                       "capabilities", "migrate", "demo", "bench")],
-                         ids=" ".join)
-def test_every_url_position_refuses_a_unicode_digit_port(command: tuple[str, ...],
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    """Every URL argument of the command gets ``kafka://localhost:²``; the other positionals a name."""
+def _parser_of(command: tuple[str, ...]) -> argparse.ArgumentParser:
     parser = build_parser()
     for name in command:
         parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return parser
+
+
+URL_COMMANDS = [c for c in COMMANDS
+                if any(not a.option_strings and "url" in a.dest for a in _parser_of(c)._actions)]
+
+
+def test_the_url_commands_are_found() -> None:
+    assert {("send",), ("consume",), ("peek",), ("migrate", "mirror")} <= set(URL_COMMANDS)
+
+
+@pytest.mark.parametrize("command", URL_COMMANDS, ids=" ".join)
+def test_every_url_position_refuses_a_unicode_digit_port(command: tuple[str, ...],
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Every URL argument of the command gets ``kafka://localhost:²``; the other positionals a name."""
+    parser = _parser_of(command)
     argv = list(command)
     for action in parser._actions:
         if not action.option_strings and action.dest != "help":

@@ -70,6 +70,11 @@ class WaitResult(BaseModel):
     reply: inspect.MessageView | None = Field(None, description="the reply, for a correlation_id condition")
 
 
+def _group(description: str) -> Any:
+    """A consumer group argument: not empty (an empty name would silently mean every group)."""
+    return Field(min_length=1, description=description)
+
+
 def dead_letter_view(letter: DeadLetter, max_bytes: int | None) -> DeadLetterView:
     base = inspect.message_view(letter.message, max_bytes=max_bytes)
     return DeadLetterView(**base.model_dump(), reason=letter.reason, source=letter.source, group=letter.group,
@@ -88,7 +93,7 @@ class OpsTools:
     async def list_dead_letters(
         self,
         destination: Annotated[str, Field(description="the destination whose dead letters to list")],
-        group: Annotated[str | None, Field(description="only those dead-lettered by this consumer group")] = None,
+        group: Annotated[str | None, _group("only those dead-lettered by this consumer group")] = None,
         count: Annotated[int | None, Field(ge=1, description="how many; default 10")] = None,
     ) -> list[DeadLetterView]:
         """List dead-lettered messages of a destination with why (reason), group, attempt and time; they stay."""
@@ -106,7 +111,7 @@ class OpsTools:
     async def redrive_dead_letters(
         self,
         destination: Annotated[str, Field(description="the destination to move its dead letters back to")],
-        group: Annotated[str | None, Field(description="only those dead-lettered by this consumer group")] = None,
+        group: Annotated[str | None, _group("only those dead-lettered by this consumer group")] = None,
         reason_contains: Annotated[str | None, Field(description="only those whose reason contains this text")] = None,
         limit: Annotated[int | None, Field(ge=1, description="move at most this many; default all")] = None,
         rate: Annotated[float | None, Field(gt=0, allow_inf_nan=False, description="at most this many per second")
@@ -130,8 +135,8 @@ class OpsTools:
         self,
         destination: Annotated[str, Field(description="the destination to empty")],
         dead_letters: Annotated[bool, Field(description="empty its dead letters instead of the destination")] = False,
-        group: Annotated[str | None, Field(description="the consumer group to empty, where groups have their own "
-                                                       "queue; omit for the default")] = None,
+        group: Annotated[str | None, _group("the consumer group to empty, where groups have their own "
+                                            "queue; omit for the default")] = None,
     ) -> PurgeResult:
         """Remove every waiting message of a destination (or of its dead letters). They are gone for good."""
         self.tools._allowed(destination)
@@ -159,7 +164,7 @@ class OpsTools:
                                                                              "dead-lettered")] = None,
         correlation_id: Annotated[str | None, Field(description="return once a message with this correlation_id "
                                                                 "arrives; it is received and returned")] = None,
-        group: Annotated[str | None, Field(description="consumer group to measure (lag) or receive in")] = None,
+        group: Annotated[str | None, _group("consumer group to measure (lag) or receive in")] = None,
         timeout: Annotated[float, Field(gt=0, allow_inf_nan=False, description="seconds; at most the server's "
                                                                                "--max-wait")] = 30.0,
     ) -> WaitResult:

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 import unimq
-from unimq.cli import count_arg, natural_arg, positive_seconds_arg, seconds_arg
+from unimq.cliargs import count_arg, natural_arg, positive_seconds_arg, seconds_arg
 from unimq.errors import ConfigError
 from unimq.migrate.bridge import Mirror, MirrorStats, drain, verify
 from unimq.migrate.publish import DualProducer, Policy

@@ -38,6 +38,7 @@ pytest.register_assert_rewrite("unimq.testing.conformance.support")
 #: Names of this run: ``ut-<RUN_ID>-<n>``; short, and only [a-z0-9-] so that every backend accepts them.
 RUN_ID = secrets.token_hex(3)
 _COUNTER = itertools.count(1)
+_POOLED = itertools.count()  # the next name of a target's fixed pool (Target.pool), in turn
 _CAPABILITY_SKIP = re.compile(r"capability '(\w+)' is (\w+)")
 
 
@@ -190,7 +191,7 @@ class Names:
         self.pool = pool
 
     def __call__(self) -> str:
-        name = self.pool[next(_COUNTER) % len(self.pool)] if self.pool else f"ut-{RUN_ID}-{next(_COUNTER)}"
+        name = self.pool[next(_POOLED) % len(self.pool)] if self.pool else f"ut-{RUN_ID}-{next(_COUNTER)}"
         self.created.append(name)
         return name
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
@@ -37,7 +37,6 @@ from unimq.errors import (
     NotFound,
     PermissionDenied,
     Timeout,
-    UnimqError,
     register_secret,
 )
 from unimq.message import Message
@@ -60,27 +59,24 @@ _UNKNOWN_TOPIC = 3
 META_TOPIC = "__unimq_meta"
 
 
-def _rows(target: type[UnimqError], *sources: type[BaseException]) -> tuple[ErrorRule, ...]:
-    return tuple((source, target) for source in sources)
+def _named(*words: str) -> Callable[[BaseException], bool]:
+    """Match aiokafka errors by class name: its classes follow Kafka's error names, with no common bases."""
+    return lambda exc: any(word in type(exc).__name__ for word in words)
 
 
 #: aiokafka exception -> unimq class (unimq.errors.GENERIC_ERRORS follow).
 ERRORS: tuple[ErrorRule, ...] = (
     (kerr.KafkaTimeoutError, Timeout),
-    *_rows(AuthenticationError, kerr.SaslAuthenticationFailed, kerr.AuthenticationFailedError,
-           kerr.UnsupportedSaslMechanismError, kerr.AuthenticationMethodNotSupported),
-    *_rows(PermissionDenied, kerr.TopicAuthorizationFailedError, kerr.GroupAuthorizationFailedError,
-           kerr.ClusterAuthorizationFailedError, kerr.TransactionalIdAuthorizationFailed),
-    *_rows(BrokerConnectionError, kerr.KafkaConnectionError, kerr.NodeNotReadyError, kerr.NoBrokersAvailable,
-           kerr.KafkaUnavailableError, kerr.RequestTimedOutError, kerr.NotLeaderForPartitionError,
-           kerr.LeaderNotAvailableError, kerr.GroupCoordinatorNotAvailableError,
-           kerr.NotCoordinatorForGroupError, kerr.BrokerNotAvailableError),
+    (kerr.KafkaError, AuthenticationError, _named("Sasl", "Authentication")),
+    (kerr.KafkaError, PermissionDenied, _named("AuthorizationFailed")),
     (kerr.UnknownTopicOrPartitionError, NotFound),
-    *_rows(MessageTooLarge, kerr.MessageSizeTooLargeError, kerr.RecordTooLargeError, kerr.RecordListTooLargeError),
-    *_rows(ConfigError, kerr.KafkaConfigurationError, kerr.InvalidTopicError, kerr.InvalidReplicationFactorError,
-           kerr.InvalidPartitionsError, kerr.PolicyViolationError, kerr.InvalidConfigurationError),
-    *_rows(Closed, kerr.ProducerClosed, kerr.ConsumerStoppedError),
-    # Other retriable errors (coordinator loading, rebalance, not enough replicas) are transient.
+    (kerr.KafkaError, MessageTooLarge, _named("TooLarge")),
+    (kerr.KafkaError, ConfigError, _named("Invalid", "Configuration", "PolicyViolation")),
+    (kerr.ProducerClosed, Closed),
+    (kerr.ConsumerStoppedError, Closed),
+    (kerr.KafkaUnavailableError, BrokerConnectionError),
+    (kerr.BrokerNotAvailableError, BrokerConnectionError),
+    # Connection loss, leaders and coordinators moving: every error Kafka marks retriable.
     (kerr.KafkaError, BrokerConnectionError, lambda exc: bool(getattr(exc, "retriable", False))),
 )
 
@@ -104,7 +100,6 @@ class KafkaDriver(Driver):
         self._lock = asyncio.Lock()
         self._known_topics: set[str] = set()
         self._defaults: tuple[int, int] | None = None
-        self._meta_reader: Any = None
         self._meta_lock = asyncio.Lock()
         #: The ``__unimq_meta`` records read so far (topic -> settings) and the next offset to read.
         self._meta: dict[str, dict[str, Any]] = {}
@@ -231,7 +226,7 @@ class KafkaDriver(Driver):
         return None
 
     async def close(self) -> None:
-        for name in ("_meta_reader", "_inspector", "_admin", "_producer"):
+        for name in ("_inspector", "_admin", "_producer"):
             client = getattr(self, name)
             setattr(self, name, None)
             if client is None:
@@ -385,17 +380,15 @@ class KafkaDriver(Driver):
 
         Reads the records of ``__unimq_meta`` added since the last call: a few bytes per ensured topic.
         """
+        tp = TopicPartition(META_TOPIC, 0)
         async with self._meta_lock:
-            if self._meta_reader is None:
+            if META_TOPIC not in self._known_topics:
                 if await self._partition_count(META_TOPIC) is None:
                     return None
-                reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, client_id=self.options.client_id,
-                                          enable_auto_commit=False, fetch_max_wait_ms=0, **self.security_kwargs())
-                await reader.start()
-                reader.assign([TopicPartition(META_TOPIC, 0)])
-                self._meta_reader = reader
-            reader = self._meta_reader
-            tp = TopicPartition(META_TOPIC, 0)
+                self._known_topics.add(META_TOPIC)
+            reader = await self._offsets_client()
+            if tp not in reader.assignment():
+                reader.assign([tp])
             end = (await reader.end_offsets([tp]))[tp]
             if self._meta_offset < end:
                 reader.seek(tp, self._meta_offset)
@@ -404,11 +397,10 @@ class KafkaDriver(Driver):
                 if not records:
                     break  # nothing within a second: read the rest next time
                 for record in records:
-                    name = record.key.decode()
                     if record.value is None:
-                        self._meta.pop(name, None)
+                        self._meta.pop(record.key.decode(), None)
                     else:
-                        self._meta[name] = json.loads(record.value)
+                        self._meta[record.key.decode()] = json.loads(record.value)
                 self._meta_offset = await reader.position(tp)
         limit = self._meta.get(topic, {}).get("max_deliveries")
         return int(limit) if limit else None

@@ -23,7 +23,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
-from unimq.driver import ReceiveSettings, Subscription
+from unimq.driver import AckBatch, ReceiveSettings, Subscription
 from unimq.errors import NotFound
 from unimq.message import Delivery
 from unimq.reliability import EXPIRES_AT, NOT_BEFORE, epoch_ms, seconds_until
@@ -43,7 +43,8 @@ _PULL_GRACE = 0.05
 
 
 class JetStreamSubscription(Subscription):
-    ack_batch = None  # an ack is a publish without reply: nothing to batch
+    #: An ack is a publish without a reply; batched, the core spends no coroutine per ack.
+    ack_batch = AckBatch(max_batch=1000, max_in_flight=1)
 
     def __init__(self, driver: NatsDriver, destination: str, group: str | None, settings: ReceiveSettings) -> None:
         self._driver = driver

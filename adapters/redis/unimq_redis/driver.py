@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -83,7 +83,8 @@ class DestinationConfig:
     lock_timeout: float | None = None
 
 
-def _reply(prefix: str) -> Any:
+def _reply(prefix: str) -> Callable[[BaseException], bool]:
+    """An error-table test: the server's error reply starts with ``prefix`` (``NOGROUP``, ...)."""
     return lambda exc: str(exc).startswith(prefix)
 
 

@@ -74,6 +74,8 @@ from unimq_servicebus.sessions import SessionSubscription
 from unimq_servicebus.subscription import ServiceBusSubscription
 
 SUBSCRIPTIONS = "/Subscriptions/"
+#: Longest wait at connect for the one question that tells the full double from the other emulators.
+PROBE_WAIT = 5.0
 T = TypeVar("T")
 
 
@@ -145,8 +147,9 @@ class ServiceBusDriver(Driver):
         control = ControlAdmin(ep, self._timeout)
         self._admin = control
         try:
-            available = await control.available()
-        except UnimqError:
+            async with asyncio.timeout(min(self._timeout, PROBE_WAIT)):
+                available = await control.available()
+        except (UnimqError, TimeoutError):
             return  # not reachable now: asked again when management is first needed
         if not available:
             self._unmanaged()

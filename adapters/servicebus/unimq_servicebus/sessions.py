@@ -161,6 +161,8 @@ class SessionSubscription(Subscription):
     def _accepted(self, task: asyncio.Task[None]) -> None:
         """An accept task ended: a failure other than 'no session was free' is the caller's."""
         self._accepting.discard(task)
+        if task.cancelled():  # the consumer is closing
+            return
         failure = task.exception()
         self._free = failure is None
         if failure is None or isinstance(failure, NO_SESSION):
@@ -220,6 +222,9 @@ class SessionSubscription(Subscription):
             if task is None or task not in done:
                 continue
             s.pending = None
+            if task.cancelled():
+                s.broken = True  # cancelled by a close: nothing to take
+                continue
             error = task.exception()
             if error is None:
                 self._add(s, task.result())

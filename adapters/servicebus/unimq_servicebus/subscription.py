@@ -108,6 +108,8 @@ class ServiceBusSubscription(Subscription):
         for receiver, task in list(pending.items()):
             if task in done:
                 del pending[receiver]
+                if task.cancelled():  # the consumer is closing
+                    continue
                 if task.exception() is None:
                     self._accept(receiver, task.result())
                 else:

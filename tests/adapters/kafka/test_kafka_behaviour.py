@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from unimq_kafka.subscription import KafkaSubscription
 
 import unimq
 
@@ -44,7 +45,7 @@ async def test_delayed_send_reaches_every_group_once_when_due(broker: unimq.Brok
         await broker.producer(topic).send(b"now")
 
         async def drain(consumer: unimq.Consumer) -> list[tuple[bytes, float]]:
-            got = []
+            got: list[tuple[bytes, float]] = []
             while len(got) < 2:
                 delivery = await consumer.receive(timeout=10)
                 assert delivery is not None, f"{consumer.group} got {got}"
@@ -102,14 +103,16 @@ async def test_slow_handler_keeps_group_membership(kafka_url: str, topic: str) -
             assert first is not None
             await asyncio.sleep(4.5)  # more than twice max_poll_interval, prefetch exhausted
             await first.ack()
-            rest = []
+            rest: list[bytes] = []
             for _ in range(2):
                 delivery = await consumer.receive(timeout=10)
                 assert delivery is not None, f"got only {rest}"
                 rest.append(delivery.message.body)
                 await delivery.ack()
             assert rest == [b"b", b"c"], "a rebalance would have redelivered 'a'"
-            assert consumer.subscription.native.assignment(), "the consumer lost its partitions"
+            subscription = consumer.subscription
+            assert isinstance(subscription, KafkaSubscription)
+            assert subscription.native.assignment(), "the consumer lost its partitions"
         await asyncio.sleep(0.3)
         stats = await broker.stats(topic, "slow")
         assert stats.lag == 0, stats

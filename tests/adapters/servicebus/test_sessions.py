@@ -76,7 +76,7 @@ async def test_session_entity_made_outside_unimq_interop(broker: unimq.Broker, s
                                                          name: str) -> None:
     """A queue created with requires_session (not by ensure): detected without ?sessions=true; keys
     become session ids the plain SDK's session receivers read, and their session ids read back as keys."""
-    await broker._driver._a().create_queue(name, EntityOptions(requires_session=True))  # type: ignore[attr-defined]
+    await broker._driver._a("create").create_queue(name, EntityOptions(requires_session=True))  # type: ignore[attr-defined]
     await broker.producer(name).send(b"from unimq", key="customer-1")
     assert broker.capabilities_for(name).ordering == "per_key"
     async with sdk.get_queue_receiver(name, session_id=NEXT_AVAILABLE_SESSION, max_wait_time=10) as receiver:

@@ -28,6 +28,7 @@ ENSURE_FIELDS: list[tuple[str, Any, str]] = [
     ("max_deliveries", 3, "max_deliveries"),
     ("deduplication", timedelta(minutes=1), "deduplication"),
     ("max_priority", 5, "priority"),
+    ("dead_letter_expired", True, "dead_letter_expired"),
 ]
 
 
@@ -140,3 +141,15 @@ async def test_a_new_group_starts_as_declared(broker: unimq.Broker, names: Names
             await broker.producer(dest).send(b"after the group")
             got = await collect(consumer, 1, timing)
             assert [d.message.body for d in got] == [b"after the group"]
+
+
+@pytest.mark.requires("dead_letter_expired", "message_ttl")
+async def test_expired_messages_are_dead_lettered_when_asked(broker: unimq.Broker, names: Names,
+                                                             timing: Timing) -> None:
+    dest, group = await queue(broker, names, dead_letter_expired=True)
+    await broker.producer(dest).send(b"too late", ttl=timing.ttl)
+    await asyncio.sleep(timing.ttl + 0.5)
+    async with broker.consumer(dest, group) as consumer:
+        await expect_nothing(consumer, timing, "an expired message must not be delivered")
+    got = await dead_letters(broker, dest, 1, timing)
+    assert got[0].message.body == b"too late"

@@ -1,0 +1,438 @@
+"""A consumer-group reader of one topic and its group's retry topic, on librdkafka.
+
+The same semantics as the aiokafka driver's reader (:mod:`unimq_kafka.subscription`), on a
+blocking client: a dedicated poll thread calls ``consume``, turns records into deliveries and
+appends them to a read-ahead buffer that ``receive`` drains on the event loop (one wake-up per
+fetched batch). The buffer holds at most ``prefetch`` more than the core holds: the thread waits
+for room once it is over half full, and librdkafka's own queue is bounded by
+``queued_max_messages_kbytes``. A stall long enough to threaten ``max_poll_interval`` pauses every
+partition and polls (empty), so a slow handler never makes the consumer leave its group.
+
+Acks move offsets in memory (:class:`unimq_kafka.offsets.OffsetTracker`, contiguous offsets only);
+the poll thread commits every ``commit_interval_ms``. On a revoke (in the poll thread, inside
+librdkafka's rebalance) the event loop stops handing out the partitions' records, waits for those
+being processed (up to ``lock_timeout``, default 5 s), hands back what is still held, and the
+thread commits what was acked before the partitions move. Retry topic, delayed sends and
+hand-back on close work as in the aiokafka driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+from unimq_kafka.offsets import OffsetTracker
+from unimq_kafka.subscription import HANDOUT, JOIN_TIMEOUT, REVOKE_WAIT
+
+from unimq.driver import AckBatch, ReceiveSettings, Subscription
+from unimq.errors import PublishError, UnimqError
+from unimq.message import Delivery, Message
+from unimq.reliability import EXPIRES_AT, NOT_BEFORE, attempt_from_headers, epoch_ms, redelivery_copy
+from unimq_kafka_confluent.mapping import from_message
+
+if TYPE_CHECKING:
+    from unimq_kafka_confluent.driver import ConfluentKafkaDriver
+
+log = logging.getLogger("unimq.kafka")
+
+#: How long one ``consume`` waits for records; bounds the latency of pause/resume, commits and close.
+POLL_SECONDS = 0.1
+#: Longest a librdkafka call made from the poll thread for positioning may take.
+CALL_TIMEOUT = 10.0
+
+Partition = tuple[str, int]
+
+
+class ConfluentSubscription(Subscription):
+    ack_batch = AckBatch(max_batch=1000, max_in_flight=1)
+    native_nack = False
+
+    def __init__(self, driver: ConfluentKafkaDriver, topic: str, group: str | None,
+                 settings: ReceiveSettings) -> None:
+        self._driver = driver
+        self._topic = topic
+        self.group_id = driver.kafka.group_id(topic, group)
+        self.retry_topic = driver.kafka.retry_topic(topic, group)
+        self._start = settings.start
+        self._prefetch = settings.prefetch
+        opts = driver.options
+        self._revoke_wait = min(settings.lock_timeout or REVOKE_WAIT, opts.max_poll_interval_ms / 1000 * 0.8)
+        self._keepalive = opts.max_poll_interval_ms / 1000 / 3
+        self._interval = opts.commit_interval_ms / 1000
+        self._low = self._prefetch // 2
+        self._consumer: Any = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Future[None] | None = None
+        #: Appended by the poll thread, drained by receive() on the loop.
+        self._buffer: deque[Delivery] = deque()
+        self._inflight: set[Delivery] = set()
+        #: Owned by the poll thread (librdkafka's callbacks run there too).
+        self._trackers: dict[Partition, OffsetTracker] = {}
+        self._held: dict[Partition, float] = {}
+        self._paused = False
+        self._room = threading.Event()
+        self._data = asyncio.Event()
+        self._assigned = asyncio.Event()
+        self._error: BaseException | None = None
+        self._dirty = False
+        self._stopping = False
+        self._closing = False
+
+    @property
+    def native(self) -> Any:
+        """The confluent_kafka.Consumer (after open). Do not call it: its poll thread owns it."""
+        return self._consumer
+
+    def _config(self) -> dict[str, Any]:
+        opts = self._driver.options
+        return {
+            **self._driver.client_config(),
+            "group.id": self.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": opts.session_timeout_ms,
+            "heartbeat.interval.ms": opts.heartbeat_interval_ms,
+            "max.poll.interval.ms": opts.max_poll_interval_ms,
+            "fetch.wait.max.ms": opts.fetch_max_wait_ms,
+            "queued.max.messages.kbytes": opts.queued_max_messages_kbytes,
+            "queued.min.messages": max(self._prefetch, 1000),
+            # The same protocol as aiokafka's default, so both drivers can share a group.
+            "partition.assignment.strategy": "range",
+            "on_commit": self._on_commit,
+        }
+
+    async def open(self) -> None:
+        kafka = self._driver.kafka
+        await kafka.prepare_topics(self._topic, self.retry_topic)
+        self.max_deliveries = await kafka.max_deliveries_of(self._topic)
+        loop = self._loop = asyncio.get_running_loop()
+        self._stopped = loop.create_future()
+        self._consumer = Consumer(self._config())
+        self._consumer.subscribe([self._topic, self.retry_topic], on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self._thread = threading.Thread(target=self._run, name=f"unimq-kafka-confluent-{self._topic}", daemon=True)
+        self._thread.start()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(JOIN_TIMEOUT):
+                await self._assigned.wait()
+        if not self._assigned.is_set():
+            log.warning("kafka: group %r got no assignment within %.0fs; continuing", self.group_id, JOIN_TIMEOUT)
+
+    # librdkafka callbacks: poll thread, inside consume().
+
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._trackers[(tp.topic, tp.partition)] = OffsetTracker()
+        try:
+            self._apply_start(consumer, [tp for tp in partitions if tp.topic == self._topic])
+        except KafkaException as exc:
+            log.warning("kafka: positioning group %r failed, starting from its offsets: %s", self.group_id, exc)
+        finally:
+            self._call(self._assigned.set)
+
+    def _apply_start(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Position partitions the group has no committed offset for, and anchor them with a commit."""
+        start = self._start if self._start is not None else self._driver.options.auto_offset_reset
+        if start == "earliest" or not partitions:
+            return
+        fresh = [tp for tp in consumer.committed(partitions, timeout=CALL_TIMEOUT) if tp.offset < 0]
+        if not fresh:
+            return
+        if isinstance(start, datetime):
+            wanted = [TopicPartition(tp.topic, tp.partition, int(start.timestamp() * 1000)) for tp in fresh]
+            found = consumer.offsets_for_times(wanted, timeout=CALL_TIMEOUT)
+            offsets = [tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, OFFSET_END) for tp in found]
+        elif isinstance(start, int):
+            offsets = [TopicPartition(tp.topic, tp.partition, start) for tp in fresh]
+        else:
+            offsets = [TopicPartition(tp.topic, tp.partition, OFFSET_END) for tp in fresh]
+        anchored = []
+        for tp in offsets:
+            if tp.offset == OFFSET_END:
+                _, high = consumer.get_watermark_offsets(tp, timeout=CALL_TIMEOUT)
+                tp = TopicPartition(tp.topic, tp.partition, high)  # noqa: PLW2901 - resolved in place
+            anchored.append(tp)
+        consumer.commit(offsets=anchored, asynchronous=False)
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._give_up(consumer, partitions, commit=True)
+
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Partitions lost without a rebalance (session expired): their offsets are no longer ours."""
+        self._give_up(consumer, partitions, commit=False)
+
+    def _give_up(self, consumer: Any, partitions: list[TopicPartition], commit: bool) -> None:
+        leaving = {key: tracker for tp in partitions
+                   if (tracker := self._trackers.pop(key := (tp.topic, tp.partition), None)) is not None}
+        for key in leaving:
+            self._held.pop(key, None)
+        loop = self._loop
+        if leaving and loop is not None and not loop.is_closed():
+            try:
+                asyncio.run_coroutine_threadsafe(self._release(list(leaving.values())), loop).result(
+                    self._revoke_wait + 5)
+            except Exception as exc:
+                log.warning("kafka: releasing revoked partitions of group %r failed: %s", self.group_id, exc)
+        offsets = []
+        for (topic, partition), tracker in leaving.items():
+            tracker.revoked = True
+            offset = tracker.committable()
+            if offset is not None:
+                offsets.append(TopicPartition(topic, partition, offset))
+        if commit and offsets:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                log.warning("kafka: commit on revoke for group %r failed: %s", self.group_id, exc)
+
+    async def _release(self, trackers: list[OffsetTracker]) -> None:
+        """On the loop: stop handing out the partitions' records, let those being processed finish
+        for up to ``lock_timeout``, hand back the rest (their next owner reads them)."""
+        gone = {id(tracker) for tracker in trackers}
+        if self._buffer:
+            self._buffer = deque(d for d in self._buffer if id(d.token) not in gone)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._revoke_wait
+        while any(id(d.token) in gone for d in self._inflight):
+            if self._closing or loop.time() >= deadline:
+                await self._hand_back([d for d in self._inflight if id(d.token) in gone])
+                return
+            await asyncio.sleep(0.02)
+
+    def _on_commit(self, error: Any, partitions: list[TopicPartition]) -> None:
+        if error is not None:
+            log.warning("kafka: commit for group %r failed (those messages may come again): %s", self.group_id, error)
+
+    # The poll thread.
+
+    def _call(self, callback: Any, *args: Any) -> None:
+        """Run ``callback`` on the event loop, from the poll thread."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(callback, *args)
+
+    def _run(self) -> None:
+        consumer = self._consumer
+        last_commit = last_poll = time.monotonic()
+        try:
+            while not self._stopping:
+                if len(self._buffer) > self._low:
+                    if time.monotonic() - last_poll >= self._keepalive:
+                        # Full for long: poll (empty) so the group keeps this member.
+                        consumer.pause(consumer.assignment())
+                        self._paused = True
+                        consumer.consume(1, 0)
+                        last_poll = time.monotonic()
+                    self._room.clear()
+                    if len(self._buffer) > self._low:
+                        self._room.wait(self._interval)
+                else:
+                    if self._paused:
+                        consumer.resume([tp for tp in consumer.assignment()
+                                         if (tp.topic, tp.partition) not in self._held])
+                        self._paused = False
+                    if self._held:
+                        self._resume_due(consumer)
+                    records = consumer.consume(self._prefetch, POLL_SECONDS)
+                    last_poll = time.monotonic()
+                    if records:
+                        self._accept(consumer, records)
+                if self._dirty and time.monotonic() - last_commit >= self._interval:
+                    last_commit = time.monotonic()
+                    self._commit(consumer, asynchronous=True)
+        except Exception as exc:
+            mapped = self._driver.map_error(exc, f"consuming {self._topic}")
+            self._call(self._fail, mapped)
+        finally:
+            if self._stopped is not None:
+                self._call(self._stopped_set)
+
+    def _stopped_set(self) -> None:
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    def _fail(self, error: UnimqError) -> None:
+        self._error = error
+        self._data.set()
+
+    def _accept(self, consumer: Any, records: list[Any]) -> None:
+        now_ms = time.time() * 1000
+        trackers = self._trackers
+        retry_topic = self.retry_topic
+        out: list[Delivery] = []
+        append = out.append
+        skip: set[Partition] | None = None
+        for record in records:
+            error = record.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF or error.retriable():
+                    continue
+                raise KafkaException(error)
+            key = (record.topic(), record.partition())
+            tracker = trackers.get(key)
+            if tracker is None or (skip is not None and key in skip):
+                continue
+            message = from_message(record)
+            offset = record.offset()
+            headers = message.headers
+            if headers:
+                due = epoch_ms(headers, NOT_BEFORE)
+                if due > now_ms:
+                    if key[0] == retry_topic:
+                        self._hold(consumer, key, offset, (due - now_ms) / 1000)
+                        skip = skip or set()
+                        skip.add(key)
+                        continue
+                    tracker.track(offset)
+                    self._defer(record, tracker)
+                    continue
+                attempt = attempt_from_headers(message)
+                expires = epoch_ms(headers, EXPIRES_AT) / 1000
+            else:
+                attempt, expires = 1, 0.0
+            tracker.track(offset)
+            # token: the partition's tracker; the offset to ack is native.offset() (no tuple per record)
+            append(Delivery(message, attempt, record, tracker, expires))
+        if out:
+            self._buffer.extend(out)
+            self._call(self._data.set)
+
+    def _hold(self, consumer: Any, key: Partition, offset: int, seconds: float) -> None:
+        """A retry record is not due: pause its partition and rewind to it until it is."""
+        consumer.pause([TopicPartition(*key)])
+        consumer.seek(TopicPartition(key[0], key[1], offset))
+        self._held[key] = time.monotonic() + seconds
+
+    def _resume_due(self, consumer: Any) -> None:
+        now = time.monotonic()
+        due = [key for key, at in self._held.items() if at <= now]
+        for key in due:
+            del self._held[key]
+        if due and not self._paused:
+            consumer.resume([TopicPartition(*key) for key in due if key in self._trackers])
+
+    def _defer(self, record: Any, tracker: OffsetTracker) -> None:
+        """A delayed send reached the topic: move it, bytes and headers as they are, to the retry topic."""
+
+        def moved(error: Any, _copy: Any) -> None:  # the producer's report thread
+            self._call(self._moved, record, tracker, error)
+
+        self._driver.producer.produce(self.retry_topic, record.value(), record.key(),
+                                      headers=record.headers(), on_delivery=moved)
+
+    def _moved(self, record: Any, tracker: OffsetTracker, error: Any) -> None:
+        if error is None:
+            tracker.ack(record.offset())
+            self._dirty = True
+            return
+        log.warning("kafka: could not defer a delayed message of %r; delivering it now", self._topic)
+        message = from_message(record)
+        expires = epoch_ms(message.headers, EXPIRES_AT) / 1000
+        self._buffer.append(Delivery(message, attempt_from_headers(message), record, tracker, expires))
+        self._data.set()
+
+    def _commit(self, consumer: Any, asynchronous: bool) -> None:
+        self._dirty = False
+        offsets = []
+        for (topic, partition), tracker in list(self._trackers.items()):
+            offset = tracker.committable()
+            if offset is not None:
+                offsets.append((tracker, TopicPartition(topic, partition, offset)))
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets=[tp for _, tp in offsets], asynchronous=asynchronous)
+        except KafkaException as exc:
+            self._dirty = True
+            log.warning("kafka: commit for group %r failed; will retry: %s", self.group_id, exc)
+            return
+        for tracker, tp in offsets:
+            tracker.committed(tp.offset)
+
+    # The Subscription interface.
+
+    async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
+        buffer = self._buffer
+        if not buffer:
+            if self._error is not None:
+                raise self._error
+            self._data.clear()
+            if timeout > 0 and not buffer:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._data.wait()
+            buffer = self._buffer
+            if not buffer:
+                if self._error is not None:
+                    raise self._error
+                return []
+        count = min(max_messages, HANDOUT)
+        if len(buffer) <= count:
+            out = list(buffer)
+            for _ in out:
+                buffer.popleft()
+        else:
+            out = [buffer.popleft() for _ in range(count)]
+        self._inflight.update(out)
+        if len(buffer) <= self._low:
+            self._room.set()
+        return out
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """One loop over offsets: no commit or wake-up per message (the poll thread commits)."""
+        inflight = self._inflight
+        for delivery in deliveries:
+            delivery.token.ack(delivery.native.offset())
+            inflight.discard(delivery)
+        self._dirty = True
+
+    async def redeliver(self, copy: Message, delay: float | None) -> None:
+        """The group's retry topic holds the copy until its not-before time."""
+        (error,) = await self._driver.publish(self.retry_topic, [copy])
+        if error is not None:
+            raise PublishError(f"could not republish {copy.message_id} to {self.retry_topic!r}: {error}",
+                               messages=[copy], results=[error]) from error
+
+    async def _hand_back(self, deliveries: list[Delivery]) -> None:
+        """Unsettled messages we give up (close, revoke timeout): republished to the retry topic as
+        the next attempt; a failure leaves them to the offsets (redelivered all the same)."""
+        held = [d for d in deliveries if d in self._inflight and not d.settled and not d.token.revoked]
+        if not held:
+            return
+        copies = [redelivery_copy(d.message, d.attempt + 1, None) for d in held]
+        try:
+            results = await self._driver.publish(self.retry_topic, copies)
+        except Exception as exc:
+            log.warning("kafka: could not hand back %d messages of %r: %s", len(held), self._topic, exc)
+            return
+        await self.ack_many([d for d, error in zip(held, results, strict=True) if error is None])
+
+    async def close(self) -> None:
+        self._stopping = True
+        self._closing = True
+        self._room.set()
+        if self._stopped is not None:
+            await asyncio.wait({self._stopped}, timeout=POLL_SECONDS * 50)
+        self._buffer.clear()
+        await self._hand_back(list(self._inflight))
+        self._inflight.clear()
+        if self._consumer is not None:
+            await asyncio.to_thread(self._finish)
+
+    def _finish(self) -> None:
+        """Commit what was acked and leave the group (its revoke callback commits nothing more)."""
+        try:
+            self._commit(self._consumer, asynchronous=False)
+        finally:
+            self._consumer.close()
