@@ -6,7 +6,8 @@ The raw contender is ``kafka_bench``'s: aiokafka at its best practice (``getmany
 settings: ``send_many``, and ``receive_batch(1000)`` + ``ack_many`` (contiguous-offset commits);
 ``unimq-loop`` is the per-message ``async for`` + ``ack()`` path. Consume counts from the first
 record (group join excluded). Defaults keep one run under a minute: 100 B and 1 KiB, batching on,
-one producer/consumer, produce and consume, five interleaved repetitions of 10,000 messages.
+one producer/consumer, produce and consume, five interleaved repetitions of 30,000 messages
+(10,000 records of 100 B fit one fetch: the raw side would be timed on a single ``getmany``).
 
     .venv/bin/python benchmarks/kafka_confluent_bench.py [--contenders raw,unimq,unimq-loop] [harness options]
 """
@@ -45,8 +46,8 @@ BACKEND = Backend(
     name="kafka",
     default_url="kafka://127.0.0.1:9092",
     contenders=contenders,
-    quick_count=10_000,
-    full_count=30_000,
+    quick_count=30_000,
+    full_count=100_000,
     consume_from_first=True,
     notes=["raw: aiokafka (getmany + commit every 100 ms; 10,000 send futures then await)",
            "unimq: kafka://...?client=confluent (librdkafka), send_many; receive_batch(1000) + ack_many",

@@ -27,7 +27,7 @@ from unimq.codecs import CONTENT_ENCODING, Codec, RawCodec, codec_for, decompres
 from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Start, Stats, Subscription
 from unimq.errors import CapabilityError, Closed, ConfigError, PublishError, UnimqError
 from unimq.message import Delivery, Message, new_message_id
-from unimq.middleware import Chain, Middleware
+from unimq.middleware import Chain, Middleware, Nack
 from unimq.operations import DeadLetter, Health, RedriveReport
 from unimq.patterns import SUBJECT, TEMPORARY_PREFIX, Filter, Requester, check_subject, created_at, temporary_name
 from unimq.recoverability import KillSwitch
@@ -114,11 +114,23 @@ class Broker:
         codec: Codec | None = None,
         retry: Retry | None = SEND_RETRY,
         middlewares: Sequence[Middleware] = (),
+        claim_check: Any = None,
+        threshold: int | None = None,
     ) -> Producer:
         """A producer for ``destination``. ``retry=None`` disables retries of failed sends;
-        ``middlewares`` run after the broker's own (``Broker.use``)."""
+        ``middlewares`` run after the broker's own (``Broker.use``); ``claim_check`` (a store of
+        :mod:`unimq.payloads`) sends bodies over ``threshold`` (default: the backend's limit) by reference."""
         self._check_open()
+        if claim_check is not None:
+            middlewares = [*middlewares, self._claim_check(claim_check, threshold)]
+        elif threshold is not None:
+            raise ConfigError("threshold= goes with claim_check= (the store large bodies go to)")
         return Producer(self, destination, codec_for(schema, codec), retry, self._chain(middlewares))
+
+    def _claim_check(self, store: Any, threshold: int | None = None) -> Middleware:
+        from unimq.payloads import ClaimCheck
+
+        return ClaimCheck(store, threshold, broker=self)
 
     def consumer(
         self,
@@ -134,6 +146,7 @@ class Broker:
         middlewares: Sequence[Middleware] = (),
         subject: str | None = None,
         headers: Mapping[str, str] | None = None,
+        claim_check: Any = None,
     ) -> Consumer:
         """A consumer of ``destination`` in ``group`` (None = the destination's default group).
 
@@ -142,7 +155,8 @@ class Broker:
         reading on backends with ``replay``; ``max_decoded_bytes`` bounds a decompressed body
         (default: 4 × the backend's message limit): a bigger one is dead-lettered. ``subject`` (a
         pattern: ``*`` one token, ``#`` any number) and ``headers`` give the group only the
-        messages that match (see :mod:`unimq.patterns`).
+        messages that match (see :mod:`unimq.patterns`). ``claim_check`` (a store of
+        :mod:`unimq.payloads`) resolves bodies sent by reference.
         """
         self._check_open()
         caps = self._driver.capabilities_for(destination)
@@ -163,6 +177,8 @@ class Broker:
         except ValueError as exc:
             raise ConfigError(f"consumer options: {_first_error(exc)}") from None
         wanted = None if subject is None and headers is None else Filter(subject, headers)
+        if claim_check is not None:
+            middlewares = [*middlewares, self._claim_check(claim_check)]
         sub = self._driver.subscription(destination, group, settings)
         limit = max_decoded_bytes or 4 * caps.max_message_bytes
         return Consumer(self, destination, group, sub, settings, codec_for(schema, codec), limit,
@@ -360,7 +376,7 @@ class Broker:
         destination: str,
         *,
         group: str | None = None,
-        filter: Callable[[DeadLetter], bool] | None = None,  # noqa: A002 - the public keyword
+        filter: Callable[[DeadLetter], bool] | None = None,
         limit: int | None = None,
         rate: float | None = None,
     ) -> RedriveReport:
@@ -893,6 +909,7 @@ class Consumer:
         delivery._settler = self._settlement
         try:
             if self._chain is not None:
+                delivery.wire = delivery.message
                 await self._chain.received(self.destination, delivery)
             message = delivery.message
             body = message.body
@@ -901,6 +918,11 @@ class Consumer:
                 body = decompress(body, encoding, self._max_decoded)
             delivery.payload = self._codec.decode(body) if self._decode else body
             return True
+        except Nack as nack:
+            self._unsettled += 1
+            log.info("message %s handed back by a middleware: %s", delivery.message.message_id, nack.reason)
+            await self._settlement.nack(delivery, nack.delay)
+            return False
         except Exception as exc:
             message = delivery.message
             if DEAD_LETTER_REASON in message.headers:

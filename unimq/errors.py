@@ -206,7 +206,7 @@ class BrokerConnectionError(UnimqError):
 
 
 #: Deprecated alias of :class:`BrokerConnectionError` (it shadowed the builtin); kept for one release.
-ConnectionError = BrokerConnectionError  # noqa: A001
+ConnectionError = BrokerConnectionError
 
 
 class Throttled(UnimqError):

@@ -296,20 +296,29 @@ async def _quietly(action: Callable[[], Awaitable[None]], what: str) -> None:
         log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
 
 
-async def request_reply(broker: Broker, destination: str, body: bytes, *, reply_to: str, wait: float,
+async def request_reply(broker: Broker, destination: str, body: bytes, *, reply_to: str | None = None, wait: float,
                         reply_group: str | None = None, content_type: str | None = None,
                         correlation_id: str | None = None, key: str | None = None,
                         headers: dict[str, str] | None = None, ttl: float | None = None,
                         max_held: int = 100, max_bytes: int | None = None,
                         create: bool = False) -> tuple[SendResult, MessageView]:
-    """Send a request and wait up to ``wait`` seconds for its reply on ``reply_to``.
+    """Send a request and wait up to ``wait`` seconds for its reply.
 
-    The reply is the first message on ``reply_to`` whose correlation_id is the request's
+    Without ``reply_to`` the reply comes back on the broker's private reply path
+    (``Broker.request``): nothing else is read, nothing is held back or released. With ``reply_to``
+    (a shared destination a responder replies to), the reply is the first message on ``reply_to`` whose correlation_id is the request's
     correlation_id (or its message_id). It is acked once its view is built (a reply that cannot be
 shown is released, not lost); other messages read meanwhile are held,
     then released for redelivery, so other requesters still get theirs. The reply consumer opens
     before the request is sent, so a fast reply is not missed.
     """
+    if reply_to is None:
+        await check_destination(broker, destination, create)
+        reply = await broker.request(destination, body, timeout=wait, content_type=content_type, key=key,
+                                     headers=headers, ttl=_seconds(ttl, "ttl"))
+        sent = SendResult(destination=destination, message_id=reply.correlation_id or "",
+                          correlation_id=reply.correlation_id, body_bytes=len(body))
+        return sent, message_view(reply, max_bytes=max_bytes)
     await check_destination(broker, reply_to, create)
     correlation_id = correlation_id or uuid.uuid4().hex
     message_id = uuid.uuid4().hex

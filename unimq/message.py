@@ -80,7 +80,8 @@ class Delivery:
     drops a delivery that is already expired when it arrives.
     """
 
-    __slots__ = ("_settler", "attempt", "expires_at", "message", "native", "payload", "settled", "span", "token")
+    __slots__ = ("_settler", "attempt", "expires_at", "message", "native", "payload", "settled", "span", "token",
+                 "wire")
 
     def __init__(
         self, message: Message, attempt: int = 1, native: Any = None, token: Any = None, expires_at: float = 0.0,
@@ -93,6 +94,9 @@ class Delivery:
         self.payload: Any = message.body
         self.settled = False
         self.span: Any = None  # the OpenTelemetry span, when unimq.telemetry is enabled
+        #: The message as the broker delivered it, when a middleware changed ``message`` on receipt:
+        #: what dead-letter and redelivery copies are made of (never the resolved or decrypted body).
+        self.wire: Message | None = None
         self._settler: Settler | None = None
 
     def __repr__(self) -> str:

@@ -16,6 +16,16 @@ from collections.abc import Sequence
 from unimq.message import Delivery, Message
 
 
+class Nack(Exception):  # noqa: N818 - it names the outcome, like the Delivery method
+    """Raised by ``on_receive`` to hand a delivery back for redelivery (after ``delay`` seconds)
+    instead of dead-lettering it, e.g. a payload version this consumer does not know yet."""
+
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+
 class Middleware:
     """Override the hooks you need."""
 
@@ -24,7 +34,8 @@ class Middleware:
         return message
 
     async def on_receive(self, destination: str, delivery: Delivery) -> None:
-        """Change ``delivery.message`` before it is decoded. Raising dead-letters the delivery."""
+        """Change ``delivery.message`` before it is decoded. Raising dead-letters the delivery;
+        raising :class:`Nack` hands it back for redelivery."""
 
     async def on_acked(self, destination: str, deliveries: Sequence[Delivery]) -> None:
         """Called after the broker accepted the ack of ``deliveries``. Errors are logged, not raised."""
@@ -46,7 +57,8 @@ class Chain:
 
     async def published(self, destination: str, messages: list[Message]) -> list[Message]:
         out = []
-        for message in messages:
+        for original in messages:
+            message = original
             for middleware in self.publish:
                 message = await middleware.on_publish(destination, message)
             out.append(message)

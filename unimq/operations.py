@@ -139,7 +139,7 @@ async def redrive(
     destination: str,
     *,
     group: str | None = None,
-    filter: Callable[[DeadLetter], bool] | None = None,  # noqa: A002 - the public keyword
+    filter: Callable[[DeadLetter], bool] | None = None,
     limit: int | None = None,
     rate: float | None = None,
 ) -> RedriveReport:

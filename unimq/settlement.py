@@ -215,7 +215,7 @@ class Settlement:
             if self._sub.native_nack:
                 await self._guard(self._sub.nack(delivery, delay), "nack on")
             else:
-                copy = redelivery_copy(delivery.message, delivery.attempt + 1, delay)
+                copy = redelivery_copy(delivery.wire or delivery.message, delivery.attempt + 1, delay)
                 await self._guard(self._sub.redeliver(copy, delay), "redeliver on")
                 await self._ack_now((delivery,))
         finally:
@@ -254,7 +254,8 @@ class Settlement:
             await self._guard(self._sub.reject(delivery, reason), "reject on")
             return
         target = self._driver.dead_letter_destination(self.destination)
-        copy = dead_letter_copy(delivery.message, reason, self.destination, self.group, delivery.attempt)
+        copy = dead_letter_copy(delivery.wire or delivery.message, reason, self.destination, self.group,
+                                delivery.attempt)
         results = await self._guard(self._driver.publish(target, [copy]), f"dead-letter to {target} from")
         if results and results[0] is not None:
             raise PublishError(f"could not dead-letter {delivery.message.message_id} to {target}: {results[0]}",

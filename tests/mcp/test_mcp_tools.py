@@ -193,6 +193,29 @@ async def test_request_reply(broker: unimq.Broker, dest: str, target: Target) ->
         task.cancel()
 
 
+async def test_request_reply_on_the_private_reply_path(broker: unimq.Broker, dest: str, target: Target) -> None:
+    """Without reply_to the tool uses Broker.request: the reply comes back on the server's own path."""
+    if target.pool:
+        pytest.skip("the private reply path needs a destination made at run time")
+
+    async def worker() -> None:
+        async with broker.consumer(dest) as consumer:
+            async for delivery in consumer:
+                await delivery.reply(b"done: " + delivery.message.body)
+                await delivery.ack()
+                return
+
+    task = asyncio.create_task(worker())
+    try:
+        async with client(broker, allow_write=True) as c:
+            out = (await call(c, "request_reply", destination=dest, body="resize img-8",
+                              wait=target.timing.receive)).result
+        assert out["reply"]["body"] == "done: resize img-8"
+        await asyncio.wait_for(task, 5)
+    finally:
+        task.cancel()
+
+
 async def test_binary_body_comes_back_as_base64(broker: unimq.Broker, dest: str, target: Target) -> None:
     await broker.producer(dest).send(b"\xff\xfe\x00binary")
     async with client(broker, allow_write=True) as c:

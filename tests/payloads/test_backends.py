@@ -1,4 +1,4 @@
-"""A 5 MiB body through the claim-check on every backend, and through the migration mirror."""
+"""A 5 MiB body through the claim-check (encrypted) on every backend, and through the migration mirror."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import pytest
 
 import unimq
 from unimq.migrate import Mirror
-from unimq.payloads import CLAIM_CHECK_HEADER, ClaimCheck, Store
+from unimq.payloads import CLAIM_CHECK_HEADER, ClaimCheck, Encrypted, Store
 from unimq.reliability import DEAD_LETTER_REASON
 
 BIG = os.urandom(5 * 1024 * 1024)
+KEY = os.urandom(32)
 #: Which store each backend's test uses, so every store runs against real brokers too.
 STORES = {"memory": "file", "rabbitmq": "s3", "kafka": "azure", "redis": "file", "nats": "s3", "sqs": "s3",
           "servicebus": "azure"}
@@ -51,11 +52,11 @@ async def test_a_5_mib_body_round_trips_and_its_object_goes_after_the_ack(
     destination = f"cc-{uuid.uuid4().hex[:8]}"
     try:
         await broker.ensure(destination)
-        claim_check = ClaimCheck(store, threshold=THRESHOLD, broker=broker)
-        producer = broker.producer(destination, middlewares=[claim_check])
+        chain = [Encrypted({"k1": KEY}, current="k1"), ClaimCheck(store, threshold=THRESHOLD, broker=broker)]
+        producer = broker.producer(destination, middlewares=chain)
         sent = await producer.send(BIG, headers={"kind": "big"})
         await producer.send(b"small")
-        async with broker.consumer(destination, middlewares=[claim_check]) as consumer:
+        async with broker.consumer(destination, middlewares=chain) as consumer:
             got = await consumer.receive_many(2, 20)
             assert sorted(d.message.body for d in got) == sorted([BIG, b"small"])
             big = next(d for d in got if d.message.body == BIG)
@@ -75,13 +76,9 @@ async def test_a_5_mib_body_round_trips_and_its_object_goes_after_the_ack(
         await store.close()
 
 
-#: Where the core publishes dead-letter and redelivery copies itself, it copies ``delivery.message`` —
-#: the resolved body, not the reference received. Fixed when the core copies the message as received
-#: (Delivery keeps it before ``on_receive``); these then pass and the marks must go (strict).
-CORE_COPIES_RESOLVED = pytest.mark.xfail(strict=True, reason="core dead-letters/redelivers the resolved message")
-SETTLE_BACKENDS = [pytest.param(name, marks=[pytest.mark.needs_broker(name)]
-                                + ([CORE_COPIES_RESOLVED] if name not in ("memory", "servicebus") else []))
-                   for name in STORES]
+#: Dead-letter and redelivery copies are made of the message as received (``Delivery.wire``): the
+#: reference, never the resolved body.
+SETTLE_BACKENDS = [pytest.param(name, marks=[pytest.mark.needs_broker(name)]) for name in STORES]
 
 
 @pytest.mark.parametrize("target", SETTLE_BACKENDS)
@@ -95,14 +92,14 @@ async def test_a_nacked_then_rejected_reference_is_dead_lettered_as_a_reference(
         claim_check = ClaimCheck(store, threshold=THRESHOLD, broker=broker)
         await broker.producer(destination, middlewares=[claim_check]).send(BIG)
         async with broker.consumer(destination, middlewares=[claim_check]) as consumer:
-            delivery = await consumer.receive(timeout=20)
+            delivery = await consumer.receive(timeout=10)
             assert delivery is not None and delivery.message.body == BIG
             await delivery.nack()
-            delivery = await consumer.receive(timeout=20)
+            delivery = await consumer.receive(timeout=10)
             assert delivery is not None and delivery.message.body == BIG
             await delivery.reject("bad document")
         async with broker.consumer(broker.dead_letter_destination(destination)) as dlq:
-            dead = await dlq.receive(timeout=20)
+            dead = await dlq.receive(timeout=10)
             assert dead is not None
             await dead.ack()
         assert dead.message.headers[DEAD_LETTER_REASON] == "bad document"

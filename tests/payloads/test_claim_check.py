@@ -7,6 +7,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
@@ -149,23 +150,27 @@ async def test_a_failed_upload_fails_the_send_and_sends_nothing(broker: unimq.Br
     assert (await broker.stats("docs")).depth == 0
 
 
-@pytest.mark.parametrize("tamper", ["key", "digest", "json"])
+@pytest.mark.parametrize("tamper", ["key", "digest", "json", "size"])
 async def test_a_forged_or_changed_reference_is_dead_lettered(broker: unimq.Broker, files: FileStore,
                                                               tamper: str) -> None:
     secret = files.root / "secret.txt"
     secret.write_text("outside the store")
-    reference = {"v": 1, "uri": "file:///etc/passwd", "key": "claims/../secret.txt", "size": 17, "sha256": "0"}
+    reference: dict[str, Any] = {"v": 1, "uri": "file:///etc/passwd", "key": "claims/../secret.txt", "size": 17,
+                                 "sha256": "0"}
     if tamper != "key":
         key = files.new_key()
         reference = json.loads(reference_body(files, key, bytes(500)))
         await files.put(key, bytes(499) + b"!")  # same size, other bytes
+        if tamper == "size":
+            reference["size"] = 10_000_000_000
     body = b"{not json" if tamper == "json" else json.dumps(reference).encode()
     await broker.producer("docs").send(body, headers={CLAIM_CHECK_HEADER: reference["uri"]})
     async with broker.consumer("docs", middlewares=[ClaimCheck(files, threshold=100)]) as consumer:
         assert await consumer.receive(timeout=0.3) is None
     async with broker.consumer(broker.dead_letter_destination("docs")) as dlq:
         reasons = [d.message.headers[DEAD_LETTER_REASON] for d in await dlq.receive_many(2, 1)]
-    expected = {"key": "is not one this store", "digest": "does not match its reference", "json": "not JSON"}[tamper]
+    expected = {"key": "is not one this store", "digest": "does not match its reference", "json": "not JSON",
+                "size": "holds 10000000000 bytes; the limit here is 1073741824"}[tamper]
     assert any(expected in reason for reason in reasons), reasons
 
 
@@ -182,3 +187,22 @@ async def test_bad_configuration_is_refused_at_creation(broker: unimq.Broker, fi
         await FileStore(tmp_path / "nope").open()
     with pytest.raises(unimq.ConfigError, match="prefix"):
         FileStore(tmp_path, prefix="../up")
+
+
+async def test_forwarding_resolved_or_referenced_messages(broker: unimq.Broker, files: FileStore) -> None:
+    """A resolved message sent again is stored again; a reference sent as it is stays one."""
+    claim_check = ClaimCheck(files, threshold=100)
+    await broker.ensure("copies")
+    await broker.producer("docs", middlewares=[claim_check]).send(bytes(500))
+    async with broker.consumer("docs", middlewares=[claim_check]) as consumer:
+        delivery = await consumer.receive(timeout=2)
+        assert delivery is not None
+        await broker.producer("copies", middlewares=[claim_check]).send(delivery.message)
+    async with broker.consumer("docs") as raw:
+        reference = await raw.receive(timeout=2)
+        assert reference is not None
+        await broker.producer("copies", middlewares=[claim_check]).send(reference.message)
+    assert len(objects(files)) == 2
+    async with broker.consumer("copies", middlewares=[claim_check]) as copies:
+        got = await copies.receive_many(2, 2)
+        assert [d.message.body for d in got] == [bytes(500), bytes(500)]

@@ -65,10 +65,26 @@ async def test_rotation_decrypts_old_keys_and_encrypts_with_the_current(broker: 
     after = Encrypted({"k1": OLD, "k2": NEW}, current="k2")
     await broker.producer("secrets", middlewares=[before]).send(b"old")
     await broker.producer("secrets", middlewares=[after]).send(b"new")
+    assert [m.headers[KEY_ID] for m in await broker.peek("secrets", 2)] == ["k1", "k2"]
     async with broker.consumer("secrets", middlewares=[after]) as consumer:
         got = await consumer.receive_many(2, 2)
         assert [d.message.body for d in got] == [b"old", b"new"]
-        assert [d.message.headers[KEY_ID] for d in got] == ["k1", "k2"]
+        assert all(KEY_ID not in d.message.headers for d in got)  # the header described the ciphertext
+
+
+async def test_a_received_message_forwards_through_an_encrypting_producer(broker: unimq.Broker) -> None:
+    enc = Encrypted({"k1": OLD}, current="k1")
+    await broker.producer("secrets", middlewares=[enc]).send(b"forward me")
+    async with broker.consumer("secrets", middlewares=[enc]) as consumer:
+        delivery = await consumer.receive(timeout=2)
+        assert delivery is not None
+        await broker.producer("other", middlewares=[enc]).send(delivery.message)
+        await delivery.ack()
+    forwarded = await receive(broker, "other", enc)
+    assert forwarded is not None and forwarded.message.body == b"forward me"
+    await broker.producer("other").send(unimq.Message(b"x", headers={KEY_ID: "k1"}))
+    with pytest.raises(unimq.ConfigError, match="already carries x-unimq-key-id: its body is ciphertext"):
+        await broker.producer("other", middlewares=[enc]).send(unimq.Message(b"x", headers={KEY_ID: "k1"}))
 
 
 async def test_an_unknown_key_is_dead_lettered_never_passed_through(broker: unimq.Broker) -> None:
@@ -102,6 +118,10 @@ async def test_a_dead_lettered_message_decrypts_on_the_dead_letter_destination(b
     assert dead is not None and dead.message.body == b"poison"
 
 
+def stored_files(root: Path) -> list[bytes]:
+    return [p.read_bytes() for p in root.rglob("*") if p.is_file()]
+
+
 async def test_composes_with_compression_and_claim_check(broker: unimq.Broker, tmp_path: Path) -> None:
     """Compress (codec), encrypt, then claim-check: the store and the broker see only ciphertext."""
     store = await FileStore(tmp_path).open()
@@ -110,8 +130,8 @@ async def test_composes_with_compression_and_claim_check(broker: unimq.Broker, t
     codec = Compressed(JsonCodec())
     await broker.producer("secrets", codec=codec, middlewares=chain).send(document)
     await broker.producer("secrets", codec=codec, middlewares=chain).send({"text": "short"})
-    (stored,) = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert b"confidential" not in stored.read_bytes()
+    (stored,) = stored_files(tmp_path)
+    assert b"confidential" not in stored
     async with broker.consumer("secrets", codec=codec, middlewares=chain) as consumer:
         got = await consumer.receive_many(2, 2)
         assert [d.payload for d in got] == [document, {"text": "short"}]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from urllib.parse import quote
 
 import pytest
 from payload_stores import AZURITE, S3_URL, require_store
@@ -37,9 +38,16 @@ async def test_keys_the_store_did_not_make_are_refused(store: Store) -> None:
             await store.get(key)
 
 
-async def test_an_unreachable_s3_endpoint_fails_at_open() -> None:
-    with pytest.raises(unimq.BrokerConnectionError, match=r"cannot reach the endpoint.*endpoint_url"):
+async def test_an_unreachable_store_fails_at_open_without_its_secret(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(unimq.BrokerConnectionError, match=r"cannot reach the endpoint.*endpoint_url") as s3:
         await open_store("s3://unimq:secret-value-123@unimq-test/?endpoint_url=http://127.0.0.1:9&region=us-east-1")
+    connection = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={WRONG_AZURE_KEY};"
+                  "BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;")
+    with pytest.raises(unimq.BrokerConnectionError, match="cannot reach the endpoint") as azure:
+        await open_store(f"azblob://payloads/?connection_string={quote(connection, safe='')}", retry_total=0)
+    shown = f"{s3.value} {s3.value!r} {azure.value} {azure.value!r} {caplog.text}"
+    assert "secret-value-123" not in shown and WRONG_AZURE_KEY not in shown
 
 
 async def test_s3_errors_name_the_fix_and_never_the_secret(caplog: pytest.LogCaptureFixture) -> None:

@@ -124,9 +124,10 @@ async def roundtrip(url: str, receive_timeout: float = 10.0) -> None:
         await broker.delete(dest)
 
 
-async def refused(url: str, *words: str, secrets: tuple[str, ...], **options: Any) -> UnimqError:
-    """Connecting and sending fail within 30 s with a UnimqError naming one of ``words`` and none of ``secrets``."""
-    with pytest.raises(UnimqError) as info:
+async def refused(url: str, *words: str, secrets: tuple[str, ...], kind: type[UnimqError] = UnimqError,
+                  **options: Any) -> UnimqError:
+    """Connecting and sending fail within 30 s with a ``kind`` naming one of ``words`` and none of ``secrets``."""
+    with pytest.raises(kind) as info:
         async with asyncio.timeout(30), unimq.connect(url, **options) as broker:
             await broker.producer(f"sec-{uuid.uuid4().hex[:8]}", retry=None).send(b"x")
     text = str(info.value).lower()

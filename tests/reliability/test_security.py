@@ -59,9 +59,9 @@ def server(tmp_path: Path) -> Iterator[Callable[[list[str], int], None]]:
             proc.wait()
 
 
-async def _refused(url: str, *words: str) -> UnimqError:
+async def _refused(url: str, *words: str, kind: type[UnimqError] = UnimqError) -> UnimqError:
     options: dict[str, Any] = {"connect_attempts": 1} if url.startswith(("nats", "tls")) else {}
-    return await refused(url, *words, secrets=(PASSWORD, TOKEN), **options)
+    return await refused(url, *words, secrets=(PASSWORD, TOKEN), kind=kind, **options)
 
 
 # Redis: ACL user over TLS ---------------------------------------------------------------------
@@ -81,7 +81,8 @@ async def test_redis_acl_user_over_tls(pki: Pki, server: Callable[[list[str], in
     server(["redis-server", str(tmp_path / "redis.conf")], port)
     base = f"127.0.0.1:{port}/0?ssl_ca_certs={pki.ca}"
     await roundtrip(f"rediss://alice:{PASSWORD}@{base}")
-    await _refused(f"rediss://alice:wrong-{PASSWORD}@{base}", "WRONGPASS", "invalid username-password", "auth")
+    await _refused(f"rediss://alice:wrong-{PASSWORD}@{base}", "WRONGPASS", "invalid username-password", "auth",
+                   kind=unimq.AuthenticationError)
     await _refused(f"rediss://alice:{PASSWORD}@127.0.0.1:{port}/0?ssl_ca_certs={pki.other_ca}",
                    "certificate", "ssl", "tls")
     await _refused(f"redis://alice:{PASSWORD}@127.0.0.1:{port}/0", "connection", "closed", "reset", "timeout")
@@ -106,7 +107,8 @@ async def test_nats_user_password_over_tls(pki: Pki, server: Callable[[list[str]
     )
     server(["nats-server", "-c", str(tmp_path / "nats.conf")], port)
     await roundtrip(f"tls://alice:{PASSWORD}@127.0.0.1:{port}?ca={pki.ca}")
-    await _refused(f"tls://alice:wrong@127.0.0.1:{port}?ca={pki.ca}", "authorization", "auth")
+    await _refused(f"tls://alice:wrong@127.0.0.1:{port}?ca={pki.ca}", "authorization", "auth",
+                   kind=unimq.AuthenticationError)
     await _refused(f"tls://alice:{PASSWORD}@127.0.0.1:{port}?ca={pki.other_ca}", "certificate", "ssl", "tls")
 
 
@@ -120,6 +122,8 @@ async def test_nats_token(server: Callable[[list[str], int], None], tmp_path: Pa
     server(["nats-server", "-c", str(tmp_path / "nats.conf")], port)
     await roundtrip(f"nats://127.0.0.1:{port}?token={TOKEN}")
     await roundtrip(f"nats://{TOKEN}@127.0.0.1:{port}")  # the NATS token URL form: a token, not a user
-    await _refused(f"nats://127.0.0.1:{port}?token=wrong-{TOKEN}", "authorization", "auth")
-    await _refused(f"nats://wrong-{TOKEN}@127.0.0.1:{port}", "authorization", "auth")
+    await _refused(f"nats://127.0.0.1:{port}?token=wrong-{TOKEN}", "authorization", "auth",
+                   kind=unimq.AuthenticationError)
+    await _refused(f"nats://wrong-{TOKEN}@127.0.0.1:{port}", "authorization", "auth",
+                   kind=unimq.AuthenticationError)
     await _refused(f"nats://127.0.0.1:{port}", "authorization", "auth")

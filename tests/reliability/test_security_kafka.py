@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from security_support import Pki, free_port, refused, roundtrip, running, scripts_brokers, unavailable
 
+import unimq
+
 pytestmark = pytest.mark.needs_broker("kafka")
 
 PASSWORD = f"pw-{uuid.uuid4().hex[:10]}"
@@ -77,7 +79,7 @@ async def test_sasl_credentials_as_options(kafka: SecureKafka, pki: Pki) -> None
 async def test_wrong_password_names_the_authentication_failure(kafka: SecureKafka, pki: Pki) -> None:
     wrong = f"wrong-{PASSWORD}"
     error = await refused(_sasl_url(kafka, pki.ca, password=wrong), "SaslAuthenticationFailed",
-                          secrets=(PASSWORD, wrong))
+                          secrets=(PASSWORD, wrong), kind=unimq.AuthenticationError)
     assert "invalid credentials" in str(error)
     assert not error.retryable
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from security_support import Pki, free_port, refused, roundtrip, running, scripts_brokers, unavailable
 
+import unimq
+
 pytestmark = pytest.mark.needs_broker("rabbitmq")
 
 PASSWORD = f"pw-{uuid.uuid4().hex[:10]}"
@@ -59,5 +61,6 @@ async def test_verify_false_accepts_an_untrusted_server(amqps: str) -> None:
 
 async def test_wrong_password_names_the_refusal(amqps: str, pki: Pki) -> None:
     wrong = f"wrong-{PASSWORD}"
-    error = await refused(_url(amqps, pki.ca, password=wrong), "ACCESS_REFUSED", secrets=(PASSWORD, wrong))
+    error = await refused(_url(amqps, pki.ca, password=wrong), "ACCESS_REFUSED", secrets=(PASSWORD, wrong),
+                          kind=unimq.AuthenticationError)
     assert not error.retryable

@@ -29,7 +29,8 @@ def _edges(path: Path, known: set[str]) -> set[str]:
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        for name in names:
+        for imported in names:
+            name = imported
             while name and name not in known:
                 name = name.rpartition(".")[0]
             if name and name != "unimq" and name.startswith("unimq"):
@@ -50,7 +51,7 @@ def test_no_cycle_in_the_core() -> None:
             if nxt.startswith(node + "."):
                 continue  # a package importing its own submodules is not a cycle
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt]
+                cycle = [*stack[stack.index(nxt):], nxt]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt)

@@ -24,7 +24,7 @@ from unimq import __version__, inspect
 from unimq.broker import Broker, connect
 from unimq.errors import scrub
 from unimq.inspect import DestinationProperties, JsonBody, MessageView, SendResult, SettleAction, SettleResult
-from unimq.mcp import ops_tools
+from unimq.mcp import ops_tools, payload_tools
 
 T = TypeVar("T")
 
@@ -134,7 +134,8 @@ class Tools:
         self,
         destination: str,
         body: Annotated[JsonBody, Field(description="text is sent as UTF-8; an object or array as JSON")],
-        reply_to: Annotated[str, Field(description="destination the reply will arrive on")],
+        reply_to: Annotated[str | None, Field(description="a shared destination the responder replies to; omit "
+                                                          "for a private reply path of this server's own")] = None,
         wait: Annotated[float, Field(gt=0, allow_inf_nan=False, description="seconds to wait for the reply")] = 30.0,
         correlation_id: Annotated[str | None, Field(description="generated when omitted")] = None,
         reply_group: Annotated[str | None, Field(description="group to read reply_to in; omit for the default")] = None,
@@ -144,7 +145,7 @@ class Tools:
     ) -> ReplyResult:
         """Send a request with correlation_id and reply_to, and wait for the correlated reply."""
         self._writable("request_reply")
-        self._allowed(destination, reply_to)
+        self._allowed(destination, *([reply_to] if reply_to else []))
         self._wait(wait)
         data, content_type = self._body(body)
         request, reply = await self._run(inspect.request_reply(
@@ -269,6 +270,7 @@ def build_server(broker: Broker, policy: Policy | None = None) -> MCPServer[Any]
         registered += [(tools.send_message, _WRITE), (tools.receive_messages, _DESTRUCTIVE),
                        (tools.settle_message, _DESTRUCTIVE), (tools.request_reply, _WRITE)]
     registered += ops_tools.tools(tools)
+    registered += payload_tools.tools(tools)
     server = _Server(
         "unimq", version=__version__, log_level="WARNING", lifespan=lifespan,
         arguments={fn.__name__: frozenset(pyinspect.signature(fn).parameters) for fn, _ in registered},

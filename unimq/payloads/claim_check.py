@@ -88,7 +88,8 @@ class ClaimCheck(Middleware):
     each destination's size limit: ``threshold`` (default: that limit) may not exceed it. Without
     ``broker``, ``threshold`` is required. ``delete_after_ack=False`` leaves objects to a lifecycle
     rule of the store: use it when several groups read the same message (fan-out), since the first
-    group's ack would otherwise delete the object the others still need.
+    group's ack would otherwise delete the object the others still need. A reference to an object
+    over ``max_object_bytes`` (default 1 GiB) is dead-lettered without downloading it.
     """
 
     def __init__(
@@ -98,12 +99,15 @@ class ClaimCheck(Middleware):
         *,
         delete_after_ack: bool = True,
         broker: Broker | None = None,
+        max_object_bytes: int = 1024 * 1024 * 1024,
     ) -> None:
         if not isinstance(store, Store):
             raise ConfigError(f"ClaimCheck needs a unimq.payloads store (FileStore, S3Store, AzureBlobStore), "
                               f"got {type(store).__name__}")
         if threshold is not None and (not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 0):
             raise ConfigError(f"ClaimCheck threshold must be an int >= 0 (bytes), got {threshold!r}")
+        if not isinstance(max_object_bytes, int) or max_object_bytes < 1:
+            raise ConfigError(f"ClaimCheck max_object_bytes must be an int >= 1, got {max_object_bytes!r}")
         if threshold is None and broker is None:
             raise ConfigError("ClaimCheck: pass threshold= (bytes) or broker= (to use each destination's size limit)")
         if broker is not None:
@@ -114,6 +118,7 @@ class ClaimCheck(Middleware):
         self.store = store
         self.threshold = threshold
         self.delete_after_ack = delete_after_ack
+        self.max_object_bytes = max_object_bytes
         self._broker = broker
         self._limits: dict[str, int] = {}
 
@@ -131,8 +136,13 @@ class ClaimCheck(Middleware):
         return limit
 
     async def on_publish(self, destination: str, message: Message) -> Message:
+        if HEADER in message.headers:
+            if _is_reference(message):
+                return message  # a reference forwarded as it is (a bridge, a redrive)
+            # A resolved message sent again: the header is stale, the body is the payload.
+            message = replace(message, headers={k: v for k, v in message.headers.items() if k != HEADER})
         limit = self._limit(destination)
-        if limit is None or len(message.body) <= limit or HEADER in message.headers:
+        if limit is None or len(message.body) <= limit:
             return message
         key = self.store.new_key()
         try:
@@ -147,7 +157,7 @@ class ClaimCheck(Middleware):
     async def on_receive(self, destination: str, delivery: Delivery) -> None:
         message = delivery.message
         if HEADER in message.headers:
-            delivery.message = replace(message, body=await resolve(self.store, message.body))
+            delivery.message = replace(message, body=await resolve(self.store, message.body, self.max_object_bytes))
 
     async def on_acked(self, destination: str, deliveries: Sequence[Delivery]) -> None:
         if not self.delete_after_ack:
@@ -157,6 +167,16 @@ class ClaimCheck(Middleware):
                 key = _key_of(delivery.message.headers[HEADER], self.store)
                 if key is not None:
                     await self.store.delete(key)
+
+
+def _is_reference(message: Message) -> bool:
+    """Whether ``message``'s body is the reference its header names (not a resolved body)."""
+    if len(message.body) > 4096:
+        return False
+    try:
+        return parse_reference(message.body).get("uri") == message.headers[HEADER]
+    except ReferenceError:
+        return False
 
 
 def _key_of(uri: str, store: Store) -> str | None:

@@ -80,7 +80,8 @@ class Encrypted(Middleware):
 
     async def on_publish(self, destination: str, message: Message) -> Message:
         if KEY_ID in message.headers:
-            raise ConfigError(f"message {message.message_id} already carries {KEY_ID}: it was encrypted once")
+            raise ConfigError(f"message {message.message_id} already carries {KEY_ID}: its body is ciphertext "
+                              "(send it through a producer without Encrypted)")
         nonce = os.urandom(NONCE)
         sealed = self._ciphers[self.current].encrypt(nonce, message.body, self._aad(self.current, message, destination))
         return replace(message, body=bytes([FORMAT]) + nonce + sealed,
@@ -92,7 +93,8 @@ class Encrypted(Middleware):
         if key_id is None:
             return
         source = message.headers.get(DEAD_LETTER_SOURCE, destination)
-        delivery.message = replace(message, body=self.decrypt(message, source))
+        headers = {k: v for k, v in message.headers.items() if k != KEY_ID}  # it describes the plaintext now
+        delivery.message = replace(message, body=self.decrypt(message, source), headers=headers)
 
     def decrypt(self, message: Message, destination: str) -> bytes:
         """The plaintext of an encrypted ``message`` received from ``destination``."""

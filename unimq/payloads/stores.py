@@ -279,7 +279,8 @@ class S3Store(Store):
 
 class AzureBlobStore(Store):
     """An Azure Blob container through ``azure-storage-blob``'s async client, from a connection
-    string (Azurite's development one works) or an account URL with a credential."""
+    string (Azurite's development one works) or an account URL with a credential.
+    ``client_options`` go to the client (e.g. ``retry_total=``)."""
 
     scheme = "azblob"
 
@@ -291,6 +292,7 @@ class AzureBlobStore(Store):
         connection_string: str | None = None,
         account_url: str | None = None,
         credential: Any = None,
+        **client_options: Any,
     ) -> None:
         super().__init__(prefix)
         if not isinstance(container, str) or not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{1,61})[a-z0-9]", container):
@@ -310,14 +312,14 @@ class AzureBlobStore(Store):
                 if name.strip().lower() in ("accountkey", "sharedaccesssignature"):
                     self._secret(value.strip())
             try:
-                self._service = BlobServiceClient.from_connection_string(connection_string)
+                self._service = BlobServiceClient.from_connection_string(connection_string, **client_options)
             except Exception:
                 raise ConfigError("Azure Blob store: the connection string does not parse; copy it again from "
                                   "the portal (AccountName=...;AccountKey=...)") from None
         else:
             if isinstance(credential, str):
                 self._secret(credential)
-            self._service = BlobServiceClient(str(account_url), credential=credential)
+            self._service = BlobServiceClient(str(account_url), credential=credential, **client_options)
         self.container = container
         self.account = self._service.account_name or "account"
         self._client = self._service.get_container_client(container)

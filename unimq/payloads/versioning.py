@@ -5,7 +5,7 @@ or ``version=``). A consumer with the same middleware turns older bodies into th
 with the upcasters registered for them (``1 → 2``, ``2 → 3``… each takes and returns the decoded
 JSON object), before the codec validates it against the model. A body from a newer producer is
 dead-lettered with the reason (``on_newer="dead_letter"``), or nacked to wait for this consumer's
-upgrade (``on_newer="nack"``, where the core supports a middleware nack).
+upgrade (``on_newer="nack"``: a middleware :class:`~unimq.middleware.Nack`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from unimq import middleware as _middleware
 from unimq.codecs import CONTENT_ENCODING, decompress
 from unimq.errors import ConfigError
 from unimq.message import Delivery, Message
-from unimq.middleware import Middleware
+from unimq.middleware import Middleware, Nack
 
 HEADER = "x-unimq-schema-version"
 #: Bound on a decompressed body being upcast (the consumer's own bound applies after).
@@ -67,10 +66,6 @@ class Versioned(Middleware):
             raise ConfigError(f"version must be an int >= 1, got {version!r}")
         if on_newer not in ("dead_letter", "nack"):
             raise ConfigError(f"on_newer must be 'dead_letter' or 'nack', got {on_newer!r}")
-        self._nack = getattr(_middleware, "Nack", None)
-        if on_newer == "nack" and self._nack is None:
-            raise ConfigError("on_newer='nack' needs unimq.middleware.Nack, which this unimq core lacks; "
-                              "use on_newer='dead_letter'")
         self.on_newer = on_newer
         self.nack_delay = nack_delay
         self.unversioned = unversioned
@@ -114,8 +109,8 @@ class Versioned(Middleware):
         if version > self.version:
             reason = (f"{self.model.__name__} v{version} is newer than this consumer's v{self.version}; "
                       "upgrade the consumer")
-            if self.on_newer == "nack" and self._nack is not None:
-                raise self._nack(self.nack_delay, reason)
+            if self.on_newer == "nack":
+                raise Nack(self.nack_delay, reason)
             raise SchemaVersionError(reason)
         delivery.message = self.upcast(message, version)
 

@@ -13,6 +13,7 @@ and the event loop only ever makes non-blocking calls (``produce`` into librdkaf
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -109,7 +110,8 @@ class _Batch:
             self.remaining -= 1
             last = self.remaining == 0
         if last:
-            self.loop.call_soon_threadsafe(self._resolve)
+            with contextlib.suppress(RuntimeError):  # the event loop is gone: nobody awaits the batch
+                self.loop.call_soon_threadsafe(self._resolve)
 
     def _resolve(self) -> None:
         if not self.future.done():

@@ -63,6 +63,8 @@ from unimq_nats.options import NatsOptions
 log = logging.getLogger("unimq.nats")
 
 
+#: A flush timeout nats-py never reaches (see NatsDriver.flush).
+_NEVER = 10**6
 #: The subject of a "Permissions Violation for Publish to "<subject>"" the server reports asynchronously.
 _DENIED_PUBLISH = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
 
@@ -316,9 +318,16 @@ class NatsDriver(Driver):
         nc = self.nc
         for m in messages:
             await nc.publish(destination, m.body, headers=to_headers(m, False))
-        await nc.flush(timeout=int(max(1, self.options.api_timeout)))  # the server's -ERR comes before its PONG
+        await self.flush()  # the server's -ERR comes before its PONG
         denied = self._denied.pop(destination, None)
         return [denied] * len(messages)
+
+    async def flush(self) -> None:
+        """``nc.flush()`` that is never cut short: nats-py leaves the PING future of a cancelled or
+        timed-out flush in its queue, and the next PONG then kills its read loop (InvalidStateError)."""
+        flushing = asyncio.ensure_future(self.nc.flush(timeout=_NEVER))
+        async with asyncio.timeout(self.options.api_timeout):
+            await asyncio.shield(flushing)
 
     async def _on_error(self, exc: Exception) -> None:
         """nats-py reports a refused publish only here: keep it for the publish that waits on it."""

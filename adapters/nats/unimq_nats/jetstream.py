@@ -209,8 +209,8 @@ class JetStreamSubscription(Subscription):
             with contextlib.suppress(nats.errors.Error):
                 if self._queue or self._inflight:
                     await self._request_ended()
-                if self._sub is not None:
-                    await self._sub.drain()  # type: ignore[no-untyped-call]
+                if self._sub is not None:  # shielded: a drain cut short would break nats-py (NatsDriver.flush)
+                    await asyncio.shield(asyncio.ensure_future(self._sub.drain()))  # type: ignore[no-untyped-call]
                 for msg in [*self._queue, *self._inflight.values()]:
                     await msg.nak()
         self._queue.clear()

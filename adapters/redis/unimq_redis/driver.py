@@ -81,6 +81,7 @@ class DestinationConfig:
     dedup_ms: int = 0
     max_deliveries: int | None = None
     lock_timeout: float | None = None
+    dead_letter_expired: bool = False
 
 
 def _reply(prefix: str) -> Callable[[BaseException], bool]:
@@ -163,7 +164,8 @@ class RedisDriver(Driver):
             replay=native(note="start= earliest/latest/a time creates the group at that stream id"),
             lock_extension=native(note="XCLAIM JUSTID resets the idle time; longer than the lock timeout, "
                                   "the consumer keeps resetting it"),
-            peek=native(note="XRANGE after the default group's last-delivered id"),
+            peek=native(note="what the default group gets next: reclaimable pending entries, then XRANGE "
+                             "after its last-delivered id"),
             batch_send=native(limit=1000, note="pipelined XADD, one round trip per batch"),
             headers=native(note="stream fields h:NAME"),
             transactions=none(),
@@ -178,6 +180,9 @@ class RedisDriver(Driver):
             max_deliveries=emulated(note="ensure() writes DEST:config max_deliveries, read by every consumer "
                                   "when it opens; the delivery count is the entry's in the group's PEL, the "
                                   "core dead-letters past it"),
+            dead_letter_expired=emulated(note="ensure() writes DEST:config dead_letter_expired, read by every "
+                                       "consumer when it opens; the core dead-letters an expired entry on "
+                                       "receipt instead of dropping it"),
             new_group_backlog=none("a named group starts at the end of the stream ($), whether ensure() or a "
                                    "consumer creates it: ensure(groups=[...]) first, or consumer(start="
                                    "'earliest') to read the backlog; the default group (group=None) starts at "
@@ -223,7 +228,7 @@ class RedisDriver(Driver):
         lock = values.get("lock_timeout_ms")
         config = DestinationConfig(
             dedup_ms=values.get("dedup_ms", 0), max_deliveries=values.get("max_deliveries"),
-            lock_timeout=lock / 1000 if lock else None,
+            lock_timeout=lock / 1000 if lock else None, dead_letter_expired=bool(values.get("dead_letter_expired")),
         )
         self._configs[destination] = (now + CONFIG_TTL, config)
         return config
@@ -317,6 +322,8 @@ class RedisDriver(Driver):
             values["max_deliveries"] = spec.max_deliveries
         if spec.lock_timeout:
             values["lock_timeout_ms"] = int(spec.lock_timeout.total_seconds() * 1000)
+        if spec.dead_letter_expired:
+            values["dead_letter_expired"] = 1
         config_key = self.key(destination, ":config")
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.delete(config_key)
@@ -330,14 +337,26 @@ class RedisDriver(Driver):
         return groups
 
     async def peek(self, destination: str, count: int) -> list[Message]:
-        """The next ``count`` entries the default group has not been handed yet."""
+        """The next ``count`` entries a consumer of the default group would get: pending entries it
+        can reclaim now (nacked, handed back by a closed consumer, or idle past the lock timeout),
+        then those it has not been handed yet. Entries held by a live consumer are not shown."""
         stream = self.key(destination)
-        after = "-"
-        for group in await self._groups(stream):
-            if _text(group["name"]) == self.options.default_group:
-                after = "(" + _text(group["last-delivered-id"])
-        entries: Any = await self.bounded(self.client.xrange(stream, after, "+", count=count))
-        return [from_entry(entry_id, fields)[0] for entry_id, fields in entries]
+        name = self.options.default_group
+        group = next((g for g in await self._groups(stream) if _text(g["name"]) == name), None)
+        after, reclaimable = "-", []
+        if group is not None:
+            after = "(" + _text(group["last-delivered-id"])
+            lock = (await self.config(destination)).lock_timeout or self.options.lock_timeout
+            pending: Any = await self.bounded(
+                self.client.xpending_range(stream, name, "-", "+", count, idle=int(lock * 1000)))
+            async with self.client.pipeline(transaction=False) as pipe:
+                for entry in pending:
+                    pipe.xrange(stream, entry["message_id"], entry["message_id"])
+                reclaimable = [e for found in await self.bounded(pipe.execute()) for e in found]
+        entries: Any = []
+        if count > len(reclaimable):
+            entries = await self.bounded(self.client.xrange(stream, after, "+", count=count - len(reclaimable)))
+        return [from_entry(entry_id, fields)[0] for entry_id, fields in [*reclaimable, *entries]]
 
     async def stats(self, destination: str, group: str | None) -> Stats:
         stream = self.key(destination)

@@ -74,7 +74,9 @@ class RedisSubscription(Subscription):
         config = await self._driver.config(self._destination, refresh=True)
         if self._settings.lock_timeout is None and config.lock_timeout:
             self._lock = config.lock_timeout
+        self.lock_timeout = self._lock
         self.max_deliveries = config.max_deliveries
+        self.dead_letter_expired = config.dead_letter_expired
         start = group_start(self._settings.start, "0" if self._default else "$")
         await self._driver.create_group(self._stream, self._group, start)
 

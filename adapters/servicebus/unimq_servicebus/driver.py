@@ -480,10 +480,14 @@ class ServiceBusDriver(Driver):
             raise CapabilityError(f"servicebus cannot honour ensure({', '.join(f'{n}=' for n in settings)}) on "
                                   f"{destination!r}: {UNMANAGED}; set LockDuration, MaxDeliveryCount, "
                                   "RequiresDuplicateDetection, DefaultMessageTimeToLive or RequiresSession there")
+        await self._exists(destination)
+
+    async def _exists(self, destination: str) -> None:
+        """NotFound unless the queue or topic exists (opening a sender to it: the attach fails if not)."""
         try:
-            await self._sender(destination)  # the attach fails when the entity was not declared
+            await self._sender(destination)
         except Exception as exc:
-            error = self.map_error(exc, f"ensure {destination!r}")
+            error = self.map_error(exc, f"open {destination!r}")
             if isinstance(error, NotFound):
                 raise NotFound(f"servicebus: {destination!r} does not exist and cannot be created here: "
                                f"{UNMANAGED}; declare it there") from exc
@@ -513,6 +517,8 @@ class ServiceBusDriver(Driver):
         return [mapping.to_message(m, dead, self.options.default_session_id) for m in peeked]
 
     async def stats(self, destination: str, group: str | None) -> Stats:
+        if self._managed is False and group is None and not destination.endswith(self.DLQ_SUFFIX):
+            await self._exists(destination)  # NotFound is the broker's answer; counts it cannot give
         found = await self._manage(self._a("read stats").stats(destination, group), f"stats of {destination!r}")
         return Stats(destination=destination, group=group, depth=found.depth, in_flight=found.in_flight,
                      dead_letter_depth=found.dead_letter_depth, detail=found.detail)

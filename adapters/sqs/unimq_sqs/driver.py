@@ -52,8 +52,9 @@ T = TypeVar("T")
 _QUEUE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 _NOT_FOUND = frozenset({"QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue"})
 _EXISTS = frozenset({"QueueAlreadyExists", "QueueNameExists"})
+#: Retryable after a pause (QueueDeletedRecently: a deleted name can be created again after 60 s).
 _THROTTLED = frozenset({"Throttling", "ThrottlingException", "RequestThrottled", "KmsThrottled", "SlowDown",
-                        "OverLimit"})
+                        "OverLimit", "QueueDeletedRecently"})
 _UNAVAILABLE = frozenset({"ServiceUnavailable", "InternalError", "InternalFailure", "RequestTimeout"})
 _CREDENTIALS = frozenset({
     "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException", "InvalidSecurity",

@@ -90,6 +90,7 @@ def capabilities(options: SqsOptions, fifo: bool) -> Capabilities:
         max_deliveries=native(limit=MAX_RECEIVE_COUNT, note="RedrivePolicy maxReceiveCount: SQS moves the message "
                                                             "to the dead-letter queue itself (needs dead_letter=True)"),
         new_group_backlog=native(note="no groups: a consumer of a queue reads what it holds, whenever it was sent"),
+        dead_letter_expired=none("a queue has no attribute to record it; expired messages are deleted on receipt"),
         max_message_bytes=max_body(options.max_message_bytes),
     )
 

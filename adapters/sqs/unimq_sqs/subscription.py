@@ -54,7 +54,14 @@ class SqsSubscription(Subscription):
         return self._url
 
     async def open(self) -> None:
+        """Look the queue up; the lock in force is the consumer's, else the queue's VisibilityTimeout."""
         self._url = await self._driver.queue_url(self._destination)
+        if self._visibility is not None:
+            self.lock_timeout = float(self._visibility)
+        else:
+            attributes = await self._driver.call("get_queue_attributes", QueueUrl=self._url,
+                                                 AttributeNames=["VisibilityTimeout"])
+            self.lock_timeout = float(attributes["Attributes"]["VisibilityTimeout"])
 
     async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout

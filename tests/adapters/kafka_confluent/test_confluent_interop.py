@@ -3,6 +3,9 @@ names, the same ``max_deliveries`` metadata."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
+
 import pytest
 
 import unimq
@@ -38,18 +41,18 @@ def _check(delivery: unimq.Delivery) -> None:
 
 async def test_aiokafka_driver_to_confluent_driver(aiokafka: unimq.Broker, confluent: unimq.Broker,
                                                    topic: str) -> None:
-    await aiokafka.ensure(topic, partitions=1, groups=("g",))
+    await aiokafka.ensure(topic, partitions=1, groups=(topic,))
     await _send(aiokafka, topic)
-    delivery = await _one(confluent, topic, "g")
+    delivery = await _one(confluent, topic, topic)
     _check(delivery)
     assert delivery.native.value() == BINARY, "delivery.native is the confluent_kafka.Message"
 
 
 async def test_confluent_driver_to_aiokafka_driver(aiokafka: unimq.Broker, confluent: unimq.Broker,
                                                    topic: str) -> None:
-    await confluent.ensure(topic, partitions=1, groups=("g",))
+    await confluent.ensure(topic, partitions=1, groups=(topic,))
     await _send(confluent, topic)
-    delivery = await _one(aiokafka, topic, "g")
+    delivery = await _one(aiokafka, topic, topic)
     _check(delivery)
     assert delivery.native.value == BINARY, "delivery.native is aiokafka's ConsumerRecord"
 
@@ -57,13 +60,13 @@ async def test_confluent_driver_to_aiokafka_driver(aiokafka: unimq.Broker, confl
 async def test_a_key_lands_on_the_same_partition_through_either_driver(aiokafka: unimq.Broker,
                                                                        confluent: unimq.Broker, topic: str) -> None:
     """librdkafka is set to Java's murmur2 partitioner, as aiokafka: per-key order survives mixed producers."""
-    await aiokafka.ensure(topic, partitions=6, groups=("g",))
+    await aiokafka.ensure(topic, partitions=6, groups=(topic,))
     keys = [f"key-{i}" for i in range(12)]
     for key in keys:
         await aiokafka.producer(topic).send(b"a", key=key)
         await confluent.producer(topic).send(b"c", key=key)
     seen: dict[tuple[str | None, bytes], int] = {}
-    async with confluent.consumer(topic, "g", start="earliest") as consumer:
+    async with confluent.consumer(topic, topic, start="earliest") as consumer:
         while len(seen) < 2 * len(keys):
             batch = await consumer.receive_batch(100, timeout=WAIT)
             assert batch, f"only {len(seen)} of {2 * len(keys)} records arrived"
@@ -78,10 +81,10 @@ async def test_max_deliveries_ensured_by_aiokafka_is_enforced_by_confluent(aioka
                                                                           confluent: unimq.Broker,
                                                                           topic: str) -> None:
     """ensure() in one driver, poison consumed through the other: the limit travels in __unimq_meta."""
-    await aiokafka.ensure(topic, partitions=1, groups=("g",), max_deliveries=2)
+    await aiokafka.ensure(topic, partitions=1, groups=(topic,), max_deliveries=2)
     await aiokafka.producer(topic).send(b"poison", message_id="p-1")
     attempts = []
-    async with confluent.consumer(topic, "g", start="earliest") as consumer:
+    async with confluent.consumer(topic, topic, start="earliest") as consumer:
         for _ in range(2):
             delivery = await consumer.receive(timeout=WAIT)
             assert delivery is not None
@@ -92,3 +95,27 @@ async def test_max_deliveries_ensured_by_aiokafka_is_enforced_by_confluent(aioka
     dead = await _one(aiokafka, f"{topic}.dlq", "dlq-reader")
     assert dead.message.message_id == "p-1"
     assert dead.message.body == b"poison"
+
+
+async def test_consumers_of_both_drivers_share_a_group(aiokafka: unimq.Broker, confluent: unimq.Broker,
+                                                       topic: str) -> None:
+    """Same assignor (roundrobin) on both sides: the broker accepts the mix and splits the partitions."""
+    await aiokafka.ensure(topic, partitions=4, groups=(topic,))
+    total = 200
+    seen: collections.Counter[str] = collections.Counter()
+    bodies: set[bytes] = set()
+    async with aiokafka.consumer(topic, topic) as first, confluent.consumer(topic, topic) as second:
+        await aiokafka.producer(topic).send_many([unimq.Message(body=f"m{i}".encode(), key=f"k{i}")
+                                                  for i in range(total)])
+
+        async def drain(consumer: unimq.Consumer, name: str) -> None:
+            while len(bodies) < total:
+                got = await consumer.receive_batch(100, timeout=0.5)
+                seen[name] += len(got)
+                bodies.update(d.message.body for d in got)
+                if got:
+                    await consumer.ack_many(got)
+
+        await asyncio.wait_for(asyncio.gather(drain(first, "aiokafka"), drain(second, "confluent")), WAIT * 2)
+    assert len(bodies) == total
+    assert seen["aiokafka"] and seen["confluent"], f"one member got everything: {dict(seen)}"

@@ -196,6 +196,24 @@ async def test_messages_held_at_close_come_back_at_once_and_once(broker: unimq.B
     assert time.monotonic() - closed < 5, "held messages waited out ack_wait"
 
 
+async def test_a_close_cancelled_midway_leaves_the_connection_working(broker: unimq.Broker, dest: str) -> None:
+    """nats-py kills its read loop when a PONG arrives for a cancelled flush: close() must shield its
+    drain, so cancelling a closing consumer (a cancelled task leaving ``async with``) breaks nothing."""
+    await broker.ensure(dest, groups=("g",))
+    for steps in range(12):
+        consumer = await broker.consumer(dest, "g").open()
+        closing = asyncio.create_task(consumer.close())
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        closing.cancel()
+        await asyncio.gather(closing, return_exceptions=True)
+    await broker.producer(dest).send(b"still works")
+    async with broker.consumer(dest, "g") as consumer:
+        got = await consumer.receive(timeout=5)
+        assert got is not None and got.message.body == b"still works"
+        await got.ack()
+
+
 @pytest.fixture
 def secured_server(tmp_path: Path) -> Iterator[int]:
     """A private nats-server with a user/password account and one that may not publish to ``denied.>``."""

@@ -38,6 +38,8 @@ async def test_ensure_groups_get_messages_sent_after(rbroker: unimq.Broker, plai
         assert [d.message.body for d in await default.receive_many(5, 0.5)] == [b"before", b"after"]
     assert {g["name"] for g in await plain.xinfo_groups(f"{dest}:dlq")} == {b"default"}
     assert await plain.hgetall(f"{dest}:config") == {b"lock_timeout_ms": b"5000"}
+    async with rbroker.consumer(dest, "g") as ensured, rbroker.consumer(dest, "g", lock_timeout=2) as own:
+        assert (ensured.subscription.lock_timeout, own.subscription.lock_timeout) == (5.0, 2.0)
     for refused in ({"retention": timedelta(days=1)}, {"partitions": 2}, {"fifo": True}, {"sessions": True},
                     {"replication": 2}):
         with pytest.raises(CapabilityError, match=next(iter(refused))):
@@ -86,3 +88,15 @@ async def test_wrong_type_is_config_error(rbroker: unimq.Broker, plain: Redis, d
     with pytest.raises(unimq.PublishError) as info:
         await rbroker.producer(dest, retry=None).send(b"x")
     assert isinstance(info.value.results[0], ConfigError)
+
+
+async def test_peek_shows_what_the_default_group_gets_next(rbroker: unimq.Broker, dest: str) -> None:
+    """Reclaimable pending entries (nacked, handed back at close) first, then the undelivered ones;
+    an entry a live consumer holds is not shown."""
+    await rbroker.producer(dest).send_many([b"a", b"b", b"c"])
+    async with rbroker.consumer(dest, prefetch=2) as consumer:
+        a, _held = await consumer.receive_many(2, timeout=3)
+        await a.nack()
+        assert [m.body for m in await rbroker.peek(dest, 10)] == [b"a", b"c"]
+        assert [m.body for m in await rbroker.peek(dest, 1)] == [b"a"]
+    assert [m.body for m in await rbroker.peek(dest, 10)] == [b"a", b"b", b"c"]

@@ -159,6 +159,7 @@ async def test_options_are_validated_and_secrets_hidden(sqs_url: str) -> None:
     ("AWS.SimpleQueueService.NonExistentQueue", 400, unimq.NotFound),
     ("ThrottlingException", 400, unimq.Throttled),
     ("RequestThrottled", 403, unimq.Throttled),
+    ("QueueDeletedRecently", 400, unimq.Throttled),
     ("ServiceUnavailable", 503, unimq.BrokerConnectionError),
     ("SomethingNew", 500, unimq.BrokerConnectionError),
     ("InvalidParameterValue", 400, unimq.UnimqError),
@@ -194,6 +195,8 @@ async def test_ensure_fields(broker: unimq.Broker, boto: Any, name: str) -> None
     assert sent[0]["VisibilityTimeout"] == "7" and sent[0]["MessageRetentionPeriod"] == "7200"
     url = boto.get_queue_url(QueueName=name)["QueueUrl"]  # ElasticMQ keeps the visibility, not the retention
     assert boto.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]["VisibilityTimeout"] == "7"
+    async with broker.consumer(name) as queue_lock, broker.consumer(name, lock_timeout=3) as own_lock:
+        assert (queue_lock.subscription.lock_timeout, own_lock.subscription.lock_timeout) == (7.0, 3.0)
 
 
 async def test_close_is_prompt_and_releases_at_once(broker: unimq.Broker, name: str) -> None:
