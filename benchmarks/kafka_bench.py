@@ -9,6 +9,10 @@ consumer commits every 100 ms (batching on: ``getmany``, off: ``getone``); unimq
 (contiguous-offset commits; batching on: ``receive_batch`` + ``ack_many``, off: ``receive`` +
 ``ack``). Consume throughput counts from the first record to the last: group join is not throughput.
 
+``unimq-loop`` is the idiomatic per-message path as its own row: ``async for delivery in consumer:
+await delivery.ack()`` (batching on or off alike), against the raw client reading in batches. Run it
+alone with ``--ops consume --batch on --concurrency 1 --contenders raw,unimq,unimq-loop``.
+
     .venv/bin/python benchmarks/kafka_bench.py [--quick] [--url kafka://127.0.0.1:9092] [harness options]
 """
 
@@ -158,6 +162,7 @@ BACKEND = Backend(
            "topics have `concurrency` partitions; the raw consumer reads a topic written by unimq",
            "consume counted from the first record (group join excluded); raw commits every 100 ms",
            "unimq consume: receive_batch(1000) + ack_many (batching on), receive + ack (off)",
+           "unimq-loop: async for + ack() per message, prefetch 1000 (the idiomatic path)",
            "FastStream: publish_batch per chunk that fits one 64 KiB record batch, unawaited, then awaited together"],
 )
 

@@ -9,6 +9,10 @@
 * consume: plain pull ``fetch(100)`` + ``msg.ack()`` per message vs a unimq consumer (prefetch
   100); competing consumers share one durable.
 
+``unimq-loop`` is the idiomatic per-message path as its own row: ``async for delivery in consumer:
+await delivery.ack()`` (batching on or off alike), against the raw client reading in batches. Run it
+alone with ``--ops consume --batch on --concurrency 1 --contenders raw,unimq,unimq-loop``.
+
     .venv/bin/python benchmarks/nats_bench.py [--quick] [--url nats://127.0.0.1:4222] [harness options]
 """
 
@@ -147,6 +151,7 @@ BACKEND = Backend(
     full_count=20_000,
     notes=["raw: publish_async, 1000 in flight, acks awaited per batch; raw+id adds a Message-Id header as unimq does",
            "consumers: pull fetch(100) + ack per message; competing consumers share one durable",
+           "unimq-loop: async for + ack() per message, prefetch 100 (the idiomatic path)",
            "FastStream: concurrent publish (each awaits its ack) 1000 at a time; PullSub(batch_size=100)"],
 )
 

@@ -6,6 +6,10 @@ up to 8 x 1000 unconfirmed (the same window as unimq's ``send_many``: batches of
 flight); consumed with prefetch 500, acking each message. unimq uses its default topology (an
 exchange per destination), so the ratio includes what the mapping costs.
 
+``unimq-loop`` is the idiomatic per-message path as its own row: ``async for delivery in consumer:
+await delivery.ack()`` (batching on or off alike), against the raw client reading in batches. Run it
+alone with ``--ops consume --batch on --concurrency 1 --contenders raw,unimq,unimq-loop``.
+
     .venv/bin/python benchmarks/rabbitmq_bench.py [--quick] [--url amqp://...] [harness options]
 """
 
@@ -133,6 +137,7 @@ BACKEND = Backend(
     full_count=20_000,
     notes=["persistent messages, publisher confirms, mandatory; raw and unimq pipeline 8 x 1000 unconfirmed",
            "consumers: prefetch 500, one ack per message (batching on and off consume alike)",
+           "unimq-loop: async for + ack() per message, prefetch 500 (the idiomatic path)",
            "Kombu (py-amqp) waits for each confirm: it has no pipelined publish"],
 )
 

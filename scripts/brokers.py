@@ -895,10 +895,271 @@ class Azurite(Broker):
         return http_status(self.port, f"/{self.account}?comp=list") in (400, 403)
 
 
+# ---------------------------------------------------------------------------------------------
+# Clusters (issue 28): three nodes per backend on loopback, on ports clear of the single nodes
+# ---------------------------------------------------------------------------------------------
+
+class Cluster(Broker):
+    """Several nodes of one backend, started, probed and stopped together under .brokers/<name>/.
+
+    `up` spawns every node that is not running, waits until each answers, then forms the cluster
+    (form(), idempotent) and waits until formed() holds. ``nodes`` are ordinary Broker instances,
+    so a test can SIGKILL one and spawn it again (tests/cluster).
+    """
+
+    def __init__(self, home: Path | None = None) -> None:
+        super().__init__(home)
+        self.nodes = self.make_nodes()
+        self.port = self.nodes[0].port
+
+    def make_nodes(self) -> list[Broker]:
+        raise NotImplementedError
+
+    def form(self) -> None:
+        """Join the running nodes into one cluster (nothing to do where the config does it)."""
+
+    def formed(self) -> bool:
+        return True
+
+    def missing_packages(self) -> list[str]:
+        return sorted({p for node in self.nodes for p in node.missing_packages()})
+
+    def install(self) -> None:
+        for node in self.nodes:
+            node.install()
+
+    def pid(self) -> int | None:
+        pids = [node.pid() for node in self.nodes]
+        return pids[0] if all(p is not None for p in pids) else None
+
+    def is_up(self) -> bool:
+        return all(node.is_up() for node in self.nodes) and self.formed()
+
+    def ready(self) -> bool:
+        return all(node.ready() for node in self.nodes)
+
+    def spawn(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for node in self.nodes:
+            if node.pid() is None:
+                node.spawn()
+
+    def startup_done(self, started_at: float) -> bool:
+        if not all([node.startup_done(started_at) for node in self.nodes]):
+            return False
+        if not self.formed():
+            self.form()
+            if not self.formed():
+                if time.monotonic() - started_at > self.start_timeout:
+                    raise BrokerError(f"{self.name}: nodes up but no cluster after {self.start_timeout:.0f}s")
+                return False
+        return True
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def wipe(self) -> None:
+        for node in self.nodes:
+            node.wipe()
+
+
+class KafkaClusterNode(Kafka):
+    """One KRaft broker+controller of kafka-cluster: formatted with the cluster's shared id."""
+
+    def __init__(self, home: Path, ports: tuple[int, int], settings: dict[str, str], cluster_id: Path) -> None:
+        super().__init__(home, ports, settings, heap="256m")
+        self.name = f"kafka-cluster/{home.name}"
+        self.cluster_id = cluster_id
+
+    def java(self, main: str, *args: str) -> list[str]:
+        return ["-Xms64m" if arg == "-Xms128m" else arg for arg in super().java(main, *args)]
+
+    def prepare(self) -> None:
+        self.config.write_text("".join(f"{key}={value}\n" for key, value in self.settings().items()))
+        if not (self.data / "meta.properties").exists():
+            result = subprocess.run(
+                self.java("kafka.tools.StorageTool", "format", "-t", self.cluster_id.read_text().strip(),
+                          "-c", str(self.config)),
+                check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )
+            if result.returncode != 0:
+                raise BrokerError(f"{self.name}: storage format failed:\n{result.stdout[-3000:]}")
+
+
+class KafkaCluster(Cluster):
+    """Three KRaft nodes (each broker and controller), 256 MB heap each: replication 3,
+    min.insync.replicas 2, a dead broker fenced after 3 s (broker.session.timeout.ms)."""
+
+    name = "kafka-cluster"
+    ports = (19092, 19093, 19094)
+    controller_ports = (19095, 19096, 19097)
+    url = "kafka://" + ",".join(f"{HOST}:{p}" for p in ports)
+    start_timeout = 180.0
+
+    def make_nodes(self) -> list[Broker]:
+        voters = ",".join(f"{i + 1}@{HOST}:{p}" for i, p in enumerate(self.controller_ports))
+        nodes: list[Broker] = []
+        for i, (port, cport) in enumerate(zip(self.ports, self.controller_ports, strict=True)):
+            settings = {
+                "node.id": str(i + 1), "controller.quorum.voters": voters,
+                "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{cport}",
+                "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+                "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                "default.replication.factor": "3", "min.insync.replicas": "2",
+                "offsets.topic.replication.factor": "3", "transaction.state.log.replication.factor": "3",
+                "transaction.state.log.min.isr": "2", "log.flush.interval.messages": "9223372036854775807",
+                "broker.heartbeat.interval.ms": "500", "broker.session.timeout.ms": "3000",
+            }
+            nodes.append(KafkaClusterNode(self.dir / f"n{i + 1}", (port, cport), settings, self.dir / "cluster-id"))
+        return nodes
+
+    def spawn(self) -> None:
+        ident = self.dir / "cluster-id"
+        if not ident.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            ident.write_text(base64.urlsafe_b64encode(b"unimq-cluster-28").rstrip(b"=").decode() + "\n")
+        super().spawn()
+
+
+class NatsClusterNode(Nats):
+    """One nats-server of nats-cluster: JetStream on, routes to the three cluster ports."""
+
+    route_ports = (16222, 16223, 16224)
+
+    def __init__(self, home: Path, index: int) -> None:
+        super().__init__(home)
+        self.index = index
+        self.name = f"nats-cluster/{home.name}"
+        self.port = 14222 + index
+        self.monitor_port = 18222 + index
+
+    def prepare(self) -> None:
+        routes = ", ".join(f"nats-route://{HOST}:{p}" for p in self.route_ports)
+        (self.dir / "nats.conf").write_text(
+            f"server_name: n{self.index + 1}\n"
+            f"host: {HOST}\nport: {self.port}\nhttp: \"{HOST}:{self.monitor_port}\"\n"
+            f"jetstream {{\n  store_dir: \"{self.data}\"\n  max_memory_store: 64MB\n  max_file_store: 512MB\n}}\n"
+            f"cluster {{\n  name: unimq\n  host: {HOST}\n  port: {self.route_ports[self.index]}\n"
+            f"  routes: [{routes}]\n}}\n"
+        )
+
+    def ready(self) -> bool:
+        return http_status(self.monitor_port, "/healthz") == 200
+
+
+class NatsCluster(Cluster):
+    """Three nats-servers in one cluster with JetStream: streams created with replicas=3 (R3)."""
+
+    name = "nats-cluster"
+    url = "nats://" + ",".join(f"{HOST}:{14222 + i}" for i in range(3)) + "?replicas=3"
+    start_timeout = 60.0
+
+    def make_nodes(self) -> list[Broker]:
+        return [NatsClusterNode(self.dir / f"n{i + 1}", i) for i in range(3)]
+
+
+class RedisClusterNode(Redis):
+    """One redis-server of redis-cluster (cluster bus on port + 10000, 2 s node timeout)."""
+
+    def __init__(self, home: Path, port: int) -> None:
+        super().__init__(home)
+        self.name = f"redis-cluster/{home.name}"
+        self.port = port
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "2000"]
+
+
+class RedisCluster(Cluster):
+    """Redis Cluster: three primaries and three replicas (redis-cli --cluster create)."""
+
+    name = "redis-cluster"
+    ports = (17000, 17001, 17002, 17003, 17004, 17005)
+    url = "redis+cluster://" + ",".join(f"{HOST}:{p}" for p in ports[:3])
+    start_timeout = 60.0
+
+    def make_nodes(self) -> list[Broker]:
+        return [RedisClusterNode(self.dir / f"n{i + 1}", p) for i, p in enumerate(self.ports)]
+
+    def info(self) -> bytes:
+        return exchange(self.ports[0], b"CLUSTER INFO\r\nQUIT\r\n", 4096, timeout=2.0)
+
+    def formed(self) -> bool:
+        return b"cluster_state:ok" in self.info()
+
+    def form(self) -> None:
+        if b"cluster_slots_assigned:0\r\n" not in self.info():
+            return  # created already: wait for the nodes to agree
+        result = subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"{HOST}:{p}" for p in self.ports), "--cluster-replicas", "1",
+             "--cluster-yes"], check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        if result.returncode != 0:
+            raise BrokerError(f"{self.name}: redis-cli --cluster create failed:\n{result.stdout[-3000:]}")
+
+
+class RabbitMQCluster(Cluster):
+    """Three RabbitMQ nodes (unimqc1..3@localhost) sharing one Erlang cookie; nodes 2 and 3 join
+    node 1 with rabbitmqctl join_cluster. Use quorum queues (``?queue_type=quorum``)."""
+
+    name = "rabbitmq-cluster"
+    ports = (5682, 5683, 5684)
+    url = "amqp://guest:guest@" + ",".join(f"{HOST}:{p}" for p in ports) + "/?queue_type=quorum"
+    start_timeout = 240.0
+    stop_timeout = 30.0
+
+    def make_nodes(self) -> list[Broker]:
+        return [RabbitMQ(self.dir / f"n{i + 1}", (p, 25682 + i), f"unimqc{i + 1}@localhost")
+                for i, p in enumerate(self.ports)]
+
+    def spawn(self) -> None:
+        cookie = self.dir / "cookie"
+        if not cookie.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            cookie.write_text(uuid.uuid4().hex)
+        for node in self.nodes:
+            home = node.dir / "home"
+            home.mkdir(parents=True, exist_ok=True)
+            shared = home / ".erlang.cookie"
+            if not shared.exists():
+                shutil.copy(cookie, shared)
+        super().spawn()
+
+    def ctl(self, node: Broker, *args: str) -> subprocess.CompletedProcess[str]:
+        assert isinstance(node, RabbitMQ)
+        return subprocess.run([str(node.bin / "rabbitmqctl"), "-n", node.node, *args], env=node.env(), check=False,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+
+    def running(self) -> str:
+        return self.ctl(self.nodes[0], "eval", "rabbit_nodes:all_running().").stdout
+
+    def formed(self) -> bool:
+        out = self.running()
+        return all(isinstance(n, RabbitMQ) and n.node in out for n in self.nodes)
+
+    def form(self) -> None:
+        first = self.nodes[0]
+        assert isinstance(first, RabbitMQ)
+        running = self.running()
+        for node in self.nodes[1:]:
+            assert isinstance(node, RabbitMQ)
+            if node.node in running:
+                continue
+            for args in (("stop_app",), ("join_cluster", first.node), ("start_app",)):
+                result = self.ctl(node, *args)
+                if result.returncode != 0:
+                    raise BrokerError(f"{self.name}: rabbitmqctl {' '.join(args)} on {node.node} failed:\n"
+                                      f"{result.stdout[-2000:]}")
+
+
 BROKERS: dict[str, type[Broker]] = {
     "rabbitmq": RabbitMQ, "redis": Redis, "nats": Nats, "kafka": Kafka, "sqs": ElasticMQ,
     "servicebus": ServiceBusDouble, "postgres": Postgres,
     "s3": S3Proxy, "azurite": Azurite,
+    "kafka-cluster": KafkaCluster, "nats-cluster": NatsCluster, "redis-cluster": RedisCluster,
+    "rabbitmq-cluster": RabbitMQCluster,
 }
 
 
@@ -985,13 +1246,14 @@ def env(brokers: list[Broker]) -> bool:
         if isinstance(broker, ServiceBusDouble):
             print(f"export UNIMQ_TEST_SERVICEBUS_CONNECTION_STRING={shlex.quote(broker.url)}")
         else:
-            print(f"export UNIMQ_TEST_{broker.name.upper()}_URL={shlex.quote(broker.url)}")
+            print(f"export UNIMQ_TEST_{broker.name.upper().replace('-', '_')}_URL={shlex.quote(broker.url)}")
     return True
 
 
 USAGE = f"""usage: scripts/brokers up|down|stop|status|restart|env [backend ...]
   down: stop and wipe data; stop: stop and keep data (up starts it again with its data)
 backends: {', '.join(ALL_BACKENDS)} (default: {', '.join(DEFAULT_BACKENDS)})
+clusters (three nodes each, on their own ports): kafka-cluster nats-cluster redis-cluster rabbitmq-cluster
 state, data and logs: {STATE}/<backend>/"""
 
 

@@ -28,7 +28,7 @@ from unimq.capabilities import Capabilities, emulated, native, none
 from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Stats, Subscription
 from unimq.errors import NotFound
 from unimq.message import Delivery, Message
-from unimq.reliability import DedupWindow, dead_letter_copy
+from unimq.reliability import DedupWindow, dead_letter_copy, dedup_key
 from unimq.url import BrokerURL
 
 DEFAULT_GROUP = ""
@@ -216,7 +216,7 @@ class _Destination:
         groups = list(self.groups.values())
         seqs = self.server.seqs
         for message in messages:
-            if self.dedup is not None and self.dedup.seen(message.message_id, now):
+            if self.dedup is not None and self.dedup.seen(dedup_key(message), now):
                 continue
             if message.timestamp is None:
                 message.timestamp = stamp

@@ -29,6 +29,7 @@ DEAD_LETTER_SOURCE = "x-unimq-dead-letter-source"
 DEAD_LETTER_GROUP = "x-unimq-dead-letter-group"
 DEAD_LETTER_TIME = "x-unimq-dead-letter-time"
 DEAD_LETTER_ATTEMPT = "x-unimq-dead-letter-attempt"
+REDRIVE = "x-unimq-redrive"
 ORIGIN = "x-unimq-origin"
 
 
@@ -132,9 +133,19 @@ def dead_letter_copy(message: Message, reason: str, source: str, group: str | No
 
 def redrive_copy(message: Message) -> Message:
     """A dead-lettered message as it goes back to its source: same id, body and key; the
-    dead-letter and attempt headers removed, so it starts again at attempt 1."""
+    dead-letter and attempt headers removed, so it starts again at attempt 1. ``x-unimq-redrive``
+    (the time it was dead-lettered) gives the copy its own de-duplication key (:func:`dedup_key`):
+    a broker that de-duplicates by message id would otherwise drop it as the message it already saw,
+    while a redrive run twice after a crash still sends the same key."""
     headers = {k: v for k, v in message.headers.items() if k not in _REDRIVE_DROPS}
+    headers[REDRIVE] = message.headers.get(DEAD_LETTER_TIME) or str(epoch_ms_after(0))
     return replace(message, headers=headers, delay=None, ttl=None)
+
+
+def dedup_key(message: Message) -> str:
+    """What de-duplication compares: the message id, or for a redriven copy the id and its redrive stamp."""
+    stamp = message.headers.get(REDRIVE) if message.headers else None
+    return message.message_id if stamp is None else f"{message.message_id}~{stamp}"
 
 
 _REDRIVE_DROPS = frozenset({ATTEMPT, NOT_BEFORE, DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, DEAD_LETTER_GROUP,

@@ -196,10 +196,13 @@ class Settlement:
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """Ack now, in batches of at most ``ack_batch.max_batch``, and wait for the broker."""
-        size = self._sub.ack_batch.max_batch if self._sub.ack_batch else len(deliveries) or 1
+        limits = self._sub.ack_batch
+        size = limits.max_batch if limits else len(deliveries) or 1
+        parallel = limits.max_in_flight if limits else 1
+        chunks = [deliveries[start:start + size] for start in range(0, len(deliveries), size)]
         try:
-            for start in range(0, len(deliveries), size):
-                await self._ack_processed(deliveries[start:start + size])
+            for first in range(0, len(chunks), parallel):
+                await asyncio.gather(*(self._ack_processed(chunk) for chunk in chunks[first:first + parallel]))
         finally:
             if telemetry.current is not None:
                 for delivery in deliveries:
@@ -256,7 +259,11 @@ class Settlement:
         target = self._driver.dead_letter_destination(self.destination)
         copy = dead_letter_copy(delivery.wire or delivery.message, reason, self.destination, self.group,
                                 delivery.attempt)
-        results = await self._guard(self._driver.publish(target, [copy]), f"dead-letter to {target} from")
+        try:
+            results = await self._guard(self._driver.publish(target, [copy]), f"dead-letter to {target} from")
+        except UnimqError as exc:
+            raise PublishError(f"could not dead-letter {delivery.message.message_id} to {target}: {exc}",
+                               messages=[copy], results=[exc], retryable=exc.retryable) from exc
         if results and results[0] is not None:
             raise PublishError(f"could not dead-letter {delivery.message.message_id} to {target}: {results[0]}",
                                messages=[copy], results=list(results))

@@ -86,6 +86,7 @@ class ConfluentSubscription(Subscription):
         self._trackers: dict[Partition, OffsetTracker] = {}
         self._held: dict[Partition, float] = {}
         self._paused = False
+        self._last_poll = self._last_commit = time.monotonic()
         self._room = threading.Event()
         self._data = asyncio.Event()
         self._assigned = asyncio.Event()
@@ -234,42 +235,49 @@ class ConfluentSubscription(Subscription):
 
     def _run(self) -> None:
         consumer = self._consumer
-        last_commit = last_poll = time.monotonic()
         try:
             while not self._stopping:
-                if len(self._buffer) > self._low:
-                    if time.monotonic() - last_poll >= self._keepalive:
-                        # Full for long: poll (empty) so the group keeps this member.
-                        consumer.pause(consumer.assignment())
-                        self._paused = True
-                        consumer.consume(1, 0)
-                        last_poll = time.monotonic()
-                    self._room.clear()
-                    if len(self._buffer) > self._low:
-                        self._room.wait(self._interval)
-                else:
-                    if self._paused:
-                        consumer.resume([tp for tp in consumer.assignment()
-                                         if (tp.topic, tp.partition) not in self._held])
-                        self._paused = False
-                    if self._held:
-                        self._resume_due(consumer)
-                    # consume(n, timeout) waits for all n: wait for one, then take what is queued.
-                    first = consumer.poll(POLL_SECONDS)
-                    last_poll = time.monotonic()
-                    if first is not None:
-                        records = consumer.consume(self._prefetch - 1, 0) if self._prefetch > 1 else []
-                        records.insert(0, first)
-                        self._accept(consumer, records)
-                if self._dirty and time.monotonic() - last_commit >= self._interval:
-                    last_commit = time.monotonic()
-                    self._commit(consumer, asynchronous=True)
-        except Exception as exc:
-            mapped = self._driver.map_error(exc, f"consuming {self._topic}")
-            self._call(self._fail, mapped)
+                try:
+                    self._step(consumer)
+                except Exception as exc:
+                    mapped = self._driver.map_error(exc, f"consuming {self._topic}")
+                    if not mapped.retryable:
+                        self._call(self._fail, mapped)
+                        return
+                    log.warning("kafka: poll of %r failed, retrying: %s", self._topic, mapped)
+                    time.sleep(1.0)
         finally:
             if self._stopped is not None:
                 self._call(self._stopped_set)
+
+    def _step(self, consumer: Any) -> None:
+        """One turn of the poll thread: wait for room, or fetch; commit when due."""
+        if len(self._buffer) > self._low:
+            if time.monotonic() - self._last_poll >= self._keepalive:
+                # Full for long: poll (empty) so the group keeps this member.
+                consumer.pause(consumer.assignment())
+                self._paused = True
+                consumer.consume(1, 0)
+                self._last_poll = time.monotonic()
+            self._room.clear()
+            if len(self._buffer) > self._low:
+                self._room.wait(self._interval)
+        else:
+            if self._paused:
+                consumer.resume([tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in self._held])
+                self._paused = False
+            if self._held:
+                self._resume_due(consumer)
+            # consume(n, timeout) waits for all n: wait for one, then take what is queued.
+            first = consumer.poll(POLL_SECONDS)
+            self._last_poll = time.monotonic()
+            if first is not None:
+                records = consumer.consume(self._prefetch - 1, 0) if self._prefetch > 1 else []
+                records.insert(0, first)
+                self._accept(consumer, records)
+        if self._dirty and time.monotonic() - self._last_commit >= self._interval:
+            self._last_commit = time.monotonic()
+            self._commit(consumer, asynchronous=True)
 
     def _stopped_set(self) -> None:
         if self._stopped is not None and not self._stopped.done():
@@ -286,12 +294,15 @@ class ConfluentSubscription(Subscription):
         out: list[Delivery] = []
         append = out.append
         skip: set[Partition] | None = None
+        failure: KafkaException | None = None
         for record in records:
             error = record.error()
             if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF or error.retriable():
-                    continue
-                raise KafkaException(error)
+                # Raised after the batch: records after it are tracked and delivered first (an
+                # untracked record would let the commit point pass over it).
+                if error.code() != KafkaError._PARTITION_EOF and not error.retriable():
+                    failure = failure or KafkaException(error)
+                continue
             key = (record.topic(), record.partition())
             tracker = trackers.get(key)
             if tracker is None or (skip is not None and key in skip):
@@ -320,6 +331,8 @@ class ConfluentSubscription(Subscription):
         if out:
             self._buffer.extend(out)
             self._call(self._data.set)
+        if failure is not None:
+            raise failure
 
     def _hold(self, consumer: Any, key: Partition, offset: int, seconds: float) -> None:
         """A retry record is not due: pause its partition and rewind to it until it is."""

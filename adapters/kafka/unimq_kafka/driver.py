@@ -387,21 +387,23 @@ class KafkaDriver(Driver):
                     return None
                 self._known_topics.add(META_TOPIC)
             reader = await self._offsets_client()
-            if tp not in reader.assignment():
-                reader.assign([tp])
             end = (await reader.end_offsets([tp]))[tp]
             if self._meta_offset < end:
-                reader.seek(tp, self._meta_offset)
-            while self._meta_offset < end:
-                records = (await reader.getmany(tp, timeout_ms=1000)).get(tp, [])
-                if not records:
-                    break  # nothing within a second: read the rest next time
-                for record in records:
-                    if record.value is None:
-                        self._meta.pop(record.key.decode(), None)
-                    else:
-                        self._meta[record.key.decode()] = json.loads(record.value)
-                self._meta_offset = await reader.position(tp)
+                reader.assign([tp])  # only while reading: an assigned partition is long-polled
+                try:
+                    reader.seek(tp, self._meta_offset)
+                    while self._meta_offset < end:
+                        records = (await reader.getmany(tp, timeout_ms=1000)).get(tp, [])
+                        if not records:
+                            break  # nothing within a second: read the rest next time
+                        for record in records:
+                            if record.value is None:
+                                self._meta.pop(record.key.decode(), None)
+                            else:
+                                self._meta[record.key.decode()] = json.loads(record.value)
+                        self._meta_offset = await reader.position(tp)
+                finally:
+                    reader.unsubscribe()
         limit = self._meta.get(topic, {}).get("max_deliveries")
         return int(limit) if limit else None
 

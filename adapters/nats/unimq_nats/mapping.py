@@ -11,7 +11,7 @@ from typing import Any
 from unimq.capabilities import Capabilities, emulated, native, none
 from unimq.errors import ConfigError
 from unimq.message import Message
-from unimq.reliability import EXPIRES_AT, NOT_BEFORE, epoch_ms, epoch_ms_after
+from unimq.reliability import EXPIRES_AT, NOT_BEFORE, dedup_key, epoch_ms, epoch_ms_after
 
 #: Header names unimq's fields travel in. ``message_id`` travels as JetStream's de-duplication header
 #: ``Nats-Msg-Id`` on destinations ensured with ``deduplication=``, else as ``Message-Id``: the server's
@@ -98,7 +98,10 @@ def to_headers(message: Message, dedup: bool) -> dict[str, str]:
         (k if _TOKEN.match(k) else _encode_key(k)): (v if _PLAIN_VALUE.match(v) else _encode(v))
         for k, v in message.headers.items()
     } if message.headers else {}
-    headers[MSG_ID if dedup else PLAIN_MSG_ID] = message.message_id
+    key = dedup_key(message) if dedup else message.message_id
+    headers[MSG_ID if dedup else PLAIN_MSG_ID] = key
+    if key != message.message_id:  # a redriven copy: its id travels beside its own dedup key
+        headers[PLAIN_MSG_ID] = message.message_id
     if message.content_type:
         headers[CONTENT_TYPE] = message.content_type
     if message.correlation_id:
@@ -119,8 +122,8 @@ def to_message(data: bytes, headers: dict[str, str] | None, fallback_id: str, ti
     if not headers:
         return Message(body=data, message_id=fallback_id, timestamp=timestamp)
     headers = {_decode_key(k): _decode(v) for k, v in headers.items()} if _has_encoded(headers) else dict(headers)
-    message_id = headers.pop(MSG_ID, None) or headers.pop(PLAIN_MSG_ID, None) or fallback_id
-    headers.pop(PLAIN_MSG_ID, None)
+    message_id = headers.pop(PLAIN_MSG_ID, None) or headers.pop(MSG_ID, None) or fallback_id
+    headers.pop(MSG_ID, None)
     ttl = None
     expires = epoch_ms(headers, EXPIRES_AT)
     headers.pop(EXPIRES_AT, None)

@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 from urllib.parse import unquote
 
-import aio_pika
 import aiormq
 import aiormq.exceptions as amqp_errors
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection, ExchangeType
@@ -48,6 +47,7 @@ from unimq.errors import (
 from unimq.message import Message
 from unimq.url import BrokerURL
 from unimq_rabbitmq import mapping
+from unimq_rabbitmq.cluster import connect_hosts
 from unimq_rabbitmq.options import RabbitMQOptions
 
 #: Longest delay or ttl: RabbitMQ TTLs are 32-bit millisecond timers.
@@ -186,7 +186,8 @@ class RabbitMQDriver(Driver):
         if tls:
             kwargs["ssl"] = True
             kwargs["ssl_context"] = self._ssl_context()
-        self._connection = await aio_pika.connect_robust(**kwargs)
+        hosts = [(host, port or kwargs["port"]) for host, port in self.url.hosts]
+        self._connection = await connect_hosts(hosts, **kwargs)
         self._channel = await self._connection.channel(publisher_confirms=options.confirm, on_return_raises=True)
 
     def _ssl_context(self) -> ssl.SSLContext:

@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 
 from unimq.capabilities import Capabilities, emulated, native, none
 from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Stats, Subscription
+from unimq.reliability import dedup_key
 from unimq.errors import (
     AuthenticationError,
     BrokerConnectionError,
@@ -284,7 +285,7 @@ class RedisDriver(Driver):
                 if config.dedup_ms:
                     target = self.key(destination, ":delayed") if due else stream
                     await self.dedup_send_script(
-                        keys=[target, self.key(destination, f":dedup:{message.message_id}")],
+                        keys=[target, self.key(destination, f":dedup:{dedup_key(message)}")],
                         args=[config.dedup_ms, due, self.options.maxlen or 0,
                               *([pack_scheduled(fields)] if due else fields)],
                         client=pipe,

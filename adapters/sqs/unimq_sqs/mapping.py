@@ -23,7 +23,7 @@ from typing import Any
 
 from unimq.errors import CapabilityError, MessageTooLarge
 from unimq.message import Message
-from unimq.reliability import DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, HEADER_PREFIX, epoch_ms_after
+from unimq.reliability import DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, HEADER_PREFIX, dedup_key, epoch_ms_after
 
 #: The one attribute carrying unimq's properties as JSON.
 META = "unimq"
@@ -103,15 +103,17 @@ def encode(
     entry: dict[str, Any] = {"MessageBody": text}
     if fifo:
         group = message.key if message.key is not None else default_group
-        for label, value in (("key (MessageGroupId)", group), ("message_id (MessageDeduplicationId)",
-                                                             message.message_id)):
+        dedup = dedup_key(message)
+        for label, value in (("key (MessageGroupId)", group), ("message_id (MessageDeduplicationId)", dedup)):
             if not _FIFO_ID.fullmatch(value):
                 raise CapabilityError(
                     f"sqs FIFO cannot use {label} {value[:140]!r}: it must be 1-128 printable ASCII characters "
                     "without spaces."
                 )
         entry["MessageGroupId"] = group
-        entry["MessageDeduplicationId"] = message.message_id
+        entry["MessageDeduplicationId"] = dedup
+        if dedup != message.message_id:  # a redriven copy: its id travels beside its own dedup key
+            meta["message_id"] = message.message_id
     else:
         meta["message_id"] = message.message_id
         if message.key is not None:
