@@ -250,7 +250,8 @@ class Broker:
         if not pid_alive(pid):
             return None
         try:
-            if not Path(os.readlink(f"/proc/{pid}/cwd")).is_relative_to(self.dir.resolve()):
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+            if not any(cwd.is_relative_to(d.resolve()) for d in (self.dir, self.data)):
                 return None  # the pid was reused by an unrelated process
         except OSError:
             pass
@@ -649,6 +650,11 @@ class Postgres(Broker):
         if port is not None:
             self.port = port
             self.url = f"postgresql://postgres@{HOST}:{port}/postgres"
+        if os.geteuid() == 0:
+            # The server runs as the postgres user, who may not be able to enter the checkout (a
+            # private parent such as /root or a mktemp directory): keep its data where it can.
+            tag = hashlib.sha256(str(self.dir.resolve()).encode()).hexdigest()[:12]
+            self.data = Path("/var/tmp") / f"unimq-postgres-{tag}" / "data"
 
     def bin(self) -> Path | None:
         versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parent.parent.name))
@@ -666,10 +672,7 @@ class Postgres(Broker):
         if (self.data / "PG_VERSION").exists():
             return
         if os.geteuid() == 0:
-            probe = subprocess.run([*self.as_user(), "test", "-x", str(self.dir)], check=False)
-            if probe.returncode != 0:
-                raise BrokerError(f"postgres: the {self.user} user cannot enter {self.dir} (a parent directory "
-                                  "is private, e.g. /root): move the checkout, or `chmod o+x` its parents")
+            shutil.chown(self.data.parent, self.user, self.user)
             shutil.chown(self.data, self.user, self.user)
         self.data.chmod(0o700)
         bin_dir = self.bin()
@@ -678,7 +681,7 @@ class Postgres(Broker):
         with open(self.log, "ab") as out:
             done = subprocess.run([*self.as_user(), str(bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres",
                                    "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"],
-                                  cwd=self.dir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                  cwd=self.data, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                   check=False)
         if done.returncode != 0:
             raise BrokerError(f"postgres: initdb failed; log tail ({self.log}):\n{tail(self.log)}")
@@ -1045,7 +1048,9 @@ class NatsClusterNode(Nats):
         )
 
     def ready(self) -> bool:
-        return http_status(self.monitor_port, "/healthz") == 200
+        # Plain /healthz also waits for every stream and consumer replica to catch up, which a node
+        # restarted mid-stream only does once clients use them again.
+        return http_status(self.monitor_port, "/healthz?js-enabled-only=true") == 200
 
 
 class NatsCluster(Cluster):
@@ -1111,8 +1116,12 @@ class RabbitMQCluster(Cluster):
     stop_timeout = 30.0
 
     def make_nodes(self) -> list[Broker]:
-        return [RabbitMQ(self.dir / f"n{i + 1}", (p, 25682 + i), f"unimqc{i + 1}@localhost")
-                for i, p in enumerate(self.ports)]
+        nodes: list[Broker] = []
+        for i, port in enumerate(self.ports):
+            node = RabbitMQ(self.dir / f"n{i + 1}", (port, 25682 + i), f"unimqc{i + 1}@localhost")
+            node.name = f"{self.name}/n{i + 1}"
+            nodes.append(node)
+        return nodes
 
     def spawn(self) -> None:
         cookie = self.dir / "cookie"

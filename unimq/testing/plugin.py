@@ -206,6 +206,9 @@ class Names:
 @pytest_asyncio.fixture(loop_scope="function")
 async def names(broker: unimq.Broker, timing: Timing, unimq_target: Target) -> AsyncIterator[Names]:
     made = Names(unimq_target.pool)
+    if made.pool:  # what an earlier run or test left locked has come back by now
+        async with asyncio.timeout(timing.receive):
+            await _empty(broker, made.dest)
     yield made
     if broker.closed:
         return

@@ -13,9 +13,11 @@ def test_client_confluent_selects_the_librdkafka_driver() -> None:
     assert registry.load("kafka", "confluent") is ConfluentKafkaDriver
 
 
-async def test_unknown_client_names_what_to_install() -> None:
-    with pytest.raises(unimq.ConfigError, match=r'unimq\[kafka-nosuch\]'):
-        await unimq.connect("kafka://127.0.0.1:9092?client=nosuch")
+async def test_client_not_installed_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    without = {name: ep for name, ep in registry.installed().items() if name != "kafka+confluent"}
+    monkeypatch.setattr(registry, "installed", lambda: without)
+    with pytest.raises(unimq.ConfigError, match=r'pip install "unimq\[kafka-confluent\]"'):
+        await unimq.connect("kafka://127.0.0.1:9092?client=confluent")
 
 
 async def test_confluent_only_option_on_the_aiokafka_driver_is_refused() -> None:

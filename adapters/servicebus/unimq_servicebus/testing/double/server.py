@@ -264,12 +264,20 @@ class _Handler:
                                   "(static mode has no control node)", 404)
         return lowered in (CBS_NODE, CONTROL_NODE) or lowered.endswith(MANAGEMENT_SUFFIX)
 
+    @staticmethod
+    def _check_authorized(link: Link) -> None:
+        """A connection whose SAS token was refused gets no entity link, as on Service Bus."""
+        if getattr(link.connection, "unauthorized", False):
+            raise ServiceBusError("amqp:unauthorized-access", "Unauthorized access: the SAS token of this "
+                                  "connection was refused (wrong key or policy)", 401)
+
     def _open_incoming(self, link: Link) -> None:
         """The client sends: to an entity, or requests to a request/response node."""
         address = entity_path(link.remote_target.address or "")
         if self._is_request_node(address):
             link.request_node = address
         else:
+            self._check_authorized(link)
             link.entity = self.broker.for_send(address)
             link.max_message_size = MAX_MESSAGE_SIZE
         link.open()
@@ -282,6 +290,7 @@ class _Handler:
             link.connection.reply_links[address.lower()] = link
             link.open()
             return
+        self._check_authorized(link)
         entity = self.broker.for_receive(address)
         consumer = _Consumer(link, peek_lock=link.remote_rcv_settle_mode == Link.RCV_SECOND)
         link.consumer = consumer
@@ -420,6 +429,8 @@ class _Handler:
         operation = str(properties.get("operation", ""))
         if node.lower() == CBS_NODE:
             reply = self._put_token(request.body)
+            if reply.status >= 400:
+                link.connection.unauthorized = True
         else:
             try:
                 body: Any = request.body or {}
