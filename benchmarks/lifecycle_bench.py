@@ -24,6 +24,8 @@ async def measure(target: Target, url: str, rounds: int) -> dict[str, float]:
     opens: list[float] = []
     closes: list[float] = []
     async with unimq.connect(url) as broker:
+        if not broker.capabilities.persistence:
+            return {}  # nothing waits for a consumer that is not open yet (nats-core)
         dest = f"bench-life-{uuid.uuid4().hex[:8]}"
         group = f"g-{uuid.uuid4().hex[:6]}" if broker.capabilities_for(dest).fanout else None
         await broker.ensure(dest, groups=(group,) if group else ())
@@ -65,7 +67,7 @@ async def main() -> None:
         if resolution.url is None or target.pool:
             continue
         rows[target.name] = await measure(target, resolution.url, args.rounds)
-        if not args.json:
+        if rows[target.name] and not args.json:
             r = rows[target.name]
             print(f"{target.name:<20} open {r['open_median_ms']:8.1f} ms (max {r['open_max_ms']:8.1f})   "
                   f"close {r['close_median_ms']:8.1f} ms (max {r['close_max_ms']:8.1f})", flush=True)

@@ -959,6 +959,11 @@ class Cluster(Broker):
         return True
 
     def stop(self) -> None:
+        # All at once: a Kafka or RabbitMQ node stopped last would wait for a quorum that is gone.
+        for node in self.nodes:
+            pid = node.pid()
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
         for node in self.nodes:
             node.stop()
 

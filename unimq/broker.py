@@ -25,7 +25,15 @@ from unimq import durations, operations, registry, telemetry
 from unimq.capabilities import Capabilities, check_message, check_spec
 from unimq.codecs import CONTENT_ENCODING, Codec, RawCodec, codec_for, decompress
 from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Start, Stats, Subscription
-from unimq.errors import CapabilityError, Closed, ConfigError, PublishError, UnimqError
+from unimq.errors import (
+    AuthenticationError,
+    CapabilityError,
+    Closed,
+    ConfigError,
+    PermissionDenied,
+    PublishError,
+    UnimqError,
+)
 from unimq.message import Delivery, Message, new_message_id
 from unimq.middleware import Chain, Middleware, Nack
 from unimq.operations import DeadLetter, Health, RedriveReport
@@ -499,6 +507,8 @@ class Producer:
         failed = await self._publish([message])
         if failed:
             error = failed[0][1]
+            if isinstance(error, AuthenticationError | PermissionDenied):
+                raise error  # the credentials, not this message: the same class as a refused connect
             raise PublishError(f"send to {self.destination!r} failed: {error}", messages=[message],
                                results=[error], retryable=getattr(error, "retryable", False)) from error
         return message
@@ -529,6 +539,9 @@ class Producer:
             for result in await asyncio.gather(*(one(c) for c in chunks)):
                 failures += result
         if failures:
+            refused = next((e for _, e in failures if isinstance(e, AuthenticationError | PermissionDenied)), None)
+            if refused is not None:
+                raise refused
             by_id = {id(m): e for m, e in failures}
             raise PublishError(
                 f"{len(failures)} of {len(messages)} messages to {self.destination!r} failed; first: {failures[0][1]}",
@@ -1002,6 +1015,12 @@ class _Connect:
             raise
         except Exception as exc:
             raise driver.map_error(exc, f"connecting to {parsed.redacted()}") from exc
+        if self._require:  # what an endpoint can do may only be known once connected (Service Bus)
+            try:
+                driver.capabilities.require(self._require)
+            except UnimqError:
+                await driver.close()
+                raise
         return Broker(driver, parsed)
 
 

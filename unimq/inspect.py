@@ -306,11 +306,11 @@ async def request_reply(broker: Broker, destination: str, body: bytes, *, reply_
 
     Without ``reply_to`` the reply comes back on the broker's private reply path
     (``Broker.request``): nothing else is read, nothing is held back or released. With ``reply_to``
-    (a shared destination a responder replies to), the reply is the first message on ``reply_to`` whose correlation_id is the request's
-    correlation_id (or its message_id). It is acked once its view is built (a reply that cannot be
-shown is released, not lost); other messages read meanwhile are held,
-    then released for redelivery, so other requesters still get theirs. The reply consumer opens
-    before the request is sent, so a fast reply is not missed.
+    (a shared destination a responder replies to), the reply is the first message on ``reply_to``
+    whose correlation_id is the request's correlation_id (or its message_id). It is acked once its
+    view is built (a reply that cannot be shown is released, not lost); other messages read
+    meanwhile are held, then released for redelivery, so other requesters still get theirs. The
+    reply consumer opens before the request is sent, so a fast reply is not missed.
     """
     if reply_to is None:
         await check_destination(broker, destination, create)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from unimq.message import Delivery, Message
 
 
-class Nack(Exception):  # noqa: N818 - it names the outcome, like the Delivery method
+class Nack(Exception):
     """Raised by ``on_receive`` to hand a delivery back for redelivery (after ``delay`` seconds)
     instead of dead-lettering it, e.g. a payload version this consumer does not know yet."""
 

@@ -31,8 +31,10 @@ from unimq.reliability import (
 if TYPE_CHECKING:
     from unimq.broker import Broker
 
-#: How long a read of a dead-letter destination waits for the next message before it is done.
+#: How long a read of a dead-letter destination waits for the next message before it is done; the
+#: first wait is longer, because opening a reader can take that long (a Service Bus session accept).
 IDLE = 0.5
+FIRST = 3.0
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ async def dead_letters(broker: Broker, destination: str, group: str | None = Non
     async with broker.consumer(dlq, prefetch=max(count, 10)) as consumer:
         try:
             while len(out) < count:
-                delivery = await consumer.receive(timeout=IDLE)
+                delivery = await consumer.receive(timeout=IDLE if held else FIRST)
                 if delivery is None:
                     break
                 held.append(delivery)
@@ -161,7 +163,7 @@ async def redrive(
     async with broker.consumer(dlq) as consumer:
         try:
             while limit is None or report.moved < limit:
-                delivery = await consumer.receive(timeout=IDLE)
+                delivery = await consumer.receive(timeout=IDLE if seen else FIRST)
                 if delivery is None or delivery.message.message_id in seen:
                     if delivery is not None:
                         kept.append(delivery)
@@ -198,7 +200,7 @@ async def purge(broker: Broker, destination: str, group: str | None = None, *,
     target = _dead_lettering(broker, destination) if dead_letters else destination
     removed = 0
     async with broker.consumer(target, None if dead_letters else group, prefetch=500) as consumer:
-        while batch := await consumer.receive_batch(500, timeout=IDLE):
+        while batch := await consumer.receive_batch(500, timeout=IDLE if removed else FIRST):
             await consumer.ack_many(batch)
             removed += len(batch)
     return removed

@@ -134,6 +134,7 @@ class _Runner:
         self._watching = False
         #: Deliveries whose handler runs: (when the lock is next renewed, when the handler started).
         self._held: dict[Delivery, tuple[float, float]] = {}
+        self._lock_known = False
         self._extensions: set[asyncio.Task[None]] = set()
 
     def _as_async(self, handler: Handler, concurrency: int) -> AsyncHandler:
@@ -224,8 +225,18 @@ class _Runner:
     def _tripped(self) -> bool:
         return self._switch is not None and self._switch.state is SwitchState.TRIPPED
 
+    def _learn_lock(self, consumer: Consumer) -> None:
+        """A lock first known from a delivery (an entity's own lock, read on receipt): renew by it,
+        and bring forward the renewals planned from the default."""
+        if self._lock_timeout or self._lock_known or consumer.lock_timeout is None:
+            return
+        self._lock_keeping(consumer)
+        for delivery, (due, started) in list(self._held.items()):
+            self._held[delivery] = (min(due, started + self._renew_every), started)
+
     def _lock_keeping(self, consumer: Consumer) -> None:
         """How this consumer's locks are kept: renewed (``lock_extension``), or watched to warn once."""
+        self._lock_known = consumer.lock_timeout is not None
         lock = self._lock_timeout or consumer.lock_timeout
         feature = self._caps.lock_extension
         if feature and self._max_renewal > 0:
@@ -244,9 +255,9 @@ class _Runner:
         a lock that cannot be extended). It ticks every quarter lock, so a lock is renewed between
         50 % and 75 % of its time; cheaper per message than a timer per delivery."""
         loop, held = self._loop, self._held
-        tick = self._renew_every / 2
         while True:
-            await asyncio.sleep(tick)
+            # At least once a second: a lock first learned from a delivery may be shorter than assumed.
+            await asyncio.sleep(min(self._renew_every / 2, 1.0))
             now = loop.time()
             for delivery, (due, started) in list(held.items()):
                 if due > now or delivery.settled:
@@ -295,6 +306,8 @@ class _Runner:
                 idle.discard(me)
             if delivery is None:
                 continue
+            if not self._lock_known:
+                self._learn_lock(consumer)
             if self._halted:  # the switch tripped (or stop) while this receive ran: hand it back
                 if switch is not None:
                     self._excuse(delivery.message.message_id)

@@ -12,6 +12,7 @@ are in docs/reliability.md "Clusters".
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import time
@@ -33,6 +34,7 @@ STEP = 40  #: confirmed sends between two faults
 SETTLE = 30.0  #: longest wait for the consumer to receive every acknowledged send
 BOUND = 60.0  #: the whole stream, faults included
 GROUP = "workers"
+PACE = 0.01  #: pause between two sends, so that the stream spans the faults
 
 
 @dataclass
@@ -53,7 +55,7 @@ class Run:
 
 def stall(times: list[float]) -> float:
     """The longest time between two consecutive events (seconds)."""
-    return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
 
 def kill(node: Any) -> None:
@@ -71,7 +73,7 @@ def restart(node: Any) -> None:
 
 
 async def kafka_leader(cluster: Any, dest: str) -> int:
-    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
     admin = AIOKafkaAdminClient(bootstrap_servers=",".join(f"127.0.0.1:{n.port}" for n in cluster.nodes
                                                            if n.pid() is not None))
@@ -137,6 +139,7 @@ async def stream_with_faults(cluster: Any, backend: str) -> Run:
                     run.acked.add(number)
                     run.send_times.append(time.monotonic())
                 number += 1
+                await asyncio.sleep(PACE)
             producing_done.set()
 
         async def consume() -> None:
@@ -161,10 +164,10 @@ async def stream_with_faults(cluster: Any, backend: str) -> Run:
                 except UnimqError:
                     run.failed_acks += 1
 
-        async def progress(more: int, timeout: float = 20.0) -> None:
+        async def progress(more: int, timeout: float = 12.0) -> None:
             target = len(run.acked) + more
             end = time.monotonic() + timeout
-            while len(run.acked) < target and time.monotonic() < end:
+            while len(run.acked) < target and time.monotonic() < end and not producing_done.is_set():
                 await asyncio.sleep(0.05)
 
         async def faults() -> None:

@@ -52,9 +52,10 @@ JOIN_TIMEOUT = 10.0
 #: How long a rebalance waits for in-flight messages of revoked partitions without lock_timeout;
 #: those still held then are handed back (redelivered as the next attempt).
 REVOKE_WAIT = 5.0
-#: Most records one receive() hands out. The core holds what it was handed until the application
-#: takes it, and a rebalance waits for everything handed out: small hand-outs keep that wait the
-#: time of the messages being processed, not of a whole prefetch queued behind them.
+#: Most records one receive() hands out while the group has other members. The core holds what it
+#: was handed until the application takes it, and a rebalance waits for everything handed out:
+#: small hand-outs keep that wait the time of the messages being processed, not of a whole
+#: prefetch queued behind them. A member alone (every partition) hands out whole batches.
 HANDOUT = 16
 
 
@@ -103,6 +104,7 @@ class KafkaSubscription(Subscription):
         self._error: BaseException | None = None
         self._dirty = False
         self._stopping = False
+        self._handout = HANDOUT
 
     @property
     def native(self) -> Any:
@@ -178,6 +180,9 @@ class KafkaSubscription(Subscription):
                 log.warning("kafka: commit on revoke for group %r failed: %s", self.group_id, exc)
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        everything = self._consumer.partitions_for_topic(self._topic) or set()
+        alone = everything <= {tp.partition for tp in assigned if tp.topic == self._topic}
+        self._handout = self._prefetch if alone else HANDOUT
         for tp in assigned:
             self._trackers[tp] = OffsetTracker()
         try:
@@ -359,7 +364,7 @@ class KafkaSubscription(Subscription):
                 if self._error is not None:
                     raise self._error
                 return []
-        count = min(max_messages, HANDOUT)
+        count = min(max_messages, self._handout)
         if len(buffer) <= count:
             out = list(buffer)
             buffer.clear()

@@ -24,7 +24,6 @@ from redis.backoff import NoBackoff
 
 from unimq.capabilities import Capabilities, emulated, native, none
 from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Stats, Subscription
-from unimq.reliability import dedup_key
 from unimq.errors import (
     AuthenticationError,
     BrokerConnectionError,
@@ -37,6 +36,7 @@ from unimq.errors import (
     register_secret,
 )
 from unimq.message import Message
+from unimq.reliability import dedup_key
 from unimq.url import BrokerURL
 from unimq_redis import scripts
 from unimq_redis.fields import from_entry, now_ms, pack_scheduled, to_fields
@@ -215,6 +215,11 @@ class RedisDriver(Driver):
         version = tuple(int(p) for p in str(info.get("redis_version", "0.0")).split(".")[:2])
         if version < MIN_SERVER:
             raise ConfigError(f"redis: server {info.get('redis_version')} is too old; Streams need 6.2 or newer")
+        cluster = await self.bounded(self.client.info("cluster"))
+        if cluster.get("cluster_enabled"):
+            raise ConfigError(f"redis: {self.url.redacted()} is a Redis Cluster node; a destination's keys would "
+                              "be spread over hash slots: connect to a standalone Redis (Redis Cluster is not "
+                              "supported yet)")
 
     async def close(self) -> None:
         await self.client.aclose()

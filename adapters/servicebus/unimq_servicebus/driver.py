@@ -587,6 +587,16 @@ class _Detected(Subscription):
         self._inner: ServiceBusSubscription | SessionSubscription | None = None
 
     @property
+    def lock_timeout(self) -> float | None:
+        """The lock of the reader in use, once it knows it."""
+        return self._inner.lock_timeout if self._inner is not None else None
+
+    @lock_timeout.setter
+    def lock_timeout(self, value: float | None) -> None:
+        if self._inner is not None:
+            self._inner.lock_timeout = value
+
+    @property
     def inner(self) -> ServiceBusSubscription | SessionSubscription:
         """The ServiceBusSubscription or SessionSubscription in use (once open)."""
         if self._inner is None:

@@ -184,6 +184,9 @@ class ServiceBusSubscription(Subscription):
         track = self._peek_lock
         unsettled = self._unsettled
         append = self._backlog.append
+        if track and batch and self.lock_timeout is None and batch[0].locked_until_utc is not None:
+            # The entity's lock (set where it was made): what the runner renews by.
+            self.lock_timeout = max(1.0, (batch[0].locked_until_utc - datetime.now(UTC)).total_seconds())
         for received in batch:
             delivery = Delivery(to_message(received, dead_letter, default_session), attempt_of(received), received,
                                 receiver)

@@ -80,7 +80,7 @@ async def test_double_ack_is_harmless(broker: unimq.Broker, names: Names, timing
         await expect_nothing(consumer, timing, "an acked message came back after a second ack/nack")
 
 
-@pytest.mark.requires("lock_extension")
+@pytest.mark.requires("lock_extension", "lock_timeout")
 async def test_unacked_message_redelivered_after_lock_timeout(broker: unimq.Broker, names: Names,
                                                               timing: Timing) -> None:
     """Not before the lock expires, then with the next attempt; a late ack of the lost lock does not raise.
@@ -106,7 +106,7 @@ async def test_unacked_message_redelivered_after_lock_timeout(broker: unimq.Brok
         await expect_nothing(consumer, timing, "an acked message came back")
 
 
-@pytest.mark.requires("lock_extension")
+@pytest.mark.requires("lock_extension", "lock_timeout")
 async def test_extend_prevents_redelivery(broker: unimq.Broker, names: Names, timing: Timing) -> None:
     lock = timedelta(seconds=timing.lock)
     dest, group = await queue(broker, names, lock_timeout=lock)

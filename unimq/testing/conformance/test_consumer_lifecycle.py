@@ -17,6 +17,7 @@ from unimq.testing.plugin import Names
 pytestmark = pytest.mark.asyncio
 
 
+@pytest.mark.requires("persistence")
 async def test_cancel_during_a_busy_nack_loop_ends_the_loop(broker: unimq.Broker, names: Names,
                                                             timing: Timing) -> None:
     """20 times: a task nacking the same message as fast as it comes back ends when cancelled."""
@@ -65,7 +66,7 @@ async def test_closing_the_broker_ends_a_loop_in_another_task(unimq_url: str, na
     task.result()  # ends the loop: no exception
 
 
-@pytest.mark.requires("competing_consumers")
+@pytest.mark.requires("competing_consumers", "persistence")
 async def test_messages_held_at_close_come_back_once(broker: unimq.Broker, names: Names, timing: Timing) -> None:
     """Consumer A takes 4, acks 1, closes; consumer B gets the other 3, each once, without waiting a lock out."""
     dest, group = await queue(broker, names)
@@ -116,6 +117,7 @@ async def test_a_zero_timeout_poll_returns_a_waiting_message(broker: unimq.Broke
         await got.ack()
 
 
+@pytest.mark.requires("persistence")
 async def test_a_cancelled_receive_many_loses_nothing(broker: unimq.Broker, names: Names, timing: Timing) -> None:
     """Cancel receive_many while it holds deliveries: they are not lost and their prefetch room comes back."""
     dest, group = await queue(broker, names)
