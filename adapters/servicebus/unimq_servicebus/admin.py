@@ -36,6 +36,7 @@ class EntityOptions:
     default_ttl: float | None = None
     #: Set only when creating: Service Bus cannot change it on an existing entity.
     requires_session: bool | None = None
+    dead_lettering_on_message_expiration: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def queue_options(self) -> dict[str, Any]:
@@ -43,6 +44,7 @@ class EntityOptions:
             "lock_duration": self.lock_duration, "max_delivery_count": self.max_delivery_count,
             "duplicate_detection_window": self.duplicate_detection_window, "default_ttl": self.default_ttl,
             "requires_session": self.requires_session,
+            "dead_lettering_on_message_expiration": self.dead_lettering_on_message_expiration,
         }.items() if v is not None}
 
     def topic_options(self) -> dict[str, Any]:
@@ -54,6 +56,7 @@ class EntityOptions:
         return {k: v for k, v in {
             "lock_duration": self.lock_duration, "max_delivery_count": self.max_delivery_count,
             "default_ttl": self.default_ttl, "requires_session": self.requires_session,
+            "dead_lettering_on_message_expiration": self.dead_lettering_on_message_expiration,
         }.items() if v is not None}
 
 
@@ -394,4 +397,6 @@ def _azure_settings(options: dict[str, Any]) -> dict[str, Any]:
         out["default_message_time_to_live"] = timedelta(seconds=options["default_ttl"])
     if "requires_session" in options:
         out["requires_session"] = options["requires_session"]
+    if "dead_lettering_on_message_expiration" in options:
+        out["dead_lettering_on_message_expiration"] = options["dead_lettering_on_message_expiration"]
     return out

@@ -448,6 +448,7 @@ class ServiceBusDriver(Driver):
             duplicate_detection_window=_seconds(spec.deduplication),
             default_ttl=_seconds(spec.retention),
             requires_session=True if sessions else None,
+            dead_lettering_on_message_expiration=True if spec.dead_letter_expired else None,
         )
         admin = self._a("ensure destinations")
         kind = await self._manage(admin.kind(destination), f"read the kind of {destination!r}")

@@ -240,6 +240,9 @@ def capabilities(options: ServiceBusOptions, sessions: bool, managed: bool = Tru
                       else none(f"{UNMANAGED}: set LockDuration there")),
         max_deliveries=(native(note="the entity's MaxDeliveryCount; then Service Bus dead-letters the message")
                         if managed else none(f"{UNMANAGED}: set MaxDeliveryCount there")),
+        dead_letter_expired=(native(note="the entity's DeadLetteringOnMessageExpiration: Service Bus moves an "
+                                         "expired message to the dead-letter subqueue (TTLExpiredException)")
+                             if managed else none(f"{UNMANAGED}: set DeadLetteringOnMessageExpiration there")),
         new_group_backlog=none("a subscription receives what is sent after it exists: create groups first "
                                "with ensure(dest, groups=[...])"),
         max_message_bytes=options.max_message_bytes,
