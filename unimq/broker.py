@@ -30,7 +30,6 @@ from unimq.errors import (
     CapabilityError,
     Closed,
     ConfigError,
-    PermissionDenied,
     PublishError,
     UnimqError,
 )
@@ -507,7 +506,7 @@ class Producer:
         failed = await self._publish([message])
         if failed:
             error = failed[0][1]
-            if isinstance(error, AuthenticationError | PermissionDenied):
+            if isinstance(error, AuthenticationError):
                 raise error  # the credentials, not this message: the same class as a refused connect
             raise PublishError(f"send to {self.destination!r} failed: {error}", messages=[message],
                                results=[error], retryable=getattr(error, "retryable", False)) from error
@@ -539,7 +538,7 @@ class Producer:
             for result in await asyncio.gather(*(one(c) for c in chunks)):
                 failures += result
         if failures:
-            refused = next((e for _, e in failures if isinstance(e, AuthenticationError | PermissionDenied)), None)
+            refused = next((e for _, e in failures if isinstance(e, AuthenticationError)), None)
             if refused is not None:
                 raise refused
             by_id = {id(m): e for m, e in failures}

@@ -175,8 +175,13 @@ class JetStreamSubscription(Subscription):
                 await msg.ack()
 
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
+        """nak; while our pull request is still open, first let it end: nats-server 2.9 delivers a
+        message nak'ed during an open pull into that request and loses track of it (one message
+        came back only after ack_wait, another twice), as on close."""
         msg: Msg = delivery.token
         self._settle(msg)
+        if self._left > 0:
+            await self._request_ended()
         with contextlib.suppress(nats.errors.MsgAlreadyAckdError):
             await msg.nak(delay=delay)
 
