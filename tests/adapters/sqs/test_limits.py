@@ -259,8 +259,9 @@ async def test_reject_sends_then_deletes(broker: unimq.Broker, name: str) -> Non
     async with broker.consumer(name, lock_timeout=1) as consumer:
         got = await consumer.receive(timeout=5)
         assert got is not None
-        with pytest.raises(unimq.NotFound, match="-dlq"):  # no dead-letter queue: nothing is lost
+        with pytest.raises(unimq.PublishError, match="-dlq") as refused:  # no dead-letter queue: nothing is lost
             await got.reject("unparseable")
+        assert isinstance(refused.value.__cause__, unimq.NotFound)
         await broker.ensure(name)
         got = await consumer.receive(timeout=5)
         assert got is not None and got.attempt == 2
