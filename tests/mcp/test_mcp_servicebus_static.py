@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 from test_mcp_tools import call, client, receive_all
+from unimq_servicebus.targets import pool
 
 import unimq
 from unimq.testing.brokers import require
-from unimq_servicebus.targets import pool
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.needs_broker("servicebus-static")]
 
