@@ -10,6 +10,7 @@ the default session of unkeyed messages reads back as no key); ``delay`` is the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from datetime import UTC, datetime
@@ -19,22 +20,32 @@ from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
 from azure.servicebus.amqp import AmqpAnnotatedMessage, AmqpMessageBodyType
 
 from unimq.message import Message, new_message_id
-from unimq.reliability import DEAD_LETTER_REASON, DEAD_LETTER_SOURCE
+from unimq.reliability import DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, dedup_key
 
 #: Application properties Service Bus sets on dead-lettered messages.
 REASON = "DeadLetterReason"
 DESCRIPTION = "DeadLetterErrorDescription"
 #: Service Bus's cap for DeadLetterReason and DeadLetterErrorDescription values we write.
 MAX_REASON = 4096
+#: The unimq message id of a message whose MessageId is its own de-duplication key (a redriven copy).
+ORIGINAL_ID = "x-unimq-message-id"
 
 
 def to_servicebus(message: Message, session_id: str | None = None) -> ServiceBusMessage:
     """The outgoing SDK message; the body bytes go into a single data section unchanged.
     ``session_id``: set for a session entity (the key, or the default session)."""
+    properties = dict(message.headers) if message.headers else None
+    message_id = dedup_key(message)
+    if message_id != message.message_id:
+        # A redriven copy: Service Bus de-duplicates by MessageId, so the copy gets its own
+        # (at most 128 characters) and the unimq id travels beside it.
+        if len(message_id) > 128:
+            message_id = hashlib.sha256(message_id.encode()).hexdigest()
+        properties = {**(properties or {}), ORIGINAL_ID: message.message_id}
     out = ServiceBusMessage(
         message.body,
-        application_properties=dict(message.headers) if message.headers else None,  # type: ignore[arg-type]
-        message_id=message.message_id,
+        application_properties=properties,  # type: ignore[arg-type]
+        message_id=message_id,
         correlation_id=message.correlation_id,
         reply_to=message.reply_to,
         content_type=message.content_type,
@@ -123,11 +134,12 @@ def to_message(received: ServiceBusReceivedMessage, dead_letter: bool, default_s
         content_type = section.content_type
         group_id = section.group_id
     key = received.partition_key or _optional(group_id)
+    original = headers.pop(ORIGINAL_ID, None)
     return Message(
         body=body_of(raw),
         key=None if key is not None and key == default_session else key,
         headers=headers,
-        message_id=text(message_id) if message_id is not None else new_message_id(),
+        message_id=original or (text(message_id) if message_id is not None else new_message_id()),
         correlation_id=_optional(correlation_id),
         reply_to=_optional(reply_to),
         content_type=_optional(content_type),
