@@ -27,6 +27,7 @@ from unimq.codecs import CONTENT_ENCODING, Codec, RawCodec, codec_for, decompres
 from unimq.driver import DestinationSpec, Driver, ReceiveSettings, Start, Stats, Subscription
 from unimq.errors import (
     AuthenticationError,
+    BrokerConnectionError,
     CapabilityError,
     Closed,
     ConfigError,
@@ -415,7 +416,10 @@ class Broker:
         for consumer in list(self._consumers):
             with contextlib.suppress(Exception):
                 await consumer.close()
-        await self._guard(self._driver.close(), "close")
+        try:
+            await self._guard(self._driver.close(), "close")
+        except BrokerConnectionError as exc:  # already lost: nothing is left to close
+            log.info("closing %s: the connection was already lost: %s", self.url, exc)
 
     async def __aenter__(self) -> Broker:
         return self
