@@ -568,3 +568,26 @@ def main(backend: Backend) -> None:
             json.dump({"backend": backend.name, "url": parse_url(args.url).redacted(),
                        "profile": asdict(profile), "notes": backend.notes,
                        "figures": [asdict(x) for x in figures]}, f, indent=2)
+
+
+class UnimqLoop(UnimqContender):
+    """The idiomatic per-message path, batching on or off: ``async for delivery in consumer: await delivery.ack()``."""
+
+    name = "unimq-loop"
+
+    async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
+        async with self._consumer(dest) as consumer:
+            async for delivery in consumer:
+                await delivery.ack()
+                quota.take()
+                if quota.finished:
+                    return
+
+
+def peer(make: Callable[[], Contender]) -> list[Contender]:
+    """A peer library's contender, or none when it is not installed (``pip install -e '.[bench]'``)."""
+    try:
+        return [make()]
+    except ModuleNotFoundError as exc:
+        print(f"skipping a peer contender: {exc}", file=sys.stderr)
+        return []

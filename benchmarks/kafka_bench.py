@@ -19,7 +19,6 @@ alone with ``--ops consume --batch on --concurrency 1 --contenders raw,unimq,uni
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Callable
 from importlib.metadata import version
@@ -28,7 +27,7 @@ from typing import Any
 import peers
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
-from harness import Backend, Contender, Quota, UnimqContender, Workload, main
+from harness import Backend, Contender, Quota, UnimqContender, UnimqLoop, Workload, main, peer
 
 BATCH = 10_000  # the adapter's batch_send limit: send_many sends chunks of this size
 PREFETCH = 1000
@@ -116,27 +115,6 @@ class AioKafka(Contender):
             await consumer.stop()
 
 
-class UnimqLoop(UnimqContender):
-    """The idiomatic per-message path, batching on or off: ``async for delivery in consumer: await delivery.ack()``."""
-
-    name = "unimq-loop"
-
-    async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
-        async with self._consumer(dest) as consumer:
-            async for delivery in consumer:
-                await delivery.ack()
-                quota.take()
-                if quota.finished:
-                    return
-
-
-def _peer(make: Callable[[], Contender]) -> list[Contender]:
-    """A peer library's contender, or none when it is not installed (``pip install -e '.[bench]'``)."""
-    try:
-        return [make()]
-    except ModuleNotFoundError as exc:
-        print(f"skipping a peer contender: {exc}", file=sys.stderr)
-        return []
 
 
 def contenders(url: str) -> list[Contender]:
@@ -147,7 +125,7 @@ def contenders(url: str) -> list[Contender]:
                        ensure=lambda w: {"partitions": max(1, w.concurrency), "dead_letter": False}),
         UnimqLoop(url, prefetch=PREFETCH, group=lambda dest: f"{dest}-unimq",
                   ensure=lambda w: {"partitions": max(1, w.concurrency), "dead_letter": False}, fill_by="unimq"),
-        *_peer(lambda: peers.FastStreamKafka(bootstrap, **PRODUCER)),
+        *peer(lambda: peers.FastStreamKafka(bootstrap, **PRODUCER)),
     ]
 
 

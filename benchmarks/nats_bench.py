@@ -19,7 +19,6 @@ alone with ``--ops consume --batch on --concurrency 1 --contenders raw,unimq,uni
 from __future__ import annotations
 
 import asyncio
-import sys
 import uuid
 from collections.abc import Callable
 from importlib.metadata import version
@@ -27,7 +26,7 @@ from typing import Any
 
 import nats
 import peers
-from harness import Backend, Contender, Quota, UnimqContender, Workload, main
+from harness import Backend, Contender, Quota, UnimqContender, UnimqLoop, Workload, main, peer
 from nats.js import api
 from nats.js.errors import FetchTimeoutError
 from unimq_nats.mapping import stream_name
@@ -109,27 +108,6 @@ class NatsPyWithId(NatsPy):
     with_id = True
 
 
-class UnimqLoop(UnimqContender):
-    """The idiomatic per-message path, batching on or off: ``async for delivery in consumer: await delivery.ack()``."""
-
-    name = "unimq-loop"
-
-    async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
-        async with self._consumer(dest) as consumer:
-            async for delivery in consumer:
-                await delivery.ack()
-                quota.take()
-                if quota.finished:
-                    return
-
-
-def _peer(make: Callable[[], Contender]) -> list[Contender]:
-    """A peer library's contender, or none when it is not installed (``pip install -e '.[bench]'``)."""
-    try:
-        return [make()]
-    except ModuleNotFoundError as exc:
-        print(f"skipping a peer contender: {exc}", file=sys.stderr)
-        return []
 
 
 def contenders(url: str) -> list[Contender]:
@@ -138,7 +116,7 @@ def contenders(url: str) -> list[Contender]:
         NatsPyWithId(url),
         UnimqContender(url, prefetch=FETCH, group="unimq"),
         UnimqLoop(url, prefetch=FETCH, group="unimq", fill_by="unimq"),
-        *_peer(lambda: peers.FastStreamNats(url.split("?", 1)[0], window=BATCH, fetch=FETCH,
+        *peer(lambda: peers.FastStreamNats(url.split("?", 1)[0], window=BATCH, fetch=FETCH,
                                            stream_name=stream_name)),
     ]
 

@@ -16,13 +16,12 @@ alone with ``--ops consume --batch on --concurrency 1 --contenders raw,unimq,uni
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Callable
 from importlib.metadata import version
 
 import aio_pika
 import peers
-from harness import Backend, Contender, Quota, UnimqContender, Workload, main
+from harness import Backend, Contender, Quota, UnimqContender, UnimqLoop, Workload, main, peer
 
 WINDOW = 1000
 #: unimq's send_many keeps up to 8 batches of 1000 in flight (unimq.broker.PIPELINE_DEPTH); so does the plain side.
@@ -96,27 +95,6 @@ class AioPika(Contender):
                 await message.ack()
 
 
-class UnimqLoop(UnimqContender):
-    """The idiomatic per-message path, batching on or off: ``async for delivery in consumer: await delivery.ack()``."""
-
-    name = "unimq-loop"
-
-    async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
-        async with self._consumer(dest) as consumer:
-            async for delivery in consumer:
-                await delivery.ack()
-                quota.take()
-                if quota.finished:
-                    return
-
-
-def _peer(make: Callable[[], Contender]) -> list[Contender]:
-    """A peer library's contender, or none when it is not installed (``pip install -e '.[bench]'``)."""
-    try:
-        return [make()]
-    except ModuleNotFoundError as exc:
-        print(f"skipping a peer contender: {exc}", file=sys.stderr)
-        return []
 
 
 def contenders(url: str) -> list[Contender]:
@@ -124,8 +102,8 @@ def contenders(url: str) -> list[Contender]:
         AioPika(url),
         UnimqContender(url, prefetch=PREFETCH),
         UnimqLoop(url, prefetch=PREFETCH, fill_by="unimq"),
-        *_peer(lambda: peers.FastStreamRabbit(url, prefetch=PREFETCH, window=WINDOW * DEPTH)),
-        *_peer(lambda: peers.Kombu(url, prefetch=PREFETCH, transport_options={"confirm_publish": True})),
+        *peer(lambda: peers.FastStreamRabbit(url, prefetch=PREFETCH, window=WINDOW * DEPTH)),
+        *peer(lambda: peers.Kombu(url, prefetch=PREFETCH, transport_options={"confirm_publish": True})),
     ]
 
 
