@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from security_support import Pki, free_port, refused, roundtrip
+from security_support import Pki, free_port, refused, roundtrip, scripts_brokers
 
 import unimq
 from unimq import registry
@@ -97,6 +97,13 @@ async def test_redis_acl_user_over_tls(pki: Pki, server: Callable[[list[str], in
 needs_nats = pytest.mark.skipif("nats" not in registry.installed(), reason="unimq-nats is not installed")
 
 
+def nats_server() -> str:
+    """The nats-server scripts/brokers builds (built now if it is not there yet)."""
+    nats = scripts_brokers().Nats()
+    nats.install()
+    return str(nats.binary)
+
+
 @needs_nats
 async def test_nats_user_password_over_tls(pki: Pki, server: Callable[[list[str], int], None], tmp_path: Path) -> None:
     port = free_port()
@@ -105,7 +112,7 @@ async def test_nats_user_password_over_tls(pki: Pki, server: Callable[[list[str]
         f'authorization {{ user: alice, password: "{PASSWORD}" }}\n'
         f'tls {{ cert_file: "{pki.cert}", key_file: "{pki.key}", timeout: 2 }}\n'
     )
-    server(["nats-server", "-c", str(tmp_path / "nats.conf")], port)
+    server([nats_server(), "-c", str(tmp_path / "nats.conf")], port)
     await roundtrip(f"tls://alice:{PASSWORD}@127.0.0.1:{port}?ca={pki.ca}")
     await _refused(f"tls://alice:wrong@127.0.0.1:{port}?ca={pki.ca}", "authorization", "auth",
                    kind=unimq.AuthenticationError)
@@ -119,7 +126,7 @@ async def test_nats_token(server: Callable[[list[str], int], None], tmp_path: Pa
         f'host: 127.0.0.1\nport: {port}\njetstream {{ store_dir: "{tmp_path / "js"}", max_file_store: 64MB }}\n'
         f'authorization {{ token: "{TOKEN}" }}\n'
     )
-    server(["nats-server", "-c", str(tmp_path / "nats.conf")], port)
+    server([nats_server(), "-c", str(tmp_path / "nats.conf")], port)
     await roundtrip(f"nats://127.0.0.1:{port}?token={TOKEN}")
     await roundtrip(f"nats://{TOKEN}@127.0.0.1:{port}")  # the NATS token URL form: a token, not a user
     await _refused(f"nats://127.0.0.1:{port}?token=wrong-{TOKEN}", "authorization", "auth",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from unimq.testing.brokers import Image, Target
 
-_IMAGE = Image("nats:2.9", 4222, command="-js")
+_IMAGE = Image("nats:2.15", 4222, command="-js")
 
 
 def targets() -> list[Target]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import subprocess
 import time
@@ -18,6 +17,9 @@ from unimq_nats.mapping import stream_name
 
 import unimq
 from unimq.reliability import DEAD_LETTER_REASON
+
+#: The nats-server scripts/brokers builds; the private servers below run it.
+NATS_SERVER = Path(__file__).resolve().parents[3] / ".brokers" / "nats" / "bin" / "nats-server"
 
 
 async def test_nack_delay_is_honoured_by_the_server(broker: unimq.Broker, dest: str) -> None:
@@ -217,8 +219,8 @@ async def test_a_close_cancelled_midway_leaves_the_connection_working(broker: un
 @pytest.fixture
 def secured_server(tmp_path: Path) -> Iterator[int]:
     """A private nats-server with a user/password account and one that may not publish to ``denied.>``."""
-    if shutil.which("nats-server") is None:
-        pytest.fail("nats-server is not installed (scripts/brokers up nats installs it)")
+    if not NATS_SERVER.exists():
+        pytest.fail(f"{NATS_SERVER} is not there (scripts/brokers up nats builds it)")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
@@ -228,7 +230,7 @@ def secured_server(tmp_path: Path) -> Iterator[int]:
         '  {user: bob, password: "bob-pw", permissions: {publish: {deny: ["denied.>"]}}} ] }\n'
     )
     with open(tmp_path / "nats.log", "wb") as log:
-        proc = subprocess.Popen(["nats-server", "-c", str(tmp_path / "nats.conf")], stdout=log,
+        proc = subprocess.Popen([str(NATS_SERVER), "-c", str(tmp_path / "nats.conf")], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 15
