@@ -23,7 +23,7 @@ import unimq
 from unimq.reliability import ATTEMPT, DEAD_LETTER_REASON
 from unimq.url import parse_url
 
-pytestmark = pytest.mark.backend("rabbitmq")
+pytestmark = pytest.mark.needs_broker("rabbitmq")
 
 
 async def test_unroutable_send_is_an_error_not_a_loss(broker: unimq.Broker, dest: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 import unimq
 
-pytestmark = pytest.mark.backend("rabbitmq")
+pytestmark = pytest.mark.needs_broker("rabbitmq")
 
 BODY = b"\x00\xffnot-json\xc3\x28"
 
