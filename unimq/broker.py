@@ -180,11 +180,11 @@ class Broker:
         seconds = durations.optional_seconds(lock_timeout, "lock_timeout", allow_zero=False)
         if max_decoded_bytes is not None and (not isinstance(max_decoded_bytes, int) or max_decoded_bytes < 1):
             raise ConfigError(f"max_decoded_bytes must be an int >= 1, got {max_decoded_bytes!r}")
+        wanted = None if subject is None and headers is None else Filter(subject, headers)
         try:
-            settings = ReceiveSettings(prefetch=prefetch, lock_timeout=seconds, start=start)
+            settings = ReceiveSettings(prefetch=prefetch, lock_timeout=seconds, start=start, subject=subject)
         except ValueError as exc:
             raise ConfigError(f"consumer options: {_first_error(exc)}") from None
-        wanted = None if subject is None and headers is None else Filter(subject, headers)
         if claim_check is not None:
             middlewares = [*middlewares, self._claim_check(claim_check)]
         sub = self._driver.subscription(destination, group, settings)

@@ -51,6 +51,9 @@ class ReceiveSettings(BaseModel):
     prefetch: int = Field(100, ge=1)
     lock_timeout: float | None = Field(None, gt=0, description="seconds; None = the backend's default")
     start: Start = Field(None, description="where a new group starts: 'earliest', 'latest', a time or an offset")
+    subject: str | None = Field(None, description="the group's routing pattern (checked); a driver whose 'routing' "
+                                "capability is native narrows what the group gets (a binding, a filter "
+                                "subject). The core filters every delivery as well, so a driver may ignore it")
 
 
 class DestinationSpec(BaseModel):
