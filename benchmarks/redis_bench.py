@@ -5,7 +5,7 @@
 * consume: plain XREADGROUP COUNT 100 + one XACK per batch (batching off: one XACK per message)
   vs a unimq consumer: ``receive_batch(100)`` + ``ack_many`` (one XACK per batch), batching off
   ``receive`` + ``ack`` per message. Consumers share one group (competing);
-* ``unimq-iter``: the idiomatic path whatever the batch flag — ``async for delivery in consumer:
+* ``unimq-loop``: the idiomatic path whatever the batch flag — ``async for delivery in consumer:
   await delivery.ack()``, one message at a time, prefetch 1000 (the core batches the XACKs).
 
 Kombu's Redis transport uses lists (LPUSH/BRPOP), not streams: same broker, its own structure.
@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import sys
 from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
 
 import peers
-from harness import Backend, Contender, Quota, UnimqContender, Workload, main
+from harness import Backend, Contender, Quota, UnimqContender, UnimqLoop, Workload, main, peer
 from redis.asyncio import Redis
 
 BATCH = 1000
@@ -101,38 +100,13 @@ class RedisPy(Contender):
                 await self.redis.xack(dest, GROUP, *(entry_id for entry_id, _ in entries))
 
 
-class UnimqPerMessage(UnimqContender):
-    """``async for delivery in consumer: await delivery.ack()``, one message at a time, as the README
-    shows. The last message counts once the consumer closed, i.e. once every queued ack was sent."""
-
-    name = "unimq-iter"
-
-    async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
-        async with self._consumer(dest) as consumer:
-            async for delivery in consumer:
-                await delivery.ack()
-                if quota.remaining <= 1:
-                    break
-                quota.take()
-        quota.take()
-
-
-def _peer(make: Callable[[], Contender]) -> list[Contender]:
-    """A peer library's contender; none when the library is not installed (the ``bench`` extra)."""
-    try:
-        return [make()]
-    except ImportError as exc:
-        print(f"peer skipped: {exc} (pip install -e '.[bench]')", file=sys.stderr)
-        return []
-
-
 def contenders(url: str) -> list[Contender]:
     return [
         RedisPy(url),
         UnimqContender(url, prefetch=READ_COUNT, group="unimq", receive_batch=READ_COUNT, start="earliest"),
-        UnimqPerMessage(url, prefetch=PER_MESSAGE_PREFETCH, group="unimq", start="earliest"),
-        *_peer(lambda: peers.FastStreamRedis(url, batch_size=BATCH, depth=DEPTH, read_count=READ_COUNT)),
-        *_peer(lambda: peers.Kombu(url, prefetch=READ_COUNT)),
+        UnimqLoop(url, prefetch=PER_MESSAGE_PREFETCH, group="unimq", start="earliest"),
+        *peer(lambda: peers.FastStreamRedis(url, batch_size=BATCH, depth=DEPTH, read_count=READ_COUNT)),
+        *peer(lambda: peers.Kombu(url, prefetch=READ_COUNT)),
     ]
 
 
@@ -144,7 +118,7 @@ BACKEND = Backend(
     full_count=20_000,
     notes=["raw: pipelined XADD, 1000 per pipeline, 8 pipelines in flight; XREADGROUP COUNT 100 + XACK per batch",
            "unimq: send_many / receive_batch(100) + ack_many (batching on), send / receive + ack (off)",
-           "unimq-iter: async for + ack() per message, prefetch 1000, in both modes (the core batches acks)",
+           "unimq-loop: async for + ack() per message, prefetch 1000, in both modes (the core batches acks)",
            "FastStream: publish(pipeline=) in the same pipelines; StreamSub consumer group (batch=True when on)",
            "Kombu's Redis transport is list-based (LPUSH/BRPOP), one publish per round trip",
            "FastStream's batch stream subscriber JSON-dumps bodies: random binary fails (UnicodeDecodeError), "

@@ -7,7 +7,7 @@ DeleteMessage per message). ``raw+id`` is the same with a message-id attribute o
 as unimq sends: the ratio to ``raw`` is the cost of unimq and its id, to ``raw+id`` unimq's alone.
 unimq consumes with 8 loops of ``receive_batch(10)`` + ``ack_many`` per
 consumer (batching off: ``broker.consume(concurrency=80, prefetch=80)``, one ``ack()`` per message),
-the same 10 × 8 messages in flight. ``unimq-iter`` is the idiomatic path whatever the batch flag:
+the same 10 × 8 messages in flight. ``unimq-loop`` is the idiomatic path whatever the batch flag:
 ``async for delivery in consumer: await delivery.ack()``, one message at a time, prefetch 1000
 (8 long polls in flight; the core batches the deletes).
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,7 @@ from typing import Any
 import boto3
 import botocore.config
 import peers
-from harness import Backend, Contender, Quota, UnimqContender, Workload, main
+from harness import Backend, Contender, Quota, UnimqContender, UnimqLoop, Workload, main, peer
 
 import unimq
 from unimq.url import parse_url
@@ -191,31 +190,6 @@ class Unimq(UnimqContender):
                 quota.take(len(got))
 
 
-class UnimqPerMessage(UnimqContender):
-    """``async for delivery in consumer: await delivery.ack()``, one message at a time, as the README
-    shows. The last message counts once the consumer closed, i.e. once every queued ack was sent."""
-
-    name = "unimq-iter"
-
-    async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
-        async with self._consumer(dest) as consumer:
-            async for delivery in consumer:
-                await delivery.ack()
-                if quota.remaining <= 1:
-                    break
-                quota.take()
-        quota.take()
-
-
-def _peer(make: Callable[[], Contender]) -> list[Contender]:
-    """A peer library's contender; none when the library is not installed (the ``bench`` extra)."""
-    try:
-        return [make()]
-    except ImportError as exc:
-        print(f"peer skipped: {exc} (pip install -e '.[bench]')", file=sys.stderr)
-        return []
-
-
 def contenders(url: str) -> list[Contender]:
     query = parse_url(url).query
     endpoint = str(query.get("endpoint_url", "http://127.0.0.1:9324")).split("://", 1)[1]
@@ -225,9 +199,9 @@ def contenders(url: str) -> list[Contender]:
         # The raw pollers long-poll 1 s; so does unimq here (its default is 2 s).
         Unimq(url + ("&" if "?" in url else "?") + "wait_time=1", prefetch=BATCH * DEPTH,
               ensure=lambda w: {"dead_letter": False}),
-        UnimqPerMessage(url + ("&" if "?" in url else "?") + "wait_time=1", prefetch=1000,
+        UnimqLoop(url + ("&" if "?" in url else "?") + "wait_time=1", prefetch=1000,
                         ensure=lambda w: {"dead_letter": False}),
-        *_peer(lambda: peers.Kombu(f"sqs://x:x@{endpoint}", prefetch=BATCH,
+        *peer(lambda: peers.Kombu(f"sqs://x:x@{endpoint}", prefetch=BATCH,
                                           transport_options={"region": query.get("region", "us-east-1"),
                                                              "is_secure": False})),
     ]
@@ -244,7 +218,7 @@ BACKEND = Backend(
            "raw: SendMessageBatch ×10, 8 in flight; 8 pollers × ReceiveMessage 10 + DeleteMessageBatch per consumer",
            "raw+id: raw with a message-id attribute on every message, as unimq sends (its floor on this client)",
            "both sides long-poll 1 s (unimq: wait_time=1)",
-           "unimq-iter: async for + ack() per message, prefetch 1000, in both modes (the core batches deletes)",
+           "unimq-loop: async for + ack() per message, prefetch 1000, in both modes (the core batches deletes)",
            "unimq: send_many (8 batches in flight); 8 × receive_batch(10) + ack_many per consumer "
            "(batching off: broker.consume(concurrency=80, prefetch=80), one ack() each)",
            "Kombu's SQS transport: one SendMessage per publish (no batch API), JSON+base64 envelope"],
