@@ -271,13 +271,15 @@ class Broker:
         max_priority: int | None = None,
         sessions: bool = False,
         dead_letter_expired: bool = False,
+        temporary: bool = False,
     ) -> None:
         """Provision ``destination`` (its groups, dead-letter destination, …), or pass a ``DestinationSpec``.
 
         Every option the backend cannot honour is refused with a ``CapabilityError`` naming it,
         before any network call (``capabilities`` says which: partitions, replication, fifo,
         sessions, retention, lock_timeout, max_deliveries, deduplication, priority,
-        dead_letter_expired: expired messages go to the dead-letter destination instead of vanishing).
+        dead_letter_expired: expired messages go to the dead-letter destination instead of vanishing;
+        temporary: the broker removes it by itself once unused — prefer :meth:`temporary`).
         """
         self._check_open()
         if spec is None:
@@ -287,7 +289,7 @@ class Broker:
                     deduplication=_duration(deduplication, "deduplication"), fifo=fifo,
                     max_deliveries=max_deliveries, lock_timeout=_duration(lock_timeout, "lock_timeout"),
                     retention=_duration(retention, "retention"), max_priority=max_priority, sessions=sessions,
-                    dead_letter_expired=dead_letter_expired,
+                    dead_letter_expired=dead_letter_expired, temporary=temporary,
                 )
             except ValueError as exc:
                 raise ConfigError(f"ensure({destination!r}): {_first_error(exc)}") from None
@@ -342,10 +344,11 @@ class Broker:
     @contextlib.asynccontextmanager
     async def temporary(self, prefix: str = TEMPORARY_PREFIX, **spec: Any) -> AsyncIterator[str]:
         """A destination that exists for the ``async with`` block and is deleted after it (or swept
-        by :meth:`sweep_temporary` if the process dies first)."""
+        by :meth:`sweep_temporary` if the process dies first). Where the ``temporary`` capability is
+        native the broker also removes it by itself once unused (after a crash too)."""
         self._check_open()
         name = temporary_name(prefix)
-        await self.ensure(name, **spec)
+        await self.ensure(name, temporary=self.capabilities_for(name).temporary.is_native, **spec)
         try:
             yield name
         finally:

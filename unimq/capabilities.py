@@ -41,6 +41,10 @@ class Feature(BaseModel):
     def __bool__(self) -> bool:
         return self.support is not Support.NONE
 
+    @property
+    def is_native(self) -> bool:
+        return self.support is Support.NATIVE
+
     def __str__(self) -> str:
         text = self.support.value
         if self.limit is not None:
@@ -245,6 +249,10 @@ def check_spec(caps: Capabilities, destination: str, spec: DestinationSpec) -> N
     if spec.groups and not caps.fanout:
         raise CapabilityError.unsupported(caps.backend, option.format("groups"), "fanout",
                                           "Its consumers always compete for one queue: drop groups=.")
+    if spec.temporary and not caps.temporary.is_native:
+        raise CapabilityError(f"{caps.backend} cannot honour temporary= in ensure({destination!r}): the broker "
+                              f"cannot remove a destination by itself (its 'temporary' capability is "
+                              f"{caps.temporary.support.value}). Use broker.temporary(), which deletes it on exit.")
     for field, flag, value, instead in (
         ("partitions", "partitions", spec.partitions, "Drop partitions=; order per key needs another backend."),
         ("replication", "replication", spec.replication, "Drop replication=; the broker's own setting applies."),

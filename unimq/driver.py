@@ -73,6 +73,9 @@ class DestinationSpec(BaseModel):
     max_priority: int | None = Field(None, ge=1, le=255)
     sessions: bool = False
     dead_letter_expired: bool = False
+    #: The broker removes it by itself once unused (crash clean-up). Only where the ``temporary``
+    #: capability is native; :meth:`Broker.temporary` and ``request()`` set it there.
+    temporary: bool = False
 
 
 class Stats(BaseModel):

@@ -118,7 +118,8 @@ class Requester:
         async with self._ready:
             if self._reader is not None:
                 return
-            await self._broker.ensure(self.destination, dead_letter=False)
+            await self._broker.ensure(self.destination, dead_letter=False,
+                                      temporary=self._broker.capabilities_for(self.destination).temporary.is_native)
             self._consumer = await self._broker.consumer(self.destination, prefetch=1000).open()
             self._reader = asyncio.create_task(self._read(self._consumer), name=f"unimq {self.destination}")
 

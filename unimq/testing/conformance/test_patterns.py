@@ -110,3 +110,16 @@ async def test_a_temporary_destination_is_gone_after_its_block(broker: unimq.Bro
             await got.ack()
     if broker.capabilities.listing:
         assert name not in await broker.destinations()
+
+
+async def test_temporary_in_ensure_only_where_the_broker_removes_it(broker: unimq.Broker, names: Names) -> None:
+    """ensure(temporary=True) is accepted only where the 'temporary' capability is native."""
+    dest = names()
+    if not broker.capabilities_for(dest).temporary.is_native:
+        with pytest.raises(unimq.CapabilityError, match="temporary"):
+            await broker.ensure(dest, temporary=True)
+        return
+    if names.pool:
+        pytest.skip("entities on this target are declared up front; ensure() cannot change them")
+    await broker.ensure(dest, temporary=True)
+    await broker.delete(dest)
