@@ -431,13 +431,6 @@ class ServiceBusDriver(Driver):
         return destination + self.DLQ_SUFFIX
 
     async def ensure(self, destination: str, spec: DestinationSpec) -> None:
-        refused = [name for name, value in (("fifo", spec.fifo), ("replication", spec.replication)) if value]
-        if spec.partitions not in (None, 1):
-            refused.append("partitions")
-        if refused:
-            raise CapabilityError(f"servicebus cannot honour ensure({', '.join(f'{n}=' for n in refused)}): "
-                                  "partitioning and FIFO are not implemented by this adapter (per-key order: "
-                                  "sessions=True)")
         if self._managed is False:
             await self._ensure_declared(destination, spec)
             return
