@@ -36,11 +36,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import unimq
 from unimq.url import parse_url
 
+T = TypeVar("T")
 SIZES = (100, 1024, 65536)
 OPS = ("produce", "consume", "latency")
 #: Body prefix for latency probes, ASCII (SQS bodies are text): a flag ("1" measured, "0" warm-up)
@@ -310,9 +311,17 @@ def _split(items: list[bytes], parts: int) -> list[list[bytes]]:
     return [items[i:i + step] for i in range(0, len(items), step)]
 
 
-def _order(contenders: list[Contender], rep: int) -> list[Contender]:
+def _order(contenders: Sequence[T], rep: int) -> list[T]:
     """Alternate the order every repetition so drift (load, broker state) hits everyone alike."""
     return list(contenders) if rep % 2 == 0 else list(reversed(contenders))
+
+
+def percentiles(samples: Sequence[float]) -> tuple[float, float] | None:
+    """(p50, p99) of latency samples in ms, rounded to µs; None below two samples."""
+    if len(samples) < 2:
+        return None
+    cuts = statistics.quantiles(samples, n=100)
+    return round(cuts[49], 3), round(cuts[98], 3)
 
 
 def new_dest(backend: str) -> str:
@@ -490,9 +499,9 @@ async def run_backend(backend: Backend, url: str, profile: Profile, sizes: Seque
                 for name, samples in pooled.items():
                     fig = figs[name]
                     fig.count = len(samples)
-                    if len(samples) >= 2:
-                        cuts = statistics.quantiles(samples, n=100)
-                        fig.p50_ms, fig.p99_ms = round(cuts[49], 3), round(cuts[98], 3)
+                    cuts = percentiles(samples)
+                    if cuts:
+                        fig.p50_ms, fig.p99_ms = cuts
                         fig.error = None if fig.count else fig.error
                 _log(f"{backend.name} latency  {size}B: " + ", ".join(
                     f"{f.contender} p50 {f.p50_ms} p99 {f.p99_ms} ms" for f in figs.values()))
@@ -536,8 +545,10 @@ def selection(args: argparse.Namespace) -> tuple[list[int], list[bool], list[int
             args.ops.split(","), [c for c in args.contenders.split(",") if c])
 
 
-def table(figures: Sequence[Figure]) -> str:
-    lines = ["| backend | op | workload | contender | msg/s | CPU µs/msg | × raw (rate) | × raw (CPU) | p50 / p99 ms |",
+def table(figures: Sequence[Figure], unit: str = "msg") -> str:
+    """The figures as a Markdown table; ``unit`` names what is counted (``req`` for request-reply)."""
+    lines = [f"| backend | op | workload | contender | {unit}/s | CPU µs/{unit} | × raw (rate) | × raw (CPU) | "
+             "p50 / p99 ms |",
              "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for f in figures:
         if f.op == "open":
