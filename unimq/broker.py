@@ -332,7 +332,7 @@ class Broker:
         request_schema = type(body) if isinstance(body, BaseModel) else None
         message = self.producer(destination, schema=request_schema).message(body, **fields)
         if self._requester is None:
-            self._requester = Requester(self)
+            self._requester = Requester(self, self._driver)
         reply = await self._requester.request(destination, message, seconds)
         if schema is None:
             return reply

@@ -28,7 +28,7 @@ per URL scheme, and its conformance targets under ``unimq.targets``. See ``docs/
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal
@@ -240,6 +240,17 @@ class Driver(abc.ABC):
 
     async def delete(self, destination: str) -> None:  # noqa: B027
         """Remove a destination and what ensure() created for it (used by tests to clean up)."""
+
+    async def reply_inbox(self, deliver: Callable[[Message], None]) -> str | None:
+        """A private, unstored reply address for :meth:`Broker.request`, where the broker has one
+        (NATS: a core-NATS inbox); None (the default) and the core reads a reply destination of its own.
+
+        Called at most once per Broker, on its first ``request()``. ``deliver`` is called, on the
+        event loop, with every message published to the address; nothing is settled (a reply nobody
+        waits for is lost, as the request has timed out). :meth:`publish` to the returned address
+        must send there, from any process of this backend. The subscription ends with :meth:`close`.
+        """
+        return None
 
     def dead_letter_destination(self, destination: str) -> str:
         """Where rejected messages of ``destination`` go."""

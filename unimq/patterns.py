@@ -6,7 +6,8 @@ subjects with pattern filters per group, and temporary destinations.
   correlation id. No requester ever sees another's reply, so nothing is nacked back or
   dead-lettered; a reply that comes after its request timed out is acked, dropped and counted
   (``Requester.late``). The reply destination is deleted when the broker closes (and swept by
-  ``sweep_temporary`` after a crash).
+  ``sweep_temporary`` after a crash). Where the driver has a private reply address of its own
+  (``Driver.reply_inbox``: a NATS inbox) replies go there instead, unstored.
 - **Routing.** ``send(..., subject="orders.eu.created")`` carries a routing subject (header
   ``x-unimq-subject``); ``consumer(..., subject="orders.*.created", headers={"type": "refund"})``
   gives a group only the matching messages. ``*`` matches one dot-separated token, ``#`` zero or
@@ -34,6 +35,7 @@ from unimq.message import Delivery, Message
 
 if TYPE_CHECKING:
     from unimq.broker import Broker, Consumer
+    from unimq.driver import Driver
 
 log = logging.getLogger("unimq.patterns")
 
@@ -102,11 +104,13 @@ def created_at(name: str) -> int | None:
 
 
 class Requester:
-    """One broker's private reply path: a reply destination and the task that reads it."""
+    """One broker's private reply path: the driver's reply inbox where it has one (NATS), else a
+    reply destination and the task that reads it."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, driver: Driver) -> None:
         self._broker = broker
-        self.destination = temporary_name(REPLY_PREFIX)
+        self._driver = driver
+        self.destination = ""
         self._pending: dict[str, asyncio.Future[Message]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._consumer: Consumer | None = None
@@ -116,21 +120,30 @@ class Requester:
 
     async def start(self) -> None:
         async with self._ready:
-            if self._reader is not None:
+            if self.destination:
                 return
-            await self._broker.ensure(self.destination, dead_letter=False,
-                                      temporary=self._broker.capabilities_for(self.destination).temporary.is_native)
-            self._consumer = await self._broker.consumer(self.destination, prefetch=1000).open()
-            self._reader = asyncio.create_task(self._read(self._consumer), name=f"unimq {self.destination}")
+            inbox = await self._driver.reply_inbox(self._arrived)
+            if inbox is not None:
+                self.destination = inbox
+                return
+            name = temporary_name(REPLY_PREFIX)
+            await self._broker.ensure(name, dead_letter=False,
+                                      temporary=self._broker.capabilities_for(name).temporary.is_native)
+            self._consumer = await self._broker.consumer(name, prefetch=1000).open()
+            self._reader = asyncio.create_task(self._read(self._consumer), name=f"unimq {name}")
+            self.destination = name
+
+    def _arrived(self, reply: Message) -> None:
+        waiting = self._pending.pop(reply.correlation_id or "", None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(reply)
+        else:
+            self.late += 1
+            log.debug("late or unknown reply %s on %s dropped", reply.message_id, self.destination)
 
     async def _read(self, consumer: Consumer) -> None:
         async for delivery in consumer:
-            waiting = self._pending.pop(delivery.message.correlation_id or "", None)
-            if waiting is not None and not waiting.done():
-                waiting.set_result(delivery.message)
-            else:
-                self.late += 1
-                log.debug("late or unknown reply %s on %s dropped", delivery.message.message_id, self.destination)
+            self._arrived(delivery.message)
             await delivery.ack()
 
     async def request(self, destination: str, message: Message, timeout: float) -> Message:

@@ -15,7 +15,7 @@ import logging
 import re
 import ssl
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -48,6 +48,7 @@ from unimq_nats.jetstream import JetStreamSubscription
 from unimq_nats.mapping import (
     DEFAULT_DURABLE,
     HEADER_RESERVE,
+    INBOX_PREFIX,
     check_subject,
     core_capabilities,
     describe,
@@ -236,10 +237,23 @@ class NatsDriver(Driver):
             if not self._nc.is_closed:
                 await self._nc.close()
 
+    async def reply_inbox(self, deliver: Callable[[Message], None]) -> str:
+        """A core-NATS inbox, NATS's own request-reply: replies are not stored, and a reply to a
+        requester that is gone is dropped by the server."""
+        inbox = self.nc.new_inbox()
+
+        async def arrived(msg: Msg) -> None:
+            deliver(to_message(msg.data, msg.headers, inbox, None))
+
+        await self.nc.subscribe(inbox, cb=arrived)
+        return inbox
+
     # Publishing
 
     async def publish(self, destination: str, messages: Sequence[Message]) -> Sequence[BaseException | None]:
         check_subject(destination)
+        if destination.startswith(INBOX_PREFIX):
+            return await self._publish_reply(destination, messages)
         if self._js is None:
             return await self._publish_core(destination, messages)
         await self.stream_ready(destination)
@@ -321,6 +335,15 @@ class NatsDriver(Driver):
         await self.flush()  # the server's -ERR comes before its PONG
         denied = self._denied.pop(destination, None)
         return [denied] * len(messages)
+
+    async def _publish_reply(self, inbox: str, messages: Sequence[Message]) -> list[BaseException | None]:
+        """A reply to a requester's inbox is sent as NATS's own ``msg.respond`` sends it: written,
+        not flushed (a flush per reply is a round trip per request; the requester's timeout covers
+        a reply that never arrives)."""
+        nc = self.nc
+        for m in messages:
+            await nc.publish(inbox, m.body, headers=to_headers(m, False))
+        return [None] * len(messages)
 
     async def flush(self) -> None:
         """``nc.flush()`` that is never cut short: nats-py leaves the PING future of a cancelled or

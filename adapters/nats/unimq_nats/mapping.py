@@ -25,6 +25,8 @@ KEY = "Message-Key"
 #: Prefix of the stream/durable description where unimq records what ensure() asked for.
 MARKER = "unimq "
 DEFAULT_DURABLE = "default"
+#: nats-py's inbox subjects: request() reads replies there (core NATS); publish() sends to one core.
+INBOX_PREFIX = "_INBOX."
 #: Bytes of a message's max_payload kept for its headers: the declared max_message_bytes is the rest.
 HEADER_RESERVE = 8 * 1024
 

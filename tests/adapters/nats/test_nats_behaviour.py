@@ -320,3 +320,26 @@ async def test_core_is_at_most_once(core: unimq.Broker) -> None:
         assert await consumer.receive(timeout=0.5) is None
     with pytest.raises(unimq.CapabilityError):
         await core.ensure(dest, groups=("g",), max_deliveries=3)
+
+
+async def test_request_replies_come_back_on_a_core_inbox(broker: unimq.Broker, dest: str, nats_url: str) -> None:
+    """request() reads replies on a core-NATS inbox: no reply stream is made, nothing is left to sweep."""
+    await broker.ensure(dest)
+    before = set(await broker.destinations())
+    seen: list[str] = []
+
+    async with unimq.connect(nats_url) as responder, responder.consumer(dest) as requests:
+
+        async def answer() -> None:
+            delivery = await requests.receive(timeout=5)
+            assert delivery is not None, "the request never arrived"
+            seen.append(delivery.message.reply_to or "")
+            await delivery.reply(b"pong")
+            await delivery.ack()
+
+        task = asyncio.create_task(answer())
+        reply = await broker.request(dest, b"ping", timeout=5)
+        await task
+    assert reply.body == b"pong"
+    assert seen[0].startswith("_INBOX."), seen
+    assert set(await broker.destinations()) == before, "a reply destination was created"
