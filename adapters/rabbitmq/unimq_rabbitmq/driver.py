@@ -2,10 +2,19 @@
 
 Topology (see docs/backends/rabbitmq.md):
 
-- destination ``d`` = durable topic exchange ``d``; a message's key is its routing key;
+- destination ``d`` = durable topic exchange ``d``; a message's routing key is its subject
+  (``send(subject=)``, the key then in header ``x-unimq-key``) or else its key;
 - group ``g`` = durable queue ``d.g`` bound to ``d`` with ``#`` (every group gets every message);
 - group None = the queue named ``d`` (an existing one is used as is), also bound to ``d``, so
   plain AMQP publishers to the default exchange with routing key ``d`` reach it too;
+- native routing: a consumer opened with ``subject=P`` binds its group's queue with ``P`` (and
+  ``d.delay.*``, the routing key delayed sends come back with) and removes ``#``, so messages P does
+  not match are never enqueued; a consumer without a subject binds ``#`` again. Bindings outlive
+  consumers (the group keeps receiving while none is open), the last consumer to open decides
+  whether ``#`` is bound, and consumers of one group with different patterns leave the union of
+  their patterns bound. ``ensure()`` binds a group ``#`` unless a consumer of this process narrowed
+  it (then it re-binds those patterns). The core filters every delivery as well (messages queued
+  before the binding changed, delayed sends, ``ensure()`` from another process re-adding ``#``);
 - dead letters go to exchange + queue ``d.dlq``; delays wait in TTL queues ``<queue>.delay.<ms>``
   that dead-letter back into the exchange (delayed send) or the origin queue (nack with delay);
 - ``ensure(max_deliveries=n)`` is kept where every process reads it: the empty, unbound queue
@@ -99,6 +108,7 @@ class RabbitMQDriver(Driver):
         self._delay_queues: dict[str, float] = {}
         self._specs: dict[str, DestinationSpec] = {}
         self._groups: dict[str, set[str | None]] = {}
+        self._patterns: dict[str, set[str]] = {}  # queue -> patterns this process's consumers bound instead of '#'
         self._topology_lock = asyncio.Lock()
         self._caps = self._declare_capabilities()
 
@@ -143,6 +153,10 @@ class RabbitMQDriver(Driver):
             ),
             new_group_backlog=none("a group's queue receives what is sent once it exists: "
                                    "ensure(groups=[...]) before sending"),
+            routing=native(note="a message's subject is its routing key; a consumer with subject= binds its group's "
+                                "queue with that pattern instead of '#', so the broker never enqueues what it does "
+                                "not match (the core still filters: messages queued before, delayed sends). "
+                                "Header filters are emulated by the core"),
             max_message_bytes=self.options.max_message_bytes,
         )
 
@@ -250,10 +264,24 @@ class RabbitMQDriver(Driver):
             else:
                 await channel.declare_queue(name, passive=True)
 
-    async def _bind(self, queue: str, exchange: str) -> None:
-        async with self._conn().channel(publisher_confirms=False) as channel:
-            declared = await channel.declare_queue(queue, passive=True)
-            await declared.bind(exchange, BIND_ALL)
+    async def _rebind(self, queue: str, exchange: str, bind: Sequence[str], unbind: Sequence[str] = (),
+                      channel: AbstractChannel | None = None) -> None:
+        """Bind ``queue`` to ``exchange`` with each pattern of ``bind``, then remove those of ``unbind``
+        (binding first, so no message that both would take is unroutable in between); on ``channel``,
+        or on a throw-away one."""
+        if channel is None:
+            async with self._conn().channel(publisher_confirms=False) as throwaway:
+                await self._rebind(queue, exchange, bind, unbind, throwaway)
+            return
+        underlay = await channel.get_underlay_channel()
+        for pattern in bind:
+            await underlay.queue_bind(queue, exchange, routing_key=pattern)
+        for pattern in unbind:
+            await underlay.queue_unbind(queue, exchange, routing_key=pattern)
+
+    def _narrowed(self, destination: str, patterns: set[str]) -> list[str]:
+        """The bindings of a group narrowed to ``patterns``: those and the key delayed sends come back with."""
+        return [*sorted(patterns), mapping.delayed_sends(destination)]
 
     async def declare_exchange(self, name: str, force: bool = False) -> None:
         if force or name not in self._exchanges:
@@ -270,7 +298,8 @@ class RabbitMQDriver(Driver):
     async def declare_group(self, destination: str, group: str | None, force: bool = False) -> str:
         """Exchange, queue and binding of one group; returns the queue name.
 
-        Cached per process; ``force`` (ensure) declares again, restoring what was deleted behind our back.
+        Cached per process; ``force`` (ensure) declares again, restoring what was deleted behind our
+        back. The binding is ``#``, or the patterns a consumer of this process narrowed the group to.
         """
         queue = self.group_queue(destination, group)
         self._groups.setdefault(destination, set()).add(group)
@@ -280,9 +309,28 @@ class RabbitMQDriver(Driver):
             await self.declare_exchange(destination, force)
             spec = self._specs.get(destination)
             await self._declare("queue", queue, arguments=self._queue_args(destination, spec))
-            await self._bind(queue, destination)
+            patterns = self._patterns.get(queue)
+            await self._rebind(queue, destination, self._narrowed(destination, patterns) if patterns else [BIND_ALL])
             self._queues.add(queue)
         return queue
+
+    async def route_group(self, channel: AbstractChannel, destination: str, group: str | None,
+                          subject: str | None) -> None:
+        """Bind a declared group's queue to what a consumer opening wants, on that consumer's channel
+        (no channel of its own: concurrent opens churn channels enough).
+
+        ``subject`` None (or ``#``): bind ``#`` again, as another process may have narrowed the
+        group. A pattern: bind it and remove ``#``, so the broker no longer enqueues what the
+        pattern does not match. Other patterns stay bound.
+        """
+        queue = self.group_queue(destination, group)
+        async with self._topology_lock:
+            if subject is None or subject == BIND_ALL:
+                self._patterns.pop(queue, None)
+                await self._rebind(queue, destination, [BIND_ALL], channel=channel)
+            else:
+                self._patterns.setdefault(queue, set()).add(subject)
+                await self._rebind(queue, destination, self._narrowed(destination, {subject}), [BIND_ALL], channel)
 
     async def declare_dead_letter(self, destination: str, force: bool = False) -> str:
         """The dead-letter exchange and queue of ``destination``; returns the exchange name."""
@@ -290,7 +338,7 @@ class RabbitMQDriver(Driver):
         if force or target not in self._queues:
             await self.declare_exchange(target, force)
             await self._declare("queue", target, arguments=self._queue_args(target, None))
-            await self._bind(target, target)
+            await self._rebind(target, target, [BIND_ALL])
             self._queues.add(target)
         return target
 
@@ -361,6 +409,9 @@ class RabbitMQDriver(Driver):
                 queue = await self.declare_delay_queue(destination, ms, into_exchange=True)
                 props = mapping.properties(message, persistent, {mapping.KEY: message.key or ""})
                 sends.append(("", queue, message.body, props))
+            elif message.subject is not None:  # routed by subject: the key travels in a header
+                props = mapping.properties(message, persistent, {mapping.KEY: message.key or ""})
+                sends.append((destination, message.subject, message.body, props))
             else:
                 sends.append((destination, message.key or "", message.body, mapping.properties(message, persistent)))
         return await self.send_raw(sends)
@@ -453,6 +504,7 @@ class RabbitMQDriver(Driver):
             for queue in sorted(queues | delays):
                 await underlay.queue_delete(queue)
                 self._queues.discard(queue)
+                self._patterns.pop(queue, None)
                 self._delay_queues.pop(queue, None)
             for exchange in (destination, dlq):
                 await underlay.exchange_delete(exchange)

@@ -2,8 +2,10 @@
 
 The body travels untouched. ``message_id``, ``correlation_id``, ``reply_to``, ``content_type``,
 ``timestamp`` (whole seconds), ``priority`` and ``ttl`` (``expiration``) are AMQP properties;
-``headers`` are the AMQP headers table; ``key`` is the routing key. The few ``x-unimq-*`` headers
-below exist only on copies that the emulations republish, and are removed again on receipt.
+``headers`` are the AMQP headers table. The routing key is ``key``, or the subject of a message
+sent with one (``x-unimq-subject``, which stays a header; the key then goes in ``x-unimq-key``).
+The other ``x-unimq-*`` headers below exist only on copies that the emulations republish; all of
+them are removed again on receipt.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pamqp.commands import Basic
 from unimq.message import Message, new_message_id
 from unimq.reliability import ATTEMPT, DEAD_LETTER_REASON, EXPIRES_AT, NOT_BEFORE
 
-#: The routing key of a copy republished through the default exchange (delay, classic nack).
+#: The key of a message whose routing key is something else: its subject, or the queue of a copy
+#: republished through the default exchange (delay, classic nack).
 KEY = "x-unimq-key"
 DELIVERY_COUNT = "x-delivery-count"
 _DEATH = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
@@ -41,6 +44,12 @@ def delay_bucket(seconds: float) -> int:
 
 def delay_queue(queue: str, ms: int) -> str:
     return f"{queue}.delay.{ms}"
+
+
+def delayed_sends(destination: str) -> str:
+    """The binding pattern that matches every routing key a delayed send returns to ``destination``
+    with: the name of the delay queue it waited in (dead-lettering keeps the routing key)."""
+    return f"{destination}.delay.*"
 
 
 def properties(message: Message, persistent: bool, extra: dict[str, str] | None = None) -> Basic.Properties:

@@ -11,7 +11,8 @@ aio-pika pushes messages; they wait in a deque that ``basic.qos(prefetch)`` boun
 - nack(delay) → the copy goes to the TTL queue ``<queue>.delay.<ms>`` that dead-letters back;
 - reject, expiry and ``max_deliveries`` are the core's (a copy to ``<destination>.dlq``, then an ack).
 
-A message whose channel was lost is not settled at all: the broker redelivers it.
+A message whose channel was lost is not settled at all: the broker redelivers it. Opening binds
+the group's queue to what the consumer wants (``RabbitMQDriver.route_group``).
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ class RabbitMQSubscription(Subscription):
         cap = driver.options.prefetch
         self._prefetch = min(settings.prefetch, cap) if cap else settings.prefetch
         self._queue_name = driver.group_queue(destination, group)
+        self._subject = settings.subject
         self._inbox: deque[AbstractIncomingMessage] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._channel: AbstractChannel | None = None
@@ -122,6 +124,7 @@ class RabbitMQSubscription(Subscription):
         await driver.declare_dead_letter(self._destination)
         self.max_deliveries = await driver.max_deliveries_of(self._destination)
         self._channel = await connection.channel(publisher_confirms=False)
+        await driver.route_group(self._channel, self._destination, self._group, self._subject)
         await self._channel.set_qos(prefetch_count=self._prefetch)
         self._queue = await self._channel.declare_queue(self._queue_name, passive=True)
         self._tag = await self._queue.consume(self._on_message)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from urllib.parse import urlsplit
 
 URL = os.environ.get("UNIMQ_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 QUORUM_URL = os.environ.get("UNIMQ_TEST_RABBITMQ_QUORUM_URL", URL.rstrip("?") + "?queue_type=quorum")
@@ -19,8 +20,9 @@ def with_query(url: str, query: str) -> str:
 class FaultProxy:
     """A TCP proxy to the broker whose connections the test can sever (a network failure)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 5672) -> None:
-        self.target = (host, port)
+    def __init__(self, host: str | None = None, port: int | None = None) -> None:
+        broker = urlsplit(RAW_URL)  # the broker under test, also when UNIMQ_TEST_RABBITMQ_URL moves it
+        self.target = (host or broker.hostname or "127.0.0.1", port or broker.port or 5672)
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
