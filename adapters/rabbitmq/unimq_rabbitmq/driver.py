@@ -153,6 +153,9 @@ class RabbitMQDriver(Driver):
             ),
             new_group_backlog=none("a group's queue receives what is sent once it exists: "
                                    "ensure(groups=[...]) before sending"),
+            temporary=native(note="ensure(temporary=True): classic queues with x-expires (the temporary_idle option, "
+                                  "60 s by default) and an auto-delete exchange: RabbitMQ deletes them once unused, "
+                                  "after a crash too"),
             routing=native(note="a message's subject is its routing key; a consumer with subject= binds its group's "
                                 "queue with that pattern instead of '#', so the broker never enqueues what it does "
                                 "not match (the core still filters: messages queued before, delayed sends). "
@@ -231,7 +234,9 @@ class RabbitMQDriver(Driver):
 
     def _queue_args(self, destination: str, spec: DestinationSpec | None) -> dict[str, Any]:
         args: dict[str, Any] = {}
-        if self.options.queue_type == "quorum":
+        if spec is not None and spec.temporary:  # a classic queue: nothing to replicate, and it expires
+            args["x-expires"] = int(self.options.temporary_idle * 1000)
+        elif self.options.queue_type == "quorum":
             args["x-queue-type"] = "quorum"
             if spec is not None and spec.max_deliveries:
                 args["x-delivery-limit"] = spec.max_deliveries - 1
@@ -283,9 +288,10 @@ class RabbitMQDriver(Driver):
         """The bindings of a group narrowed to ``patterns``: those and the key delayed sends come back with."""
         return [*sorted(patterns), mapping.delayed_sends(destination)]
 
-    async def declare_exchange(self, name: str, force: bool = False) -> None:
+    async def declare_exchange(self, name: str, force: bool = False, auto_delete: bool = False) -> None:
+        """``auto_delete``: RabbitMQ deletes the exchange once its last queue is gone (temporary)."""
         if force or name not in self._exchanges:
-            await self._declare("exchange", name)
+            await self._declare("exchange", name, auto_delete=auto_delete)
             self._exchanges.add(name)
 
     def spec(self, destination: str) -> DestinationSpec | None:
@@ -306,8 +312,8 @@ class RabbitMQDriver(Driver):
         if queue in self._queues and not force:
             return queue
         async with self._topology_lock:
-            await self.declare_exchange(destination, force)
             spec = self._specs.get(destination)
+            await self.declare_exchange(destination, force, auto_delete=spec is not None and spec.temporary)
             await self._declare("queue", queue, arguments=self._queue_args(destination, spec))
             patterns = self._patterns.get(queue)
             await self._rebind(queue, destination, self._narrowed(destination, patterns) if patterns else [BIND_ALL])
@@ -336,8 +342,10 @@ class RabbitMQDriver(Driver):
         """The dead-letter exchange and queue of ``destination``; returns the exchange name."""
         target = self.dead_letter_destination(destination)
         if force or target not in self._queues:
-            await self.declare_exchange(target, force)
-            await self._declare("queue", target, arguments=self._queue_args(target, None))
+            spec = self._specs.get(destination)
+            temporary = DestinationSpec(temporary=True) if spec is not None and spec.temporary else None
+            await self.declare_exchange(target, force, auto_delete=temporary is not None)
+            await self._declare("queue", target, arguments=self._queue_args(target, temporary))
             await self._rebind(target, target, [BIND_ALL])
             self._queues.add(target)
         return target

@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+#: x-expires is a 32-bit millisecond timer.
+MAX_IDLE = (2**32 - 1) / 1000
+
 #: RabbitMQ 4.x's default ``max_message_size`` (3.x allowed 128 MiB): a larger body would make the
 #: broker close the channel, so unimq refuses it up front with MessageTooLarge.
 BROKER_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -32,6 +35,10 @@ class RabbitMQOptions(BaseModel):
         description="x-max-priority of every classic queue unimq declares (default: none, set per destination "
                     "with ensure(max_priority=n)). Priority queues are slower. Not on quorum.",
     )
+    temporary_idle: float = Field(
+        60.0, gt=0, le=MAX_IDLE,
+        description="seconds a temporary destination (ensure(temporary=True), broker.temporary(), request()'s "
+                    "reply queue) may stay unused before RabbitMQ deletes it (x-expires)")
     heartbeat: int = Field(60, ge=0, description="AMQP heartbeat, seconds (0 = off)")
     connect_timeout: float = Field(10.0, gt=0, description="seconds to establish the connection")
     publish_timeout: float = Field(30.0, gt=0, description="seconds to wait for a publisher confirm")
