@@ -25,6 +25,8 @@ KNOWN_EXTRAS = {
     "kafka": "kafka",
     "redis": "redis",
     "rediss": "redis",
+    "redis+cluster": "redis",
+    "rediss+cluster": "redis",
     "nats": "nats",
     "tls": "nats",
     "sqs": "sqs",

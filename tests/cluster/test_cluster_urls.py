@@ -64,6 +64,24 @@ async def test_no_host_answering_names_the_hosts(cluster: Any, backend: str) -> 
 
 @pytest.mark.parametrize("backend", ["redis-cluster"])
 async def test_a_single_node_redis_url_on_a_cluster_node_is_refused(cluster: Any, backend: str) -> None:
-    with pytest.raises(ConfigError, match=r"Redis Cluster node.*standalone"):
+    with pytest.raises(ConfigError, match=r"Redis Cluster node.*standalone.*redis\+cluster://"):
         async with unimq.connect(f"redis://127.0.0.1:{cluster.nodes[0].port}/0") as broker:
             await broker.producer("urls-none").send(b"x")
+
+
+@pytest.mark.parametrize("backend", ["redis-cluster"])
+async def test_redis_cluster_dead_hosts(cluster: Any, backend: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A dead seed is skipped and logged once; no seed answering names the hosts, not the password."""
+    dead = f"127.0.0.1:{_dead_port()}"
+    dest = f"urls-{uuid.uuid4().hex[:8]}"
+    with caplog.at_level(logging.WARNING):
+        async with unimq.connect(_with_hosts(cluster.url, f"{dead},{_hosts(cluster.url)}")) as broker:
+            await broker.ensure(dest)
+            await broker.producer(dest).send(b"x")
+            await broker.delete(dest)
+    notes = [r for r in caplog.records if r.name == "unimq.redis" and dead in r.getMessage()]
+    assert len(notes) == 1, [r.getMessage() for r in caplog.records]
+    nobody = [f"127.0.0.1:{_dead_port()}" for _ in range(2)]
+    with pytest.raises(BrokerConnectionError) as caught:
+        await unimq.connect(f"redis+cluster://user:{SECRET}@{','.join(nobody)}")
+    assert nobody[0] in str(caught.value) and SECRET not in str(caught.value)

@@ -45,6 +45,7 @@ SCHEMES: dict[str, tuple[str, ...]] = {
     "rabbitmq": ("amqp", "amqps", "rabbitmq"),
     "kafka": ("kafka",),
     "redis": ("redis", "rediss"),
+    "redis-cluster": ("redis+cluster", "rediss+cluster"),
     "nats": ("nats", "tls"),
     "sqs": ("sqs",),
     "servicebus": ("servicebus",),

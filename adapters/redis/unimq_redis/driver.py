@@ -1,9 +1,11 @@
-"""``redis://`` and ``rediss://``: Redis Streams with consumer groups (redis-py asyncio).
+"""``redis://`` and ``rediss://``: Redis Streams with consumer groups (redis-py asyncio);
+``redis+cluster://`` and ``rediss+cluster://``: the same on a Redis Cluster.
 
 A destination is a stream; a group is a consumer group (``group=None`` → ``default_group``).
 Keys a destination owns, after the optional ``prefix``: ``<d>`` (the stream), ``<d>:dlq`` (its
 dead-letter stream), ``<d>:delayed`` (delayed sends), ``<d>:delayed:<group>`` (delayed retries),
 ``<d>:config`` (what ``ensure`` set) and ``<d>:dedup:<message_id>`` (the de-duplication window).
+On a cluster the auxiliary keys are ``{<d>}:delayed`` etc., in the stream's slot (``cluster.py``).
 See ``docs/backends/redis.md``.
 """
 
@@ -18,7 +20,8 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from redis import exceptions as rex
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -38,7 +41,7 @@ from unimq.errors import (
 from unimq.message import Message
 from unimq.reliability import dedup_key
 from unimq.url import BrokerURL
-from unimq_redis import scripts
+from unimq_redis import cluster, scripts
 from unimq_redis.fields import from_entry, now_ms, pack_scheduled, to_fields
 from unimq_redis.subscription import RedisSubscription
 
@@ -103,6 +106,10 @@ class RedisDriver(Driver):
         (rex.ReadOnlyError, BrokerConnectionError),
         (rex.MasterDownError, BrokerConnectionError),
         (rex.TryAgainError, BrokerConnectionError),
+        (rex.ClusterDownError, BrokerConnectionError),
+        (rex.AskError, BrokerConnectionError),  # and MovedError: the slot map changed, the retry follows it
+        (rex.SlotNotCoveredError, BrokerConnectionError),
+        (rex.RedisClusterUnreachableError, BrokerConnectionError),
         (rex.ResponseError, NotFound, _reply("NOGROUP")),
         (rex.ResponseError, NotFound, lambda exc: "no such key" in str(exc)),
         (rex.ResponseError, ConfigError, _reply("WRONGTYPE")),
@@ -112,13 +119,15 @@ class RedisDriver(Driver):
 
     def __init__(self, url: BrokerURL, options: RedisOptions) -> None:
         super().__init__(url, options)
-        if len(url.hosts) > 1:
-            raise ConfigError("redis: one host only (Cluster and Sentinel are not supported)")
+        self.cluster = url.scheme in cluster.SCHEMES
+        if len(url.hosts) > 1 and not self.cluster:
+            raise ConfigError("redis: one host only; for a Redis Cluster use redis+cluster://h1:p1,h2:p2 "
+                              "(Sentinel is not supported)")
         db_text = url.path.strip("/") or "0"
         if not db_text.isdigit():
             raise ConfigError(f"redis: the URL path must be a database number, got {db_text!r}")
         register_secret(options.ssl_password)
-        tls = url.scheme == "rediss"
+        tls = url.scheme in ("rediss", "rediss+cluster")
         tls_options: dict[str, Any] = {}
         if tls:
             tls_options = {
@@ -127,16 +136,28 @@ class RedisDriver(Driver):
                 "ssl_cert_reqs": options.ssl_cert_reqs, "ssl_check_hostname": options.ssl_check_hostname,
             }
         elif any(getattr(options, n) for n in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_password")):
-            raise ConfigError("redis: ssl_* options need a rediss:// URL")
-        self.client = Redis(
-            host=url.host or "127.0.0.1", port=url.port or 6379, db=int(db_text),
-            username=url.username or None, password=url.password, ssl=tls, **tls_options,
-            # No socket timeout (redis-py 8 defaults to 5 s): with one it writes through asyncio.wait_for,
-            # which on CPython 3.11 can swallow a cancel (issue 32). bounded() uses asyncio.timeout instead.
-            socket_timeout=None, socket_connect_timeout=options.connect_timeout,
-            max_connections=options.max_connections, client_name=options.client_name,
-            protocol=2, retry=Retry(NoBackoff(), 0),
-        )
+            raise ConfigError("redis: ssl_* options need a rediss:// (or rediss+cluster://) URL")
+        # No socket timeout (redis-py 8 defaults to 5 s): with one it writes through asyncio.wait_for,
+        # which on CPython 3.11 can swallow a cancel (issue 32). bounded() uses asyncio.timeout instead.
+        common: dict[str, Any] = {
+            "socket_timeout": None, "socket_connect_timeout": options.connect_timeout,
+            "client_name": options.client_name, "protocol": 2, **tls_options,
+        }
+        self.router: cluster.Router | None = None
+        self.pool: ConnectionPool | None = None
+        self.client: Redis | RedisCluster
+        if self.cluster:
+            # redis-py's own retries (3, with backoff) carry the other commands over a failover.
+            pool = {"max_connections": options.max_connections} if options.max_connections else {}
+            self.client = cluster.client(url, **common, **pool)
+            self.router = cluster.Router(self.client)
+        else:
+            self.client = Redis(
+                host=url.host or "127.0.0.1", port=url.port or 6379, db=int(db_text),
+                username=url.username or None, password=url.password, ssl=tls,
+                max_connections=options.max_connections, retry=Retry(NoBackoff(), 0), **common,
+            )
+            self.pool = self.client.connection_pool
         self.maintain_script = self.client.register_script(scripts.MAINTAIN)
         self.claim_own_script = self.client.register_script(scripts.CLAIM_OWN)
         self.retry_later_script = self.client.register_script(scripts.RETRY_LATER)
@@ -145,7 +166,9 @@ class RedisDriver(Driver):
         self._configs: dict[str, tuple[float, DestinationConfig]] = {}
         self._caps = Capabilities(
             backend="redis",
-            persistence=native(note="as the server's AOF/RDB settings make it (appendfsync everysec loses ≤ 1 s)"),
+            persistence=native(note="as the server's AOF/RDB settings make it (appendfsync everysec loses ≤ 1 s)"
+                               + ("; a primary's failover loses the writes its replica had not copied yet"
+                                  if self.cluster else "")),
             fanout=native(note="one consumer group per group"),
             competing_consumers=native(note="consumers of a group share its entries"),
             ordering="none",
@@ -170,7 +193,8 @@ class RedisDriver(Driver):
             batch_send=native(limit=1000, note="pipelined XADD, one round trip per batch"),
             headers=native(note="stream fields h:NAME"),
             transactions=none(),
-            listing=native(note="SCAN for keys of type stream"),
+            listing=native(note="SCAN of every primary for keys of type stream" if self.cluster
+                           else "SCAN for keys of type stream"),
             partitions=none("a stream is one log on one server"),
             replication=none("replication is the server's configuration (replicas, AOF), not a stream's"),
             fifo=none("competing consumers and redeliveries process a stream out of order"),
@@ -196,11 +220,15 @@ class RedisDriver(Driver):
         return self._caps
 
     @property
-    def native(self) -> Redis:
+    def native(self) -> Redis | RedisCluster:
         return self.client
 
     def key(self, destination: str, suffix: str = "") -> str:
-        return f"{self.options.prefix}{destination}{suffix}"
+        """The key of ``destination`` (``suffix`` empty: its stream) or of one of its auxiliary keys."""
+        base = self.options.prefix + destination
+        if self.cluster and suffix:
+            return cluster.aux_key(base, suffix)
+        return base + suffix
 
     def dead_letter_destination(self, destination: str) -> str:
         return f"{destination}:dlq"
@@ -211,15 +239,22 @@ class RedisDriver(Driver):
             return await call
 
     async def open(self) -> None:
-        info = await self.bounded(self.client.info("server"))
+        if isinstance(self.client, RedisCluster):
+            await self.bounded(cluster.connect(self.client, self.url))
+            node = self.client.get_default_node()
+            info = await self.bounded(self.client.info("server", target_nodes=node))
+        else:
+            info = await self.bounded(self.client.info("server"))
         version = tuple(int(p) for p in str(info.get("redis_version", "0.0")).split(".")[:2])
         if version < MIN_SERVER:
             raise ConfigError(f"redis: server {info.get('redis_version')} is too old; Streams need 6.2 or newer")
-        cluster = await self.bounded(self.client.info("cluster"))
-        if cluster.get("cluster_enabled"):
-            raise ConfigError(f"redis: {self.url.redacted()} is a Redis Cluster node; a destination's keys would "
-                              "be spread over hash slots: connect to a standalone Redis (Redis Cluster is not "
-                              "supported yet)")
+        if self.cluster:
+            return
+        mode = await self.bounded(self.client.info("cluster"))
+        if mode.get("cluster_enabled"):
+            raise ConfigError(f"redis: {self.url.redacted()} is a Redis Cluster node, not a standalone Redis: "
+                              f"connect with redis+cluster://{cluster.hosts_text(self.url)} (more hosts may "
+                              "follow, comma-separated)")
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -239,15 +274,20 @@ class RedisDriver(Driver):
         self._configs[destination] = (now + CONFIG_TTL, config)
         return config
 
-    async def send_packed(self, commands: list[bytes], replies: int) -> list[Any]:
+    async def send_packed(self, key: bytes, commands: list[bytes], replies: int) -> list[Any]:
         """Write commands :func:`pack` ed into ``commands`` on one pooled connection at once, then
         read ``replies`` replies; an error reply takes its command's place (as in a pipeline).
+        Every command is about ``key`` (on a cluster, they go to the primary of its slot).
 
         The hot paths (XADD, XREADGROUP, XACK) use this rather than redis-py's command layer:
         its generic packer, pipeline bookkeeping and reply callbacks cost more per message than
         the round trip they wrap. Connections, TLS, auth and the reply parser stay redis-py's.
         """
-        pool = self.client.connection_pool
+        if self.router is not None:
+            async with asyncio.timeout(self.options.socket_timeout):
+                return await self.router.send_packed(key, commands, replies)
+        pool = self.pool
+        assert pool is not None
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         try:
             async with asyncio.timeout(self.options.socket_timeout):
@@ -262,11 +302,11 @@ class RedisDriver(Driver):
         finally:
             await pool.release(conn)
 
-    async def command(self, *args: bytes) -> Any:
-        """One command through :meth:`send_packed`; an error reply is raised."""
+    async def command(self, key: bytes, *args: bytes) -> Any:
+        """One command about ``key`` through :meth:`send_packed`; an error reply is raised."""
         out: list[bytes] = []
         pack(out, args)
-        reply = (await self.send_packed(out, 1))[0]
+        reply = (await self.send_packed(key, out, 1))[0]
         if isinstance(reply, rex.ResponseError):
             raise reply
         return reply
@@ -280,26 +320,33 @@ class RedisDriver(Driver):
             packed: list[bytes] = []
             for message in messages:
                 pack(packed, [*xadd, *to_fields(message)])
-            results = await self.send_packed(packed, len(messages))
+            results = await self.send_packed(stream, packed, len(messages))
             return [r if isinstance(r, BaseException) else None for r in results]
+        scripted: dict[int, tuple[list[Any], list[Any]]] = {}
         async with self.client.pipeline(transaction=False) as pipe:
-            for message in messages:
+            for index, message in enumerate(messages):
                 delay = message.delay.total_seconds() if message.delay is not None else 0.0
                 fields = to_fields(message, stamp=delay > 0)
                 due = now_ms() + int(delay * 1000) if delay > 0 else 0
                 if config.dedup_ms:
                     target = self.key(destination, ":delayed") if due else stream
-                    await self.dedup_send_script(
-                        keys=[target, self.key(destination, f":dedup:{dedup_key(message)}")],
-                        args=[config.dedup_ms, due, self.options.maxlen or 0,
-                              *([pack_scheduled(fields)] if due else fields)],
-                        client=pipe,
-                    )
+                    keys: list[Any] = [target, self.key(destination, f":dedup:{dedup_key(message)}")]
+                    args: list[Any] = [config.dedup_ms, due, self.options.maxlen or 0,
+                                       *([pack_scheduled(fields)] if due else fields)]
+                    scripted[index] = (keys, args)
+                    # redis-py queues it on a ClusterPipeline too (its annotation leaves that out)
+                    await self.dedup_send_script(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
                 elif due:
                     pipe.zadd(self.key(destination, ":delayed"), {pack_scheduled(fields): due})
                 else:
                     pipe.execute_command(*xadd, *fields)
             results = await self.bounded(pipe.execute(raise_on_error=False))
+        for index, (keys, args) in scripted.items():
+            if isinstance(results[index], rex.NoScriptError):  # a cluster pipeline does not load scripts
+                try:
+                    results[index] = await self.bounded(self.dedup_send_script(keys=keys, args=args))
+                except rex.RedisError as exc:
+                    results[index] = exc
         return [r if isinstance(r, BaseException) else None for r in results]
 
     def subscription(self, destination: str, group: str | None, settings: ReceiveSettings) -> Subscription:
@@ -389,11 +436,26 @@ class RedisDriver(Driver):
             },
         )
 
-    async def _scan(self, pattern: str, kind: str | None = None) -> list[str]:
-        """Every key matching ``pattern`` (of type ``kind``), each SCAN call bounded."""
-        cursor, keys = 0, []
+    async def _scan(self, pattern: str, kind: str | None = None, near: str | None = None) -> list[str]:
+        """Every key matching ``pattern`` (of type ``kind``), each SCAN call bounded. On a cluster,
+        every primary is scanned, or only the one owning the slot of the key ``near``."""
+        client = self.client
+        if not isinstance(client, RedisCluster):
+            return await self._scan_node(pattern, kind, {})
+        owner = client.get_node_from_key(near) if near is not None else None
+        keys: list[str] = []
+        for node in [owner] if owner is not None else client.get_primaries():
+            keys += await self._scan_node(pattern, kind, {"target_nodes": node})
+        return keys
+
+    async def _scan_node(self, pattern: str, kind: str | None, target: dict[str, Any]) -> list[str]:
+        cursor: Any = 0
+        keys: list[str] = []
         while True:
-            cursor, batch = await self.bounded(self.client.scan(cursor, match=pattern, count=1000, _type=kind))
+            cursor, batch = await self.bounded(
+                self.client.scan(cursor, match=pattern, count=1000, _type=kind, **target))
+            if isinstance(cursor, dict):  # a cluster's reply: {node name: cursor}
+                cursor = next(iter(cursor.values()), 0)
             keys += [_text(key) for key in batch]
             if not cursor:
                 return keys
@@ -404,14 +466,14 @@ class RedisDriver(Driver):
         return sorted({key[len(prefix):] for key in await self._scan(pattern, "stream")})
 
     async def delete(self, destination: str) -> None:
-        """DEL the stream, its DLQ and every auxiliary key (found with SCAN)."""
-        stream = self.key(destination)
-        dlq = self.key(self.dead_letter_destination(destination))
-        own = re.compile(
-            "^(" + re.escape(stream) + "|" + re.escape(dlq) + r")(:delayed(:.*)?|:config|:dedup:.*)?$", re.DOTALL,
-        )
-        keys = {stream, dlq, *(key for key in await self._scan(_glob_escape(stream) + ":*") if own.match(key))}
-        await self.bounded(self.client.delete(*keys))
+        """DEL the stream, its DLQ and every auxiliary key of both (found with SCAN)."""
+        for name in (destination, self.dead_letter_destination(destination)):
+            own = re.compile(
+                "^(" + re.escape(self.key(name, ":delayed")) + "(:.*)?|" + re.escape(self.key(name, ":config"))
+                + "|" + re.escape(self.key(name, ":dedup:")) + ".*)$", re.DOTALL,
+            )
+            found = await self._scan(_glob_escape(self.key(name, ":")) + "*", near=self.key(name))
+            await self.bounded(self.client.delete(self.key(name), *(key for key in found if own.match(key))))
         self._configs.pop(destination, None)
 
 

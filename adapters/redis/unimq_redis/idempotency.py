@@ -46,9 +46,11 @@ return 0
 class RedisStore(LeaseStore):
     """Claims and processed keys in Redis, under ``prefix`` (one key each, with a TTL).
 
-    ``client`` is a Redis URL or a ``redis.asyncio.Redis`` (closed by :meth:`close` only when this
-    store created it). Durability is Redis's: with ``appendfsync everysec`` a Redis crash can forget
-    the last second of marks, and those messages, if redelivered, are processed again.
+    ``client`` is a Redis URL (``redis+cluster://h1:p1,h2:p2`` for a Redis Cluster: each claim is
+    one key, so keys need no hash tag), a ``redis.asyncio.Redis`` or a ``RedisCluster`` (closed by
+    :meth:`close` only when this store created it). Durability is Redis's: with ``appendfsync
+    everysec`` a Redis crash can forget the last second of marks, and those messages, if
+    redelivered, are processed again (on a cluster, so can a primary's failover).
     """
 
     def __init__(self, client: Any, *, prefix: str = "unimq:once:", lease: timedelta | float = 30.0,
@@ -56,14 +58,21 @@ class RedisStore(LeaseStore):
         super().__init__(lease=lease, remember=remember, wait=wait)
         import redis.asyncio as redis
 
-        if isinstance(client, str):
-            self._redis: Any = redis.from_url(client)
+        from unimq.url import parse_url
+        from unimq_redis import cluster
+
+        if isinstance(client, str) and client.partition("://")[0].lower() in cluster.SCHEMES:
+            self._redis: Any = cluster.client(parse_url(client))
             self._owned = True
-        elif isinstance(client, redis.Redis):
+        elif isinstance(client, str):
+            self._redis = redis.from_url(client)
+            self._owned = True
+        elif isinstance(client, redis.Redis | redis.RedisCluster):
             self._redis = client
             self._owned = False
         else:
-            raise ConfigError(f"RedisStore needs a redis:// URL or a redis.asyncio.Redis, got {type(client).__name__}")
+            raise ConfigError("RedisStore needs a redis:// or redis+cluster:// URL, a redis.asyncio.Redis or a "
+                              f"RedisCluster, got {type(client).__name__}")
         self.prefix = prefix
         self._claim = self._redis.register_script(_CLAIM)
         self._renew = self._redis.register_script(_RENEW)

@@ -90,7 +90,7 @@ class RedisSubscription(Subscription):
         ms = int(min(timeout, self._next_maintenance - time.monotonic()) * 1000)
         block = (b"BLOCK", b"%d" % ms) if ms > 0 else ()
         reply: Any = await self._command(
-            *self._read, b"%d" % max_messages, *block, b"STREAMS", self._stream_key, b">",
+            self._stream_key, *self._read, b"%d" % max_messages, *block, b"STREAMS", self._stream_key, b">",
         )
         if not reply:
             return []
@@ -126,7 +126,7 @@ class RedisSubscription(Subscription):
         if self._extended:
             for delivery in deliveries:
                 self._extended.pop(delivery.token, None)
-        await self._command(*self._xack, *[d.token for d in deliveries])
+        await self._command(self._stream_key, *self._xack, *[d.token for d in deliveries])
 
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
         self._extended.pop(delivery.token, None)
