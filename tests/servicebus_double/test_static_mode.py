@@ -36,12 +36,15 @@ def test_emulator_config_becomes_entity_options() -> None:
         [{"Name": "q", "Properties": {"LockDuration": "PT5S", "MaxDeliveryCount": 3, "RequiresSession": True,
                                       "RequiresDuplicateDetection": True,
                                       "DuplicateDetectionHistoryTimeWindow": "PT20S",
-                                      "DefaultMessageTimeToLive": "P10675199DT2H48M5.4775807S"}}],
-        [{"Name": "t", "Properties": {}, "Subscriptions": [{"Name": "s", "Properties": {"LockDuration": "PT1M"}}]}]))
+                                      "DefaultMessageTimeToLive": "P10675199DT2H48M5.4775807S",
+                                      "AutoDeleteOnIdle": "P10675199DT2H48M5.4775807S"}}],
+        [{"Name": "t", "Properties": {"AutoDeleteOnIdle": "PT5M"},
+          "Subscriptions": [{"Name": "s", "Properties": {"LockDuration": "PT1M"}}]}]))
     config = broker.stats("q")["config"]
     assert config == {"lock_duration": 5, "max_delivery_count": 3, "requires_session": True,
                       "duplicate_detection_window": 20, "default_ttl": None,
-                      "dead_lettering_on_message_expiration": False}
+                      "dead_lettering_on_message_expiration": False, "auto_delete_on_idle": None}
+    assert broker.stats("t")["config"]["auto_delete_on_idle"] == 300
     assert broker.stats("t/Subscriptions/s")["config"]["lock_duration"] == 60
 
 

@@ -37,6 +37,10 @@ class EntityOptions:
     #: Set only when creating: Service Bus cannot change it on an existing entity.
     requires_session: bool | None = None
     dead_lettering_on_message_expiration: bool | None = None
+    #: Seconds idle before Service Bus deletes the queue or topic (ensure(temporary=True)); not set
+    #: on subscriptions, which go with their topic: one deleted alone would leave the topic dropping
+    #: messages sent to that group.
+    auto_delete_on_idle: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def queue_options(self) -> dict[str, Any]:
@@ -45,11 +49,13 @@ class EntityOptions:
             "duplicate_detection_window": self.duplicate_detection_window, "default_ttl": self.default_ttl,
             "requires_session": self.requires_session,
             "dead_lettering_on_message_expiration": self.dead_lettering_on_message_expiration,
+            "auto_delete_on_idle": self.auto_delete_on_idle,
         }.items() if v is not None}
 
     def topic_options(self) -> dict[str, Any]:
         return {k: v for k, v in {
             "duplicate_detection_window": self.duplicate_detection_window, "default_ttl": self.default_ttl,
+            "auto_delete_on_idle": self.auto_delete_on_idle,
         }.items() if v is not None}
 
     def subscription_options(self) -> dict[str, Any]:
@@ -399,4 +405,6 @@ def _azure_settings(options: dict[str, Any]) -> dict[str, Any]:
         out["requires_session"] = options["requires_session"]
     if "dead_lettering_on_message_expiration" in options:
         out["dead_lettering_on_message_expiration"] = options["dead_lettering_on_message_expiration"]
+    if "auto_delete_on_idle" in options:
+        out["auto_delete_on_idle"] = timedelta(seconds=options["auto_delete_on_idle"])
     return out

@@ -69,7 +69,7 @@ from unimq.message import Delivery, Message
 from unimq.url import BrokerURL
 from unimq_servicebus import mapping
 from unimq_servicebus.admin import Admin, AzureAdmin, ControlAdmin, ControlUnavailable, EntityOptions, Kind
-from unimq_servicebus.options import UNMANAGED, ServiceBusOptions, capabilities, endpoint
+from unimq_servicebus.options import UNMANAGED, ServiceBusOptions, capabilities, check_temporary_idle, endpoint
 from unimq_servicebus.sessions import SessionSubscription
 from unimq_servicebus.subscription import ServiceBusSubscription
 
@@ -88,6 +88,7 @@ class ServiceBusDriver(Driver):
     def __init__(self, url: BrokerURL, options: ServiceBusOptions) -> None:
         super().__init__(url, options)
         self._endpoint = endpoint(url, options)
+        check_temporary_idle(options, self._endpoint)
         self._caps = capabilities(options, options.sessions)
         self._session_caps = capabilities(options, True)
         self._plain_caps = capabilities(options, False)
@@ -442,6 +443,7 @@ class ServiceBusDriver(Driver):
             default_ttl=_seconds(spec.retention),
             requires_session=True if sessions else None,
             dead_lettering_on_message_expiration=True if spec.dead_letter_expired else None,
+            auto_delete_on_idle=self.options.temporary_idle if spec.temporary else None,
         )
         admin = self._a("ensure destinations")
         kind = await self._manage(admin.kind(destination), f"read the kind of {destination!r}")
@@ -469,11 +471,13 @@ class ServiceBusDriver(Driver):
         settings = [name for name, value in (
             ("lock_timeout", spec.lock_timeout), ("max_deliveries", spec.max_deliveries),
             ("deduplication", spec.deduplication), ("retention", spec.retention), ("sessions", spec.sessions),
+            ("temporary", spec.temporary),
         ) if value]
         if settings:
             raise CapabilityError(f"servicebus cannot honour ensure({', '.join(f'{n}=' for n in settings)}) on "
                                   f"{destination!r}: {UNMANAGED}; set LockDuration, MaxDeliveryCount, "
-                                  "RequiresDuplicateDetection, DefaultMessageTimeToLive or RequiresSession there")
+                                  "RequiresDuplicateDetection, DefaultMessageTimeToLive, RequiresSession or "
+                                  "AutoDeleteOnIdle there")
         await self._exists(destination)
 
     async def _exists(self, destination: str) -> None:

@@ -26,6 +26,8 @@ MAX_LOCK = 300
 MAX_DEDUP_WINDOW = 7 * 24 * 3600
 #: nack(delay) holds the message's lock; beyond an hour that is the wrong tool.
 MAX_NACK_DELAY = 3600
+#: Shortest AutoDeleteOnIdle Azure accepts (5 minutes); the in-repo double takes any positive value.
+MIN_AUTO_DELETE = 300.0
 #: Session ids are at most 128 characters.
 MAX_SESSION_ID = 128
 #: The session of messages sent without a key to a session entity (read back as key=None).
@@ -70,6 +72,10 @@ class ServiceBusOptions(BaseModel):
                                                                      f"{DEFAULT_MAX_SESSIONS}")
     session_idle: float = Field(1.0, gt=0, le=300, description="seconds without a message after which a "
                                                                "consumer releases a session for the next one")
+    temporary_idle: float = Field(MIN_AUTO_DELETE, gt=0,
+                                  description="seconds of idleness after which Service Bus deletes an entity "
+                                              "made by ensure(temporary=True) (AutoDeleteOnIdle); at least "
+                                              "300 on Azure, any positive value on the in-repo double")
     operation_timeout: float = Field(30.0, gt=0, le=600, description="seconds one SDK call may take (opening a "
                                                                      "link, a send, a settlement, a lock renewal, a "
                                                                      "management request) before it fails with "
@@ -146,6 +152,14 @@ def endpoint(url: BrokerURL, options: ServiceBusOptions) -> Endpoint:
         return Endpoint(host, credential=AzureNamedKeyCredential(url.username, url.password), secrets=url.secrets)
     raise ConfigError("servicebus: no credentials: put the SAS policy and key in the URL "
                       "(servicebus://KEYNAME:KEY@NAMESPACE), or pass ?credential=default or ?connection_string=...")
+
+
+def check_temporary_idle(options: ServiceBusOptions, ep: Endpoint) -> None:
+    """Azure refuses an AutoDeleteOnIdle under 5 minutes: say so at connect rather than at the first ensure()."""
+    if not ep.emulator and options.temporary_idle < MIN_AUTO_DELETE:
+        raise ConfigError(f"servicebus: option 'temporary_idle' is {options.temporary_idle:g}s; Azure Service Bus "
+                          f"deletes idle entities after at least {MIN_AUTO_DELETE:g}s: use temporary_idle="
+                          f"{MIN_AUTO_DELETE:g} or more")
 
 
 def _warn_if_remote(host: str) -> None:
@@ -243,6 +257,14 @@ def capabilities(options: ServiceBusOptions, sessions: bool, managed: bool = Tru
         dead_letter_expired=(native(note="the entity's DeadLetteringOnMessageExpiration: Service Bus moves an "
                                          "expired message to the dead-letter subqueue (TTLExpiredException)")
                              if managed else none(f"{UNMANAGED}: set DeadLetteringOnMessageExpiration there")),
+        temporary=(native(note=f"ensure(temporary=True) sets AutoDeleteOnIdle to temporary_idle "
+                                f"({options.temporary_idle:g} s; at least 5 min on Azure): Service Bus deletes the "
+                                "queue or topic once it has been idle that long (no send, receive, open receiver "
+                                "or management operation), also after a crash; broker.temporary() deletes it "
+                                "on exit as well")
+                   if managed else
+                   none(f"{UNMANAGED}: the driver cannot make a destination at run time, so there is none to "
+                        "make temporary; declare AutoDeleteOnIdle on an entity there")),
         new_group_backlog=none("a subscription receives what is sent after it exists: create groups first "
                                "with ensure(dest, groups=[...])"),
         max_message_bytes=options.max_message_bytes,

@@ -71,6 +71,9 @@ class EntityConfig:
     duplicate_detection_window: float | None = None
     default_ttl: float | None = None
     dead_lettering_on_message_expiration: bool = False
+    #: Seconds without activity after which the entity deletes itself (Service Bus: AutoDeleteOnIdle,
+    #: at least 5 minutes there; the double takes any positive value so tests can be fast).
+    auto_delete_on_idle: float | None = None
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -80,6 +83,9 @@ class EntityConfig:
         unknown = set(options) - set(self.option_names())
         if unknown:
             raise ServiceBusError(ARGUMENT_ERROR, f"unknown entity option(s): {sorted(unknown)}")
+        idle = options.get("auto_delete_on_idle")
+        if idle is not None and not idle > 0:
+            raise ServiceBusError(ARGUMENT_ERROR, f"auto_delete_on_idle must be positive seconds, not {idle!r}")
         for name, value in options.items():
             setattr(self, name, value)
         return self
@@ -163,10 +169,33 @@ class Queue:
         self._rr = 0
         self._dedup: _Dedup | None = _dedup_for(config, None)
         self.auto_created = False
+        #: Last activity (epoch ms) for auto_delete_on_idle; a restart starts the idle clock anew.
+        self.active_ms = now_ms()
+
+    # ------------------------------------------------------------- idleness
+
+    def touch(self, now: int | None = None) -> None:
+        """Record activity: a send, a receive, a settlement, a management operation, an update."""
+        self.active_ms = now_ms() if now is None else now
+
+    def idle_since(self, now: int) -> int:
+        """When the entity last saw activity; ``now`` while a receiver link is open on it (or on its
+        dead-letter queue) or a scheduled message waits in it: Service Bus does not count that as idle."""
+        if self.consumers or self.session_waiters or any(
+                seq in self.messages and self.messages[seq].state == SCHEDULED for _, seq in self._scheduled_heap):
+            return now
+        if self.dead_letter is not None:
+            return max(self.active_ms, self.dead_letter.idle_since(now))
+        return self.active_ms
+
+    def idle_expired(self, now: int) -> bool:
+        idle = self.config.auto_delete_on_idle
+        return idle is not None and now - self.idle_since(now) >= idle * 1000
 
     # ----------------------------------------------------------------- intake
 
     def reconfigure(self, **options: Any) -> None:
+        self.touch()
         self.config.update(**options)
         self._dedup = _dedup_for(self.config, self._dedup)
         if self.dead_letter is not None:
@@ -181,6 +210,7 @@ class Queue:
         if dedup and self._dedup is not None and self._dedup.is_duplicate(message.message_id, now):
             self.counters["duplicates"] += 1
             return None
+        self.touch(now)
         message.seq = self._next_seq
         self._next_seq += 1
         message.enqueued_ms = now
@@ -211,6 +241,7 @@ class Queue:
     # --------------------------------------------------------------- delivery
 
     def add_consumer(self, consumer: Any) -> None:
+        self.touch()
         self.consumers.append(consumer)
         self.pump()
 
@@ -221,6 +252,7 @@ class Queue:
         ``$management`` until they expire), except for sessions: closing a session receiver
         gives up the session, and its unsettled messages become available again.
         """
+        self.touch()  # the idle time counts from the last receive, which an open receiver keeps doing
         if consumer in self.consumers:
             self.consumers.remove(consumer)
         self.session_waiters = [w for w in self.session_waiters if w[0] is not consumer]
@@ -262,6 +294,7 @@ class Queue:
         return message
 
     def _deliver(self, consumer: Any, message: StoredMessage, now: int) -> None:
+        self.touch(now)
         self.counters["delivered"] += 1
         if consumer.peek_lock:
             token = uuid.uuid4()
@@ -286,6 +319,7 @@ class Queue:
                                   "or the message has already been removed from the queue.", 410)
         message = lock.message
         now = now_ms()
+        self.touch(now)
         if outcome == "complete":
             self._remove(message)
             self.counters["completed"] += 1
@@ -540,8 +574,23 @@ class Topic:
         self._next_seq = 1
         self._dedup = _dedup_for(config, None)
         self.auto_created = False
+        self.active_ms = now_ms()
+
+    def touch(self, now: int | None = None) -> None:
+        self.active_ms = now_ms() if now is None else now
+
+    def idle_since(self, now: int) -> int:
+        """A topic is idle while it and its subscriptions are (no operations on them either)."""
+        if self.scheduled:
+            return now
+        return max([self.active_ms, *(sub.idle_since(now) for sub in self.subscriptions.values())])
+
+    def idle_expired(self, now: int) -> bool:
+        idle = self.config.auto_delete_on_idle
+        return idle is not None and now - self.idle_since(now) >= idle * 1000
 
     def reconfigure(self, **options: Any) -> None:
+        self.touch()
         self.config.update(**options)
         self._dedup = _dedup_for(self.config, self._dedup)
 
@@ -553,6 +602,7 @@ class Topic:
         if dedup and self._dedup is not None and self._dedup.is_duplicate(message.message_id, now):
             self.counters["duplicates"] += 1
             return None
+        self.touch(now)
         seq = message.seq = self._next_seq
         self._next_seq += 1
         self.counters["enqueued"] += 1
@@ -582,8 +632,12 @@ class Topic:
             message = self.scheduled.pop(seq, None)
             if message is not None:
                 self._fan_out(message, now)
-        for sub in self.subscriptions.values():
+        for key, sub in list(self.subscriptions.items()):
             sub.tick(now)
+            if sub.idle_expired(now):
+                log.info("subscription %s idle for %gs: deleted (auto_delete_on_idle)",
+                         sub.name, sub.config.auto_delete_on_idle)
+                del self.subscriptions[key]
 
     def stats(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "topic", "scheduled": len(self.scheduled),
@@ -807,8 +861,13 @@ class Broker:
         return entity.stats()
 
     def tick(self, now: int) -> None:
-        for entity in list(self.entities.values()):
+        for key, entity in list(self.entities.items()):
             entity.tick(now)
+            if entity.idle_expired(now):
+                log.info("%s %s idle for %gs: deleted (auto_delete_on_idle)",
+                         entity.kind, entity.name, entity.config.auto_delete_on_idle)
+                del self.entities[key]
+                self.declared.pop(key, None)
 
     def load_config(self, document: dict[str, Any]) -> None:
         """Apply a JSON config document: the double's own format, or the official emulator's
@@ -839,7 +898,7 @@ class Broker:
 
 
 _DURATION = re.compile(r"^P(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$")
-#: The emulator's "no expiry" TimeSpan.MaxValue, and anything longer than this, means no TTL.
+#: The emulator's "never" TimeSpan.MaxValue, and anything longer than this, means no TTL (no auto-delete).
 _NO_TTL = 10 * 365 * 86400.0
 
 
@@ -868,6 +927,9 @@ def _entity_options(properties: dict[str, Any], where: str) -> dict[str, Any]:
         elif key == "DefaultMessageTimeToLive":
             ttl = iso_seconds(value)
             options["default_ttl"] = None if ttl >= _NO_TTL else ttl
+        elif key == "AutoDeleteOnIdle":
+            idle = iso_seconds(value)
+            options["auto_delete_on_idle"] = None if idle >= _NO_TTL else idle
         elif key in ("RequiresDuplicateDetection", "DuplicateDetectionHistoryTimeWindow"):
             continue  # read together below
         elif key in ("ForwardTo", "ForwardDeadLetteredMessagesTo"):

@@ -481,6 +481,7 @@ class _Handler:
     def _management(self, node: str, operation: str, body: dict[str, Any]) -> _Reply:
         entity = self.broker.for_management(node)
         now = now_ms()
+        entity.touch(now)
         op = operation.split(":", 1)[-1]
         session_id = body.get("session-id")
         if op == "schedule-message":
@@ -678,7 +679,8 @@ class ServiceBusDouble:
 
     def configure_entity(self, name: str, kind: str | None = None, **options: Any) -> dict[str, Any]:
         """Set entity options (lock_duration, max_delivery_count, requires_session,
-        duplicate_detection_window, default_ttl, dead_lettering_on_message_expiration).
+        duplicate_detection_window, default_ttl, dead_lettering_on_message_expiration,
+        auto_delete_on_idle).
 
         ``name`` is ``queue``, ``topic`` or ``topic/Subscriptions/sub``. With ``kind``
         (``"queue"``/``"topic"``) the entity is created now; otherwise the options apply when it is
