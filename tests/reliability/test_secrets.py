@@ -50,6 +50,10 @@ CASES: dict[str, list[Any]] = {
     "redis": [f"redis://alice:{S}@127.0.0.1:{PORT}/0", f"redis://alice:{S}@127.0.0.1:6379/0",
               f"redis://:{S}@127.0.0.1:6379/0"],
     "rediss": [f"rediss://alice:{S}@127.0.0.1:{PORT}/0?ssl_password={S}"],
+    "redis+cluster": [f"redis+cluster://alice:{S}@127.0.0.1:{PORT},127.0.0.1:{PORT}",
+                      f"redis+cluster://:{S}@127.0.0.1:17000"],
+    "rediss+cluster": [f"rediss+cluster://alice:{S}@127.0.0.1:{PORT}", f"rediss+cluster://a:b@127.0.0.1:{PORT}"
+                       f"?ssl_password={S}"],
     "nats": [f"nats://alice:{S}@127.0.0.1:{PORT}", f"nats://127.0.0.1:{PORT}?token={S}",
              f"nats://alice:{S}@127.0.0.1:4222"],
     "tls": [f"tls://alice:{S}@127.0.0.1:{PORT}"],

@@ -32,17 +32,17 @@ HEADER_RESERVE = 8 * 1024
 
 #: NATS headers are MIME-like ASCII. A value that is not plain printable ASCII travels as an RFC 2047
 #: encoded word (``=?utf-8?b?...?=``); a key that is not an HTTP token as ``x-unimq-u8-<base64url>``.
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _KEY_PREFIX = "x-unimq-u8-"
-_PLAIN_VALUE = re.compile(r"^([!-~]([ -~]*[!-~])?)?$")
-_ENCODED = re.compile(r"^=\?utf-8\?b\?([A-Za-z0-9+/=]*)\?=$")
-_SUBJECT = re.compile(r"^[^\s*>.]+(\.[^\s*>.]+)*$")
+_PLAIN_VALUE = re.compile(r"([!-~]([ -~]*[!-~])?)?")
+_ENCODED = re.compile(r"=\?utf-8\?b\?([A-Za-z0-9+/=]*)\?=")
+_SUBJECT = re.compile(r"[^\s*>.]+(\.[^\s*>.]+)*")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def check_subject(destination: str) -> str:
     """A destination is a literal subject: no wildcards, no empty tokens, no whitespace."""
-    if not _SUBJECT.match(destination):
+    if not _SUBJECT.fullmatch(destination):
         raise ConfigError(
             f"nats: destination {destination!r} is not a literal NATS subject "
             "(dot-separated tokens without spaces, '*' or '>')"
@@ -91,13 +91,13 @@ def _decode_key(key: str) -> str:
 
 
 def _decode(text: str) -> str:
-    match = _ENCODED.match(text)
+    match = _ENCODED.fullmatch(text)
     return base64.b64decode(match.group(1)).decode(errors="replace") if match else text
 
 
 def to_headers(message: Message, dedup: bool) -> dict[str, str]:
     headers = {
-        (k if _TOKEN.match(k) else _encode_key(k)): (v if _PLAIN_VALUE.match(v) else _encode(v))
+        (k if _TOKEN.fullmatch(k) else _encode_key(k)): (v if _PLAIN_VALUE.fullmatch(v) else _encode(v))
         for k, v in message.headers.items()
     } if message.headers else {}
     key = dedup_key(message) if dedup else message.message_id

@@ -147,6 +147,9 @@ class RedisDriver(Driver):
         self.pool: ConnectionPool | None = None
         self.client: Redis | RedisCluster
         if self.cluster:
+            if common.pop("ssl_password", None) is not None:
+                raise ConfigError("redis+cluster: ssl_password is not supported by redis-py's RedisCluster; "
+                                  "use a key file without a passphrase (ssl_keyfile)")
             # redis-py's own retries (3, with backoff) carry the other commands over a failover.
             pool = {"max_connections": options.max_connections} if options.max_connections else {}
             self.client = cluster.client(url, **common, **pool)
