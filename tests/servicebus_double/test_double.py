@@ -9,7 +9,6 @@ import asyncio
 import datetime
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -27,19 +26,6 @@ from azure.servicebus.exceptions import MessageLockLostError, SessionCannotBeLoc
 from proton import Message
 from proton.utils import BlockingConnection
 from unimq_servicebus.testing.double import ServiceBusDouble
-
-
-@pytest.fixture
-def double() -> Iterator[ServiceBusDouble]:
-    server = ServiceBusDouble(port=0).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def client(double: ServiceBusDouble) -> AsyncIterator[ServiceBusClient]:
-    async with ServiceBusClient.from_connection_string(double.connection_string) as sb:
-        yield sb
 
 
 def utcnow() -> datetime.datetime:

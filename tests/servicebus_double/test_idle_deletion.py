@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -133,19 +132,6 @@ def test_an_update_restarts_the_clock_and_a_bad_value_is_refused() -> None:
 
 
 # Over the wire, with the SDK.
-
-
-@pytest.fixture
-def double() -> Iterator[ServiceBusDouble]:
-    server = ServiceBusDouble(port=0).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def client(double: ServiceBusDouble) -> AsyncIterator[ServiceBusClient]:
-    async with ServiceBusClient.from_connection_string(double.connection_string) as sb:
-        yield sb
 
 
 def exists(double: ServiceBusDouble, name: str) -> bool:

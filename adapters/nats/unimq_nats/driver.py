@@ -252,10 +252,9 @@ class NatsDriver(Driver):
 
     async def publish(self, destination: str, messages: Sequence[Message]) -> Sequence[BaseException | None]:
         check_subject(destination)
-        if destination.startswith(INBOX_PREFIX):
-            return await self._publish_reply(destination, messages)
-        if self._js is None:
-            return await self._publish_core(destination, messages)
+        reply = destination.startswith(INBOX_PREFIX)
+        if self._js is None or reply:
+            return await self._publish_core(destination, messages, confirm=not reply)
         await self.stream_ready(destination)
         results = await self._publish_js(destination, messages)
         if any(isinstance(r, nats.js.errors.NoStreamResponseError) for r in results):
@@ -328,22 +327,20 @@ class NatsDriver(Driver):
         else:
             future.set_result(None)
 
-    async def _publish_core(self, destination: str, messages: Sequence[Message]) -> list[BaseException | None]:
+    async def _publish_core(self, destination: str, messages: Sequence[Message],
+                            confirm: bool = True) -> list[BaseException | None]:
+        """Core NATS publishes. ``confirm`` flushes to learn of a refusal (the server's -ERR comes
+        before its PONG); a reply to a requester's inbox is not confirmed, as nats-py's
+        ``msg.respond`` does not (a flush per reply is a round trip per request; the requester's
+        timeout covers a reply that never arrives)."""
         nc = self.nc
         for m in messages:
             await nc.publish(destination, m.body, headers=to_headers(m, False))
-        await self.flush()  # the server's -ERR comes before its PONG
+        if not confirm:
+            return [None] * len(messages)
+        await self.flush()
         denied = self._denied.pop(destination, None)
         return [denied] * len(messages)
-
-    async def _publish_reply(self, inbox: str, messages: Sequence[Message]) -> list[BaseException | None]:
-        """A reply to a requester's inbox is sent as NATS's own ``msg.respond`` sends it: written,
-        not flushed (a flush per reply is a round trip per request; the requester's timeout covers
-        a reply that never arrives)."""
-        nc = self.nc
-        for m in messages:
-            await nc.publish(inbox, m.body, headers=to_headers(m, False))
-        return [None] * len(messages)
 
     async def flush(self) -> None:
         """``nc.flush()`` that is never cut short: nats-py leaves the PING future of a cancelled or

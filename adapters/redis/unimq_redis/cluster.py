@@ -32,6 +32,19 @@ REFRESH_INTERVAL = 0.5
 _STALE = (rex.AskError, rex.TryAgainError, rex.ClusterDownError)
 
 
+async def exchange(conn: Any, commands: list[bytes], replies: int) -> list[Any]:
+    """Write packed ``commands`` on ``conn``, read ``replies`` replies; an error reply takes its
+    command's place (as in a pipeline). Shared by the standalone and the cluster hot path."""
+    await conn.send_packed_command(commands, check_health=False)
+    out: list[Any] = []
+    for _ in range(replies):
+        try:
+            out.append(await conn.read_response())
+        except rex.ResponseError as exc:
+            out.append(exc)
+    return out
+
+
 def has_hash_tag(name: str) -> bool:
     """Whether Redis hashes ``name`` by a ``{tag}`` in it (a non-empty one) rather than whole."""
     start = name.find("{")
@@ -133,15 +146,9 @@ class Router:
             raise rex.SlotNotCoveredError(f"no node serves the slot of {key!r}")
         conn = node.acquire_connection()
         try:
-            await conn.send_packed_command(commands, check_health=False)
-            out: list[Any] = []
-            for _ in range(replies):
-                try:
-                    out.append(await conn.read_response())
-                except rex.ResponseError as exc:
-                    if isinstance(exc, _STALE):
-                        self._stale = True
-                    out.append(exc)
+            out = await exchange(conn, commands, replies)
+            if any(isinstance(reply, _STALE) for reply in out):
+                self._stale = True
             return out
         except (rex.ConnectionError, rex.TimeoutError, OSError):
             self._stale = True

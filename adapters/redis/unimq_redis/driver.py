@@ -294,14 +294,7 @@ class RedisDriver(Driver):
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         try:
             async with asyncio.timeout(self.options.socket_timeout):
-                await conn.send_packed_command(commands, check_health=False)
-                out: list[Any] = []
-                for _ in range(replies):
-                    try:
-                        out.append(await conn.read_response())
-                    except rex.ResponseError as exc:
-                        out.append(exc)
-            return out
+                return await cluster.exchange(conn, commands, replies)
         finally:
             await pool.release(conn)
 
