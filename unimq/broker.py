@@ -182,7 +182,8 @@ class Broker:
             raise ConfigError(f"max_decoded_bytes must be an int >= 1, got {max_decoded_bytes!r}")
         wanted = None if subject is None and headers is None else Filter(subject, headers)
         try:
-            settings = ReceiveSettings(prefetch=prefetch, lock_timeout=seconds, start=start, subject=subject)
+            settings = ReceiveSettings(prefetch=prefetch, lock_timeout=seconds, start=start, subject=subject,
+                                       headers=headers)
         except ValueError as exc:
             raise ConfigError(f"consumer options: {_first_error(exc)}") from None
         if claim_check is not None:

@@ -28,7 +28,7 @@ per URL scheme, and its conformance targets under ``unimq.targets``. See ``docs/
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal
@@ -54,6 +54,9 @@ class ReceiveSettings(BaseModel):
     subject: str | None = Field(None, description="the group's routing pattern (checked); a driver whose 'routing' "
                                 "capability is native narrows what the group gets (a binding, a filter "
                                 "subject). The core filters every delivery as well, so a driver may ignore it")
+    headers: Mapping[str, str] | None = Field(None, description="the group's header filter (checked: every key "
+                                              "must have that value); a driver may narrow natively as for "
+                                              "subject, the core filters every delivery as well")
 
 
 class DestinationSpec(BaseModel):

@@ -407,6 +407,15 @@ class KafkaDriver(Driver):
         limit = self._meta.get(topic, {}).get("max_deliveries")
         return int(limit) if limit else None
 
+    async def _wait_until_gone(self, admin: Any, topics: set[str]) -> None:
+        """Return once no broker lists ``topics`` (for up to 10 s): in a cluster the controller answers
+        the delete before every broker's metadata drops the topics, and a ``destinations()`` right
+        after ``delete()`` must not list them."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while topics & set(await admin.list_topics()) and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+
     async def _wait_for_leaders(self, topic: str, partitions: int) -> None:
         """Return once every partition's leader serves requests, so the first send after ``ensure()``
         is not answered NotLeaderForPartition (a new topic's leaders take ~0.1 s to start on KRaft)."""
@@ -504,5 +513,6 @@ class KafkaDriver(Driver):
             for name, code, *_ in response.topic_error_codes:
                 if code not in (0, _UNKNOWN_TOPIC):
                     raise kerr.for_code(code)(f"deleting topic {name!r}")
+            await self._wait_until_gone(admin, set(doomed))
         self._known_topics.difference_update(doomed)
         await self._write_meta(destination, None)

@@ -20,6 +20,11 @@ _ENV = (
 
 
 def targets() -> list[Target]:
-    """Group joins take seconds, so waits are longer than elsewhere."""
-    return [Target("kafka", "kafka://127.0.0.1:9092", "kafka", Timing(receive=30.0, quiet=2.0, test=90.0),
-                   container=Image("apache/kafka:3.9.2", 9092, env=_ENV), matrix=(("kafka", "orders"),))]
+    """A single broker, and a three-broker KRaft cluster (replication 3, min.insync.replicas 2).
+    Group joins take seconds, so waits are longer than elsewhere."""
+    timing = Timing(receive=30.0, quiet=2.0, test=90.0)
+    return [
+        Target("kafka", "kafka://127.0.0.1:9092", "kafka", timing,
+               container=Image("apache/kafka:3.9.2", 9092, env=_ENV), matrix=(("kafka", "orders"),)),
+        Target("kafka-cluster", "kafka://127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094", "kafka-cluster", timing),
+    ]

@@ -4,6 +4,13 @@ A destination is a subject. By default each destination has its own stream (``UN
 subjects ``[<subject>]``, limits retention), created by ``ensure()`` or on first use; ``?stream=NAME``
 uses one existing stream instead. A group is a durable pull consumer filtered on the subject;
 group None is the durable ``default``. See docs/backends/nats.md for the whole mapping.
+
+``?routing=subjects`` (native routing): the stream captures ``[<subject>, <subject>.>]``, a send
+with ``subject=s`` is published to ``<subject>.s`` (the ``x-unimq-subject`` header travels too), a
+group's durable filters on its pattern (``routing_filters``; the consumer that opens last sets it,
+no pattern = the whole stream) and dead letters go to ``<subject>-dlq``, outside that wildcard.
+Streams made without it are refused with it and the other way round: the two modes cannot share a
+destination (its groups would miss what the other mode publishes).
 """
 
 from __future__ import annotations
@@ -39,8 +46,10 @@ from unimq.errors import (
     NotFound,
     PermissionDenied,
     Timeout,
+    UnimqError,
 )
 from unimq.message import Message
+from unimq.patterns import SUBJECT
 from unimq.reliability import EXPIRES_AT, NOT_BEFORE, seconds_until
 from unimq.url import BrokerURL
 from unimq_nats.core import CoreSubscription
@@ -55,9 +64,11 @@ from unimq_nats.mapping import (
     described,
     durable_name,
     jetstream_capabilities,
+    routed_subject,
     stream_name,
     to_headers,
     to_message,
+    with_subject,
 )
 from unimq_nats.options import NatsOptions
 
@@ -137,8 +148,11 @@ class NatsDriver(Driver):
 
     def __init__(self, url: BrokerURL, options: NatsOptions) -> None:
         super().__init__(url, options)
-        build = jetstream_capabilities if options.jetstream else core_capabilities
-        self._caps = build(options.max_payload - HEADER_RESERVE, options.max_batch)
+        #: ?routing=subjects: routing subjects are NATS subjects under the destination.
+        self.routing = options.routing == "subjects"
+        limit = options.max_payload - HEADER_RESERVE
+        self._caps = (jetstream_capabilities(limit, options.max_batch, self.routing) if options.jetstream
+                      else core_capabilities(limit, options.max_batch))
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._streams: dict[str, str] = {}
@@ -256,20 +270,30 @@ class NatsDriver(Driver):
         if self._js is None or reply:
             return await self._publish_core(destination, messages, confirm=not reply)
         await self.stream_ready(destination)
-        results = await self._publish_js(destination, messages)
+        subjects = self._routes(destination, messages) if self.routing else None
+        results = await self._publish_js(destination, messages, subjects)
         if any(isinstance(r, nats.js.errors.NoStreamResponseError) for r in results):
             # The stream was deleted behind our back: create it again and resend those messages once.
             self._streams.pop(destination, None)
             await self.stream_ready(destination)
             again = [i for i, r in enumerate(results) if isinstance(r, nats.js.errors.NoStreamResponseError)]
-            retried = await self._publish_js(destination, [messages[i] for i in again])
+            retried = await self._publish_js(destination, [messages[i] for i in again],
+                                             None if subjects is None else [subjects[i] for i in again])
             results = list(results)
             for i, result in zip(again, retried, strict=True):
                 results[i] = result
         return [None if r is None else self.map_error(r, f"publish to {destination}") for r in results]
 
-    async def _publish_js(self, destination: str, messages: Sequence[Message]) -> list[BaseException | None]:
+    @staticmethod
+    def _routes(destination: str, messages: Sequence[Message]) -> list[str]:
+        """``?routing=subjects``: the NATS subject of each message, ``<destination>.<its subject>``."""
+        return [routed_subject(destination, m.headers[SUBJECT]) if SUBJECT in m.headers else destination
+                for m in messages]
+
+    async def _publish_js(self, destination: str, messages: Sequence[Message],
+                          subjects: Sequence[str] | None) -> list[BaseException | None]:
         """Pipelined: every publish written at once (reply to our ack inbox), then all acks awaited.
+        ``subjects`` (``?routing=subjects``) gives each message its own subject.
 
         In flight is bounded by the batch. Acks are matched by reply token and only parsed when they
         carry an error: nats-py's publish_async parses each into a PubAck, a third of the client's
@@ -298,7 +322,8 @@ class NatsDriver(Driver):
             future: asyncio.Future[None] = loop.create_future()
             acks[token] = future
             futures.append(future)
-            await nc.publish(destination, m.body, reply=prefix + token, headers=headers)
+            await nc.publish(destination if subjects is None else subjects[i], m.body, reply=prefix + token,
+                             headers=headers)
         timeout = self.options.api_timeout
         _, pending = await asyncio.wait(futures, timeout=timeout)
         for future in pending:
@@ -307,6 +332,8 @@ class NatsDriver(Driver):
             for token in [t for t, f in acks.items() if f.cancelled()]:
                 del acks[token]
         denied = self._denied.pop(destination, None)
+        for subject in set(subjects or ()):
+            denied = self._denied.pop(subject, None) or denied
         for i, future in enumerate(futures):
             if future.cancelled():
                 results[i] = denied or Timeout(f"nats: no publish ack from JetStream within {timeout:g}s")
@@ -388,27 +415,50 @@ class NatsDriver(Driver):
             info = await js.stream_info(self.options.stream)
             return await self._update_stream(info, spec)
         name = stream_name(destination)
+        routed = f"{destination}.>"
         try:
             info = await js.stream_info(name)
         except nats.js.errors.NotFoundError:
             config = api.StreamConfig(
-                name=name, subjects=[destination], retention=api.RetentionPolicy.LIMITS,
-                storage=api.StorageType(self.options.storage), num_replicas=self.options.replicas,
-                description=describe({}),
+                name=name, subjects=[destination, routed] if self.routing else [destination],
+                retention=api.RetentionPolicy.LIMITS, storage=api.StorageType(self.options.storage),
+                num_replicas=self.options.replicas, description=describe({}),
             )
             if spec is not None:
                 config = _apply_spec(config, spec)
             try:
                 await js.add_stream(config)
                 return config
-            except nats.js.errors.BadRequestError:
-                info = await js.stream_info(name)  # created concurrently by someone else
-        if destination not in (info.config.subjects or []):
+            except nats.js.errors.BadRequestError as exc:
+                try:
+                    info = await js.stream_info(name)  # created concurrently by someone else
+                except nats.js.errors.NotFoundError:
+                    raise self._not_created(name, config.subjects or [], exc) from exc
+        subjects = info.config.subjects or []
+        if destination not in subjects:
             raise ConfigError(
-                f"nats: stream {name!r} already exists for subjects {info.config.subjects}, not {destination!r}; "
+                f"nats: stream {name!r} already exists for subjects {subjects}, not {destination!r}; "
                 "pass ?stream=NAME to use a stream of your own"
             )
+        if self.routing and routed not in subjects:
+            raise ConfigError(
+                f"nats: stream {name!r} was made without ?routing=subjects (subjects {subjects}): add {routed!r} "
+                "to its subjects (nats stream edit) or delete it, or connect without ?routing=subjects"
+            )
+        if not self.routing and routed in subjects:
+            raise ConfigError(f"nats: stream {name!r} captures {routed!r} (made with ?routing=subjects): "
+                              "connect with ?routing=subjects to use it")
         return await self._update_stream(info, spec)
+
+    def _not_created(self, name: str, subjects: list[str], exc: nats.js.errors.BadRequestError) -> UnimqError:
+        """The server refused a new stream: with ?routing=subjects, mostly another stream under ``<subject>.>``."""
+        if not self.routing:
+            return self.map_error(exc, f"create stream {name}")
+        return ConfigError(
+            f"nats: cannot create stream {name!r} for subjects {subjects} (?routing=subjects): {exc.description}; "
+            f"a stream of another destination under {subjects[1]!r} (or the .dlq of one used without routing) "
+            "is in the way: delete it or name this destination differently"
+        )
 
     async def _update_stream(self, info: api.StreamInfo, spec: DestinationSpec | None) -> api.StreamConfig:
         if spec is None:
@@ -420,9 +470,13 @@ class NatsDriver(Driver):
 
     async def durable(
         self, stream: str, destination: str, durable: str, lock_timeout: float | None, start: Start,
-        max_deliveries: int | None = None,
+        max_deliveries: int | None = None, filters: list[str] | None = None,
     ) -> api.ConsumerInfo:
-        """Find or create the durable of a group; a different lock_timeout updates its ack_wait."""
+        """Find or create the durable of a group; a different lock_timeout updates its ack_wait.
+
+        With ?routing=subjects, ``filters`` (``routing_filters``; None = leave them, [] = the whole
+        stream) are its filter subjects: an existing durable that filters otherwise is updated.
+        """
         js = self.js
         info: api.ConsumerInfo
         try:
@@ -433,7 +487,8 @@ class NatsDriver(Driver):
             limit = max_deliveries or settings.get("max_deliveries")
             config = api.ConsumerConfig(
                 durable_name=durable, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=float(ack_wait),
-                filter_subject=destination, description=describe({"max_deliveries": limit} if limit else {}),
+                description=describe({"max_deliveries": limit} if limit else {}),
+                **(_filters(filters or []) if self.routing else {"filter_subject": destination}),
                 **_deliver_policy(start),
             )
             try:
@@ -441,12 +496,16 @@ class NatsDriver(Driver):
             except nats.js.errors.BadRequestError:
                 info = await js.consumer_info(stream, durable)  # created concurrently
         config = info.config
-        if config.filter_subject not in (destination, None, "", ">"):
+        changes: dict[str, Any] = {}
+        if self.routing:
+            current = config.filter_subjects or ([config.filter_subject] if config.filter_subject else [])
+            if filters is not None and sorted(current) != sorted(filters):
+                changes.update({"filter_subject": None, "filter_subjects": None, **_filters(filters)})
+        elif config.filter_subject not in (destination, None, "", ">"):
             raise ConfigError(
                 f"nats: durable {durable!r} of stream {stream!r} filters {config.filter_subject!r}, "
                 f"not {destination!r}; use another group name"
             )
-        changes: dict[str, Any] = {}
         if lock_timeout and abs((config.ack_wait or 0) - lock_timeout) > 1e-3:
             changes["ack_wait"] = float(lock_timeout)
         if max_deliveries and described(config.description).get("max_deliveries") != max_deliveries:
@@ -462,6 +521,10 @@ class NatsDriver(Driver):
         if self._js is None:
             return CoreSubscription(self, destination, group, settings)
         return JetStreamSubscription(self, destination, group, settings)
+
+    def dead_letter_destination(self, destination: str) -> str:
+        """``<destination>.dlq``; with ?routing=subjects ``<destination>-dlq``, outside ``<destination>.>``."""
+        return f"{destination}-dlq" if self.routing else f"{destination}.dlq"
 
     async def ensure(self, destination: str, spec: DestinationSpec) -> None:
         check_subject(destination)
@@ -484,13 +547,14 @@ class NatsDriver(Driver):
             floor = (await js.consumer_info(stream, DEFAULT_DURABLE)).ack_floor
             seq = max(seq, (floor.stream_seq if floor else 0) + 1)
         out: list[Message] = []
+        subject = ">" if self.routing else destination  # the stream holds only the destination's subjects
         while len(out) < count and seq <= info.state.last_seq:
             try:
-                raw = await js.get_msg(stream, seq, subject=destination, next=True)
+                raw = await js.get_msg(stream, seq, subject=subject, next=True)
             except nats.js.errors.NotFoundError:
                 break
             seq = (raw.seq or seq) + 1
-            headers = raw.headers
+            headers = with_subject(destination, raw.subject or "", raw.headers) if self.routing else raw.headers
             if seconds_until(headers, EXPIRES_AT) <= 0 or 0 < seconds_until(headers, NOT_BEFORE) < float("inf"):
                 continue
             out.append(to_message(raw.data or b"", headers, f"{stream}-{raw.seq}", raw.time))
@@ -595,6 +659,13 @@ def _apply_spec(config: api.StreamConfig, spec: DestinationSpec) -> api.StreamCo
     if settings != described(config.description):
         changes["description"] = describe(settings)
     return config.evolve(**changes) if changes else config
+
+
+def _filters(filters: list[str]) -> dict[str, Any]:
+    """ConsumerConfig fields for filter subjects: none (the whole stream), one, or several (server 2.10)."""
+    if len(filters) > 1:
+        return {"filter_subjects": filters}
+    return {"filter_subject": filters[0]} if filters else {}
 
 
 def _deliver_policy(start: Start) -> dict[str, Any]:

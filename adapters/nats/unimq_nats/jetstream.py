@@ -27,7 +27,7 @@ from unimq.driver import AckBatch, ReceiveSettings, Subscription
 from unimq.errors import NotFound
 from unimq.message import Delivery
 from unimq.reliability import EXPIRES_AT, NOT_BEFORE, epoch_ms, seconds_until
-from unimq_nats.mapping import described, durable_name, to_message
+from unimq_nats.mapping import described, durable_name, routing_filters, to_message, with_subject
 
 if TYPE_CHECKING:
     from unimq_nats.driver import NatsDriver
@@ -71,8 +71,9 @@ class JetStreamSubscription(Subscription):
     async def open(self) -> None:
         driver = self._driver
         self._stream = await driver.stream_ready(self._destination)
+        filters = routing_filters(self._destination, self._settings.subject) if driver.routing else None
         info = await driver.durable(self._stream, self._destination, self._durable, self._settings.lock_timeout,
-                                    self._settings.start)
+                                    self._settings.start, filters=filters)
         self._ack_wait = info.config.ack_wait or self._ack_wait
         limit = described(info.config.description).get("max_deliveries")
         self.max_deliveries = int(limit) if limit else None
@@ -140,9 +141,10 @@ class JetStreamSubscription(Subscription):
         out: list[Delivery] = []
         queue = self._queue
         deferrals = self._driver.deferrals
+        routing = self._driver.routing
         while queue and len(out) < limit:
             msg = queue.popleft()
-            headers = msg.headers
+            headers = with_subject(self._destination, msg.subject, msg.headers) if routing else msg.headers
             meta = msg.metadata
             seq = meta.sequence.stream
             expires = 0.0

@@ -11,6 +11,7 @@ from typing import Any
 from unimq.capabilities import Capabilities, emulated, native, none
 from unimq.errors import ConfigError
 from unimq.message import Message
+from unimq.patterns import SUBJECT
 from unimq.reliability import EXPIRES_AT, NOT_BEFORE, dedup_key, epoch_ms, epoch_ms_after
 
 #: Header names unimq's fields travel in. ``message_id`` travels as JetStream's de-duplication header
@@ -48,6 +49,41 @@ def check_subject(destination: str) -> str:
             "(dot-separated tokens without spaces, '*' or '>')"
         )
     return destination
+
+
+def routed_subject(destination: str, subject: str) -> str:
+    """``?routing=subjects``: where a message with routing subject ``subject`` is published."""
+    routed = f"{destination}.{subject}"
+    if not _SUBJECT.fullmatch(routed):
+        raise ConfigError(f"nats: routing subject {subject!r} is not made of NATS subject tokens; "
+                          "send it with send(subject=...), which checks it")
+    return routed
+
+
+def routing_filters(destination: str, pattern: str | None) -> list[str]:
+    """``?routing=subjects``: the filter subjects of a group's durable; [] = the whole stream.
+
+    ``*`` is NATS's ``*``; a trailing ``#`` (zero or more tokens) is the subject before it and that
+    subject + ``.>``; a ``#`` elsewhere has no NATS form, so the durable takes every routed message
+    (``<destination>.>``) and the core filter does the rest.
+    """
+    if pattern is None:
+        return []
+    tokens = pattern.split(".")
+    if "#" in tokens[:-1] or tokens == ["#"]:
+        return [f"{destination}.>"]
+    if tokens[-1] == "#":
+        base = ".".join([destination, *tokens[:-1]])
+        return [base, f"{base}.>"]
+    return [".".join([destination, *tokens])]
+
+
+def with_subject(destination: str, subject: str, headers: dict[str, str] | None) -> dict[str, str] | None:
+    """``?routing=subjects``: a message stored under ``<destination>.<s>`` has routing subject ``s``,
+    also when a plain NATS client published it without the header."""
+    if len(subject) <= len(destination):
+        return headers
+    return {**(headers or {}), SUBJECT: subject[len(destination) + 1:]}
 
 
 def stream_name(destination: str) -> str:
@@ -142,7 +178,7 @@ def _has_encoded(headers: dict[str, str]) -> bool:
     return any(k.startswith(_KEY_PREFIX) or v.startswith("=?") for k, v in headers.items())
 
 
-def jetstream_capabilities(max_message_bytes: int, max_batch: int) -> Capabilities:
+def jetstream_capabilities(max_message_bytes: int, max_batch: int, routing: bool = False) -> Capabilities:
     return Capabilities(
         backend="nats",
         persistence=native(note="JetStream stream, file storage by default (?storage=memory)"),
@@ -154,8 +190,9 @@ def jetstream_capabilities(max_message_bytes: int, max_batch: int) -> Capabiliti
         delayed_delivery=emulated(note="x-unimq-not-before header; a consumer that receives the message early "
                                        "naks it with the remaining delay (server 2.12 scheduling not used)"),
         nack_delay=native(note="nak with delay"),
-        dead_letter=emulated(note="reject = copy to <destination>.dlq (reason in x-unimq-dead-letter-reason) "
-                                  "then ack; past max_deliveries the copy is made on the next receipt"),
+        dead_letter=emulated(note=f"reject = copy to <destination>{'-' if routing else '.'}dlq (reason in "
+                                  "x-unimq-dead-letter-reason) then ack; past max_deliveries the copy is made on "
+                                  "the next receipt"),
         priority=none("JetStream has no priorities; use a destination per priority"),
         message_ttl=emulated(note="x-unimq-expires-at header; an expired message is acked and dropped on receipt "
                                   "and stays in the stream until its retention removes it"),
@@ -179,6 +216,11 @@ def jetstream_capabilities(max_message_bytes: int, max_batch: int) -> Capabiliti
         max_deliveries=emulated(note="recorded in the durable's (and stream's) description; past it the core "
                                      "dead-letters on receipt (JetStream's max_deliver would only stop redelivery)"),
         new_group_backlog=native(note="a new durable delivers everything in the stream (start= chooses otherwise)"),
+        routing=native(note="?routing=subjects: a message with a subject is published to <destination>.<subject>, "
+                            "a group's durable filters on its pattern (a # that is not last: on <destination>.>); "
+                            "header filters and the core's check stay") if routing else
+        emulated(note="the core filters on receipt: a group receives and acks what it does not want; "
+                      "?routing=subjects makes subject patterns native (durable filter subjects)"),
         max_message_bytes=max_message_bytes,
     )
 

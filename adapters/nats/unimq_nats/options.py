@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from unimq.errors import register_secret
+from unimq.errors import ConfigError, register_secret
 
 
 class NatsOptions(BaseModel):
@@ -34,9 +34,20 @@ class NatsOptions(BaseModel):
     storage: Literal["file", "memory"] = "file"
     replicas: int = Field(1, ge=1, le=5)
     core_pending_limit: int = Field(65536, ge=1, description="core mode: buffered messages before drops")
+    routing: Literal["header", "subjects"] = Field(
+        "header", description="subjects = a routing subject is also the NATS subject (<destination>.<subject>) "
+                              "and a group's durable filters on its pattern: native routing")
 
     @field_validator("token", "nkey_seed")
     @classmethod
     def _secret(cls, value: str | None) -> str | None:
         register_secret(value)
         return value
+
+    @model_validator(mode="after")
+    def _routing_needs_own_streams(self) -> Self:
+        """routing=subjects makes each destination's stream capture ``<destination>.>``: unimq must own it."""
+        if self.routing == "subjects" and (self.stream or not self.jetstream):
+            raise ConfigError("nats: routing=subjects needs JetStream and a stream per destination: "
+                              "drop ?stream= / ?jetstream=false, or ?routing=subjects")
+        return self

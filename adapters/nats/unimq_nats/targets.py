@@ -1,4 +1,5 @@
-"""NATS's conformance targets (entry point ``unimq.targets``): JetStream, and core NATS."""
+"""NATS's conformance targets (entry point ``unimq.targets``): JetStream (also with native routing),
+core NATS, and a three-node JetStream cluster with R3 streams."""
 
 from __future__ import annotations
 
@@ -12,4 +13,6 @@ def targets() -> list[Target]:
         Target("nats", "nats://127.0.0.1:4222", "nats", container=_IMAGE, matrix=(("nats", "orders"),)),
         Target("nats-core", "nats://127.0.0.1:4222?jetstream=false", "nats", container=_IMAGE,
                matrix=(("nats core", "orders"),)),
+        Target("nats-routing", "nats://127.0.0.1:4222?routing=subjects", "nats", container=_IMAGE),
+        Target("nats-cluster", "nats://127.0.0.1:14222,127.0.0.1:14223,127.0.0.1:14224?replicas=3", "nats-cluster"),
     ]

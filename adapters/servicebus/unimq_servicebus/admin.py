@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import hashlib
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
@@ -24,6 +25,10 @@ Kind = Literal["queue", "topic"]
 CONTROL_NODE = "$unimq-control"
 #: A name no entity has: asking its stats tells whether the control node answers at all.
 PROBE_NAME = "$unimq-probe"
+#: The rule a new subscription has (the TrueFilter), and the one restored when no filter is wanted.
+DEFAULT_RULE = "$Default"
+#: The TrueFilter under another name, where ``$Default`` holds something else.
+ALL_RULE = "unimq-all"
 
 
 @dataclass(frozen=True)
@@ -106,8 +111,51 @@ class Admin(abc.ABC):
     async def names(self) -> list[str]:
         """Queues and topics."""
 
+    @abc.abstractmethod
+    async def rules(self, topic: str, group: str) -> dict[str, str | None]:
+        """The subscription's rules: name → SQL filter (None: the TrueFilter; another filter kind
+        is some text that is neither)."""
+
+    @abc.abstractmethod
+    async def create_rule(self, topic: str, group: str, name: str, sql: str | None) -> None:
+        """Add a rule (``sql`` None: the TrueFilter); one of that name existing already is not an error."""
+
+    @abc.abstractmethod
+    async def delete_rule(self, topic: str, group: str, name: str) -> None:
+        """Remove a rule; a missing one is not an error."""
+
+    async def route(self, topic: str, group: str, sql: str | None) -> None:
+        """Leave the subscription ``group`` exactly one rule: the SQL filter ``sql``, or the
+        TrueFilter for None (an existing one is kept).
+
+        The wanted rule is added before the others go, so the subscription is never without a rule
+        (a subscription with none gets nothing). A SQL rule is named after its text's hash, so an
+        existing one is the same filter. Another process routing the same group at the same time
+        may delete this rule between the steps: if no rule is left at the end, it is added again.
+        """
+        current = await self.rules(topic, group)
+        if sql is None:
+            keep = next((name for name, found in current.items() if found is None), None)
+            if keep is None:
+                keep = DEFAULT_RULE if DEFAULT_RULE not in current else ALL_RULE
+                await self.create_rule(topic, group, keep, None)
+        else:
+            keep = rule_name(sql)
+            if keep not in current:
+                await self.create_rule(topic, group, keep, sql)
+        others = [name for name in current if name != keep]
+        for name in others:
+            await self.delete_rule(topic, group, name)
+        if others and not await self.rules(topic, group):
+            await self.create_rule(topic, group, keep, sql)
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Free the management connection."""
+
+
+def rule_name(sql: str) -> str:
+    """``unimq-<hash of the filter>``: within Service Bus's 50 characters, the same for the same filter."""
+    return "unimq-" + hashlib.sha256(sql.encode()).hexdigest()[:16]
 
 
 class ControlError(UnimqError):
@@ -253,6 +301,30 @@ class ControlAdmin(Admin):
         listed = await self._request("list", {})
         return sorted(str(e["name"]) for e in listed.get("entities", []) if e.get("kind") in ("queue", "topic"))
 
+    async def _rule_request(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A rule operation; a double from before rule operations refuses them: CapabilityError."""
+        try:
+            return await self._request(operation, body)
+        except ConfigError as exc:
+            if "unknown control operation" not in str(exc):
+                raise
+            raise CapabilityError(f"servicebus: {self._host} has no rule operations (a double older than "
+                                  "them: restart it)") from exc
+
+    async def rules(self, topic: str, group: str) -> dict[str, str | None]:
+        found = await self._rule_request("rules", {"name": f"{topic}/Subscriptions/{group}"})
+        return {str(rule["name"]): None if rule.get("sql") is None else str(rule["sql"])
+                for rule in found.get("rules", [])}
+
+    async def create_rule(self, topic: str, group: str, name: str, sql: str | None) -> None:
+        await self._rule_request("create-rule", {"name": f"{topic}/Subscriptions/{group}", "rule": name, "sql": sql})
+
+    async def delete_rule(self, topic: str, group: str, name: str) -> None:
+        try:
+            await self._rule_request("delete-rule", {"name": f"{topic}/Subscriptions/{group}", "rule": name})
+        except NotFound:
+            return
+
     async def close(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
@@ -384,6 +456,38 @@ class AzureAdmin(Admin):
         queues = [q.name async for q in self._client.list_queues()]
         topics = [t.name async for t in self._client.list_topics()]
         return sorted(queues + topics)
+
+    async def rules(self, topic: str, group: str) -> dict[str, str | None]:
+        from azure.servicebus.management import SqlRuleFilter, TrueRuleFilter
+
+        found: dict[str, str | None] = {}
+        async for rule in self._client.list_rules(topic, group):
+            kind = rule.filter
+            if isinstance(kind, TrueRuleFilter):
+                found[rule.name] = None
+            elif isinstance(kind, SqlRuleFilter):
+                found[rule.name] = str(kind.sql_expression)
+            else:  # a correlation or false filter: never the rule route() wants
+                found[rule.name] = f"<{type(kind).__name__}>"
+        return found
+
+    async def create_rule(self, topic: str, group: str, name: str, sql: str | None) -> None:
+        from azure.core.exceptions import ResourceExistsError
+        from azure.servicebus.management import SqlRuleFilter, TrueRuleFilter
+
+        try:
+            await self._client.create_rule(topic, group, name,
+                                           filter=TrueRuleFilter() if sql is None else SqlRuleFilter(sql))
+        except ResourceExistsError:
+            return
+
+    async def delete_rule(self, topic: str, group: str, name: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            await self._client.delete_rule(topic, group, name)
+        except ResourceNotFoundError:
+            return
 
     async def close(self) -> None:
         await self._client.close()

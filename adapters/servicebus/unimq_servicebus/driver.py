@@ -17,6 +17,15 @@ requires sessions switches to session receivers. The data path never needs the c
 Sends to a session entity carry the key as session id; consumers of one read it through session
 receivers (sessions.py).
 
+Routing is native on topic subscriptions: a consumer of group ``g`` opened with ``subject=`` and/or
+``headers=`` leaves the subscription one SQL rule (``mapping.rule_sql``), so Service Bus never
+copies into it what the filter does not match; a consumer without a filter restores the
+TrueFilter ``$Default``. Rules outlive consumers and the last consumer to open decides (another
+process may have narrowed or widened the group since). The core filters every delivery as well:
+LIKE is wider than ``*``/``#``, and messages enqueued before the rule changed stay. Queues
+(group None) and endpoints without management (static mode, the official emulator, a key without
+the Manage claim) are filtered by the core only.
+
 Every SDK call is bounded by ``operation_timeout`` (links opening, sends, settlements, lock
 renewals, management): a call that passes it fails with ``Timeout`` naming the entity. Handlers a
 consumer is done with close in the background (an SDK close waits up to a second for its
@@ -27,12 +36,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Sequence
 from datetime import timedelta
 from typing import Any, ClassVar, TypeVar
 
 from azure.core.exceptions import (
     ClientAuthenticationError,
+    HttpResponseError,
     ResourceExistsError,
     ResourceNotFoundError,
     ServiceRequestError,
@@ -73,7 +84,11 @@ from unimq_servicebus.options import UNMANAGED, ServiceBusOptions, capabilities,
 from unimq_servicebus.sessions import SessionSubscription
 from unimq_servicebus.subscription import ServiceBusSubscription
 
+log = logging.getLogger("unimq.servicebus")
+
 SUBSCRIPTIONS = "/Subscriptions/"
+#: Service Bus's longest SQL filter: a longer one is left to the core (the group gets everything).
+MAX_RULE_SQL = 1024
 #: Longest wait at connect for the one question that tells the full double from the other emulators.
 PROBE_WAIT = 5.0
 T = TypeVar("T")
@@ -105,6 +120,8 @@ class ServiceBusDriver(Driver):
         #: Whether entities can be managed here (None: not known yet).
         self._managed: bool | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        #: Whether this driver said already that it cannot route natively here (said once).
+        self._routing_refused = False
 
     def __repr__(self) -> str:
         return f"<ServiceBusDriver {self._endpoint!r}>"
@@ -319,7 +336,8 @@ class ServiceBusDriver(Driver):
         prefetch = self.options.prefetch if self.options.prefetch is not None else settings.prefetch
         if destination.endswith(self.DLQ_SUFFIX):  # dead-letter queues never require sessions
             return ServiceBusSubscription(self, destination, group, prefetch)
-        return _Detected(self, destination, group, prefetch, settings.lock_timeout)
+        sql = mapping.rule_sql(settings.subject, settings.headers)
+        return _Detected(self, destination, group, prefetch, settings.lock_timeout, sql)
 
     async def requires_session(self, destination: str, group: str | None) -> bool:
         """Whether (destination, group) is a session entity; for sends (group None) to a topic,
@@ -367,6 +385,27 @@ class ServiceBusDriver(Driver):
                            "the Manage claim, or in the portal") from None
         self._kinds[destination] = "topic"
         self._sessions[(destination, group)] = self.options.sessions
+
+    async def route_group(self, destination: str, group: str, sql: str | None) -> None:
+        """Leave the subscription ``group`` the single rule ``sql`` (None: the TrueFilter), as a
+        consumer of it opens. Where rules cannot be managed (no management here, no Manage claim,
+        a double without rule operations) the core's filter is all there is: said once, not an error."""
+        if self._admin is None:
+            return
+        entity = f"{destination}/Subscriptions/{group}"
+        if sql is not None and len(sql) > MAX_RULE_SQL:
+            log.warning("servicebus: the filter of %r is longer than Service Bus's %d characters for a rule: "
+                        "the group gets every message and the consumer filters", entity, MAX_RULE_SQL)
+            sql = None
+        try:
+            await self._manage(self._admin.route(destination, group, sql), f"set the rules of {entity!r}")
+        except Exception as exc:
+            if not _cannot_route(exc):
+                raise
+            if not self._routing_refused:
+                self._routing_refused = True
+                log.warning("servicebus: cannot set subscription rules here (%s); consumers with subject= or "
+                            "headers= filter what their group receives", exc)
 
     def learn_sessions(self, destination: str, group: str | None, required: bool) -> None:
         """What a link refusal showed about the entity (where its properties could not be read)."""
@@ -567,6 +606,13 @@ def _session_required(exc: BaseException) -> bool:
         "requires_session is true" in text or "requires sessions" in text)
 
 
+def _cannot_route(exc: BaseException) -> bool:
+    """Rules cannot be managed with this endpoint or key (as opposed to a failure worth raising)."""
+    if isinstance(exc, CapabilityError | ClientAuthenticationError | ServiceBusAuthorizationError):
+        return True
+    return isinstance(exc, HttpResponseError) and exc.status_code in (401, 403)
+
+
 def _seconds(value: timedelta | None) -> float | None:
     return None if value is None else value.total_seconds()
 
@@ -578,10 +624,12 @@ class _Detected(Subscription):
     native_reject: ClassVar[bool] = True
 
     def __init__(self, driver: ServiceBusDriver, destination: str, group: str | None, prefetch: int,
-                 lock_timeout: float | None) -> None:
+                 lock_timeout: float | None, sql: str | None = None) -> None:
         self._driver = driver
         self._args = (destination, group, prefetch)
         self._lock_timeout = lock_timeout
+        #: The group's filter as a subscription rule (None: none, the TrueFilter).
+        self._sql = sql
         self._inner: ServiceBusSubscription | SessionSubscription | None = None
 
     @property
@@ -605,6 +653,7 @@ class _Detected(Subscription):
         destination, group, prefetch = self._args
         if group is not None:
             await self._driver.prepare_group(destination, group)
+            await self._driver.route_group(destination, group, self._sql)
         if await self._driver.requires_session(destination, group):
             self._inner = SessionSubscription(self._driver, destination, group, prefetch, self._lock_timeout)
             await self._inner.open()

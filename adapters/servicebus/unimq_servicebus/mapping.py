@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
 from azure.servicebus.amqp import AmqpAnnotatedMessage, AmqpMessageBodyType
 
 from unimq.message import Message, new_message_id
+from unimq.patterns import SUBJECT
 from unimq.reliability import DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, dedup_key
 
 #: Application properties Service Bus sets on dead-lettered messages.
@@ -29,6 +31,8 @@ DESCRIPTION = "DeadLetterErrorDescription"
 MAX_REASON = 4096
 #: The unimq message id of a message whose MessageId is its own de-duplication key (a redriven copy).
 ORIGINAL_ID = "x-unimq-message-id"
+#: The escape character of the LIKE patterns :func:`rule_sql` writes.
+LIKE_ESCAPE = "!"
 
 
 def to_servicebus(message: Message, session_id: str | None = None) -> ServiceBusMessage:
@@ -155,3 +159,41 @@ def dead_letter_fields(reason: str) -> tuple[str, str]:
     """DeadLetterReason (the first line) and DeadLetterErrorDescription (the whole reason)."""
     first = reason.split("\n", 1)[0][:MAX_REASON]
     return first, reason[:MAX_REASON]
+
+
+def rule_sql(subject: str | None, headers: Mapping[str, str] | None) -> str | None:
+    """The SQL filter of a group's subscription rule (None: no filter, the TrueFilter).
+
+    ``subject`` (a checked pattern) becomes a LIKE on ``x-unimq-subject``: ``*`` and ``#`` are
+    ``%``, a ``#`` taking its dots with it (``orders.#`` → ``orders%``, which also matches
+    ``orders``). LIKE matches a superset of the pattern (``%`` spans dots); the core filters
+    exactly. Each header is ``[key] = 'value'``; the clauses are joined with AND.
+    """
+    clauses = []
+    if subject is not None:
+        clauses.append(f"{_identifier(SUBJECT)} LIKE {_literal(_like(subject))} ESCAPE {_literal(LIKE_ESCAPE)}")
+    for key, value in (headers or {}).items():
+        clauses.append(f"{_identifier(key)} = {_literal(value)}")
+    return " AND ".join(clauses) or None
+
+
+def _like(pattern: str) -> str:
+    tokens = pattern.split(".")
+    out = []
+    for index, token in enumerate(tokens):
+        if index and "#" not in (token, tokens[index - 1]):
+            out.append(".")
+        if token in ("*", "#"):
+            out.append("%")
+        else:
+            out.append("".join(LIKE_ESCAPE + c if c in ("%", "_", LIKE_ESCAPE) else c for c in token))
+    return "".join(out)
+
+
+def _identifier(name: str) -> str:
+    """A delimited identifier: any name, ``]`` doubled (user scope, the default)."""
+    return "[" + name.replace("]", "]]") + "]"
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"

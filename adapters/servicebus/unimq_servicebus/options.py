@@ -267,5 +267,14 @@ def capabilities(options: ServiceBusOptions, sessions: bool, managed: bool = Tru
                         "make temporary; declare AutoDeleteOnIdle on an entity there")),
         new_group_backlog=none("a subscription receives what is sent after it exists: create groups first "
                                "with ensure(dest, groups=[...])"),
+        routing=(native(note="native on topic subscriptions: a consumer of a group with subject= and/or headers= "
+                             "leaves its subscription one SQL rule (LIKE on x-unimq-subject, = per header), so "
+                             "Service Bus copies in only what matches; one without a filter restores $Default. "
+                             "Emulated on queues (group=None), in static mode and with a key without the Manage "
+                             "claim: the core filters on receipt (it also does on subscriptions: LIKE is wider "
+                             "than the pattern)")
+                 if managed else
+                 emulated(note=f"emulated (static mode): {UNMANAGED}, so no subscription rule is set; the core "
+                               "filters on receipt, a group still receives what it does not want and acks it")),
         max_message_bytes=options.max_message_bytes,
     )

@@ -110,8 +110,8 @@ async def test_wrong_password_is_an_authentication_error(unimq_url: str, names: 
     if not parts.password:
         pytest.skip("the target's URL carries no password: its broker runs without authentication here "
                     "(tests/reliability/test_security*.py cover secured brokers)")
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:wrong-{parts.password}@{host}" + (f":{parts.port}" if parts.port else "")
+    hosts = parts.netloc.rpartition("@")[2]  # one host or a cluster's list, kept as written
+    netloc = f"{parts.username}:wrong-{parts.password}@{hosts}"
     wrong = urlunsplit(parts._replace(netloc=netloc))
     with pytest.raises(unimq.AuthenticationError) as raised:
         async with asyncio.timeout(timing.receive * 2):

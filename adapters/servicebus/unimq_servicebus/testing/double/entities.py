@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .codec import ACTIVE, DEFERRED, SCHEDULED, StoredMessage, message_fields, message_from_fields, now_ms
+from .rules import DEFAULT_RULE, SqlFilter
 
 log = logging.getLogger("unimq.servicebus_double")
 
@@ -45,10 +46,13 @@ MESSAGE_NOT_FOUND = "com.microsoft:message-not-found"
 SESSION_CANNOT_BE_LOCKED = "com.microsoft:session-cannot-be-locked"
 ENTITY_NOT_FOUND = "amqp:not-found"
 ARGUMENT_ERROR = "com.microsoft:argument-error"
+ENTITY_EXISTS = "com.microsoft:entity-already-exists"
 TIMEOUT = "com.microsoft:timeout"
 
 DEAD_LETTER_QUEUE = "$DeadLetterQueue"
 SUBSCRIPTIONS = "Subscriptions"
+#: Service Bus's longest rule name.
+MAX_RULE_NAME = 50
 
 
 class ServiceBusError(Exception):
@@ -169,6 +173,8 @@ class Queue:
         self._rr = 0
         self._dedup: _Dedup | None = _dedup_for(config, None)
         self.auto_created = False
+        #: A subscription's rules (see :mod:`.rules`): a new one has the TrueFilter ``$Default``.
+        self.rules: dict[str, SqlFilter] = {DEFAULT_RULE: SqlFilter(None)} if kind == "subscription" else {}
         #: Last activity (epoch ms) for auto_delete_on_idle; a restart starts the idle clock anew.
         self.active_ms = now_ms()
 
@@ -200,6 +206,30 @@ class Queue:
         self._dedup = _dedup_for(self.config, self._dedup)
         if self.dead_letter is not None:
             self.dead_letter.config.lock_duration = self.config.lock_duration
+
+    def accepts(self, message: StoredMessage) -> bool:
+        """Whether a subscription's rules let the topic copy ``message`` into it (any rule matching)."""
+        return any(rule.matches(message.app_properties) for rule in self.rules.values())
+
+    def create_rule(self, name: str, sql: str | None) -> None:
+        """Add a rule (``sql`` None: the TrueFilter); the same rule again is not an error here."""
+        if not name or len(name) > MAX_RULE_NAME:
+            raise ServiceBusError(ARGUMENT_ERROR, f"a rule name has 1 to {MAX_RULE_NAME} characters, not {name!r}")
+        existing = self.rules.get(name)
+        if existing is not None:
+            if existing.sql == sql:
+                return
+            raise ServiceBusError(ENTITY_EXISTS, f"rule {name} of {self.name} exists with another filter", 409)
+        try:
+            self.rules[name] = SqlFilter(sql)
+        except ValueError as exc:
+            raise ServiceBusError(ARGUMENT_ERROR, str(exc)) from None
+        self.touch()
+
+    def delete_rule(self, name: str) -> None:
+        if self.rules.pop(name, None) is None:
+            raise ServiceBusError(ENTITY_NOT_FOUND, f"rule {name} of {self.name} does not exist", 404)
+        self.touch()
 
     def check_sendable(self, message: StoredMessage) -> None:
         if self.config.requires_session and not message.session_id:
@@ -529,6 +559,7 @@ class Queue:
             "next_seq": self._next_seq, "auto_created": self.auto_created,
             "dedup": None if self._dedup is None else list(self._dedup.seen_at.items()),
             "dead_letter": None if self.dead_letter is None else self.dead_letter.snapshot(),
+            "rules": {name: rule.sql for name, rule in self.rules.items()},
         }
 
     @classmethod
@@ -542,6 +573,8 @@ class Queue:
         queue.counters.update(state["counters"])
         queue._next_seq = state["next_seq"]
         queue.auto_created = state["auto_created"]
+        if "rules" in state:  # snapshots written before rules existed keep the default rule
+            queue.rules = {name: SqlFilter(sql) for name, sql in state["rules"].items()}
         if queue._dedup is not None and state["dedup"]:
             queue._dedup.seen_at.update(state["dedup"])
         locked = set(state["locked"])
@@ -616,7 +649,10 @@ class Topic:
         return seq
 
     def _fan_out(self, message: StoredMessage, now: int) -> None:
+        """A copy to each subscription whose rules match, now (when the message is sent, or due)."""
         for sub in self.subscriptions.values():
+            if not sub.accepts(message):
+                continue
             copy = message.copy()
             copy.scheduled_ms = None
             sub.enqueue(copy, now, dedup=False)
@@ -709,7 +745,7 @@ class Broker:
             existing.reconfigure(**options)
             return existing
         if isinstance(existing, Topic):
-            raise ServiceBusError("com.microsoft:entity-already-exists", f"{name} is a topic", 409)
+            raise ServiceBusError(ENTITY_EXISTS, f"{name} is a topic", 409)
         queue = Queue(name, self._config(key).update(**options))
         self.entities[key] = queue
         return queue
@@ -722,7 +758,7 @@ class Broker:
             return existing
         if isinstance(existing, Queue):
             if not existing.auto_created:
-                raise ServiceBusError("com.microsoft:entity-already-exists", f"{name} is a queue", 409)
+                raise ServiceBusError(ENTITY_EXISTS, f"{name} is a queue", 409)
             log.warning("auto-created queue %s becomes a topic; its %d message(s) are dropped",
                         name, len(existing.messages))
         topic = Topic(name, self._config(key).update(**options))
@@ -835,6 +871,16 @@ class Broker:
         if len(parts) == 1:
             return self._auto_queue(parts[0])
         return self.for_receive(path)
+
+    def subscription(self, path: str) -> Queue:
+        """The existing subscription ``<topic>/Subscriptions/<name>`` (never created here)."""
+        parts = entity_path(path).split("/")
+        topic = self.entities.get(parts[0].lower())
+        found = topic.subscriptions.get(parts[2].lower()) if (
+            isinstance(topic, Topic) and len(parts) == 3 and parts[1].lower() == SUBSCRIPTIONS.lower()) else None
+        if found is None:
+            raise ServiceBusError(ENTITY_NOT_FOUND, f"subscription {path} does not exist", 404)
+        return found
 
     def list(self) -> builtins.list[dict[str, Any]]:
         result = []
@@ -957,7 +1003,8 @@ def emulator_config(document: dict[str, Any]) -> dict[str, Any]:
         for sub in topic.get("Subscriptions") or []:
             where = f"{topic['Name']}/Subscriptions/{sub['Name']}"
             if sub.get("Rules"):
-                raise ValueError(f"{where}: subscription rules are not supported by the double")
+                raise ValueError(f"{where}: Rules in a config file are not read by the double (its control "
+                                 "node manages rules: docs/servicebus-double.md)")
             subscriptions[sub["Name"]] = _entity_options(sub.get("Properties") or {}, where)
         topics[topic["Name"]] = {**options, "subscriptions": subscriptions}
     return {"queues": queues, "topics": topics}

@@ -1,8 +1,8 @@
 """Durable state for the double (``--data-dir``): a snapshot file, so that a restart keeps it.
 
-What a restart keeps: entities and their settings, declared options, every stored message with its
-sequence number, delivery count and state (active, scheduled, deferred), dead-letter queues,
-topics' scheduled messages, session state, duplicate-detection history and the counters. What it
+What a restart keeps: entities and their settings, subscription rules, declared options, every
+stored message with its sequence number, delivery count and state (active, scheduled, deferred),
+dead-letter queues, topics' scheduled messages, session state, duplicate-detection history and the counters. What it
 does not keep: connections, links, message and session locks. A message that was locked when the
 double stopped comes back as if its lock had expired: ``delivery_count`` + 1 (dead-lettered at
 ``max_delivery_count``), receivable again (peek-lock semantics).

@@ -551,6 +551,16 @@ class _Handler:
             return _Reply(body={"entities": [_jsonable(e) for e in self.broker.list()]})
         if operation == "stats":
             return _Reply(body=_jsonable(self.broker.stats(str(name))))
+        if operation == "rules":
+            rules = self.broker.subscription(str(name)).rules
+            return _Reply(body={"rules": [{"name": rule, "sql": found.sql} for rule, found in rules.items()]})
+        if operation == "create-rule":
+            sql = body.get("sql")
+            self.broker.subscription(str(name)).create_rule(str(body.get("rule")), None if sql is None else str(sql))
+            return _Reply(body={})
+        if operation == "delete-rule":
+            self.broker.subscription(str(name)).delete_rule(str(body.get("rule")))
+            return _Reply(body={})
         raise ServiceBusError(ARGUMENT_ERROR, f"unknown control operation {operation!r}")
 
 
