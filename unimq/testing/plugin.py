@@ -40,13 +40,10 @@ RUN_ID = secrets.token_hex(3)
 _COUNTER = itertools.count(1)
 _POOLED = itertools.count()  # the next name of a target's fixed pool (Target.pool), in turn
 _CAPABILITY_SKIP = re.compile(r"capability '(\w+)' is (\w+)")
-_TARGET_PROPERTY = "unimq_target"
-_VIA_PROPERTY = "unimq_reached_via"
 
 
 @dataclass
 class _Outcome:
-    target: str
     outcome: str = "passed"
     reason: str = ""
 
@@ -60,7 +57,6 @@ class _State:
     resolved: dict[str, Resolution] = field(default_factory=dict)
     target_of: dict[str, str] = field(default_factory=dict)  # nodeid → target name
     outcomes: dict[str, _Outcome] = field(default_factory=dict)
-    via: dict[str, str] = field(default_factory=dict)  # target → how it was reached
 
     @cached_property
     def explicit(self) -> bool:
@@ -98,10 +94,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "requires(*flags): skip unless the backend supports these capabilities")
-    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs a group's tests in one worker")
-    state = _State(config)
-    config.stash[_STATE] = state
-    config.pluginmanager.register(_Reports(state), "unimq-reports")
+    config.stash[_STATE] = _State(config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -122,12 +115,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         callspec = getattr(item, "callspec", None)
         if callspec is None or not isinstance(callspec.params.get("unimq_url"), Target):
             continue
-        name = callspec.params["unimq_url"].name
-        state.target_of[item.nodeid] = name
-        # Reports carry their target, so the summary also works where they are made in another
-        # process (pytest-xdist); with ``--dist loadgroup`` each target's cases run in one worker.
-        item.user_properties.append((_TARGET_PROPERTY, name))
-        item.add_marker(pytest.mark.xdist_group(name))
+        state.target_of[item.nodeid] = callspec.params["unimq_url"].name
         if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
             item.obj = _bounded(item.obj, item)
 
@@ -263,32 +251,12 @@ def _unimq_requires(request: pytest.FixtureRequest) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """Stamp how the target was reached on its reports (the summary may be written elsewhere)."""
     report: pytest.TestReport = yield
-    name = _state(item.config).target_of.get(item.nodeid)
-    resolution = _state(item.config).resolved.get(name) if name else None
-    if resolution is not None:
-        report.user_properties.append((_VIA_PROPERTY, resolution.how))
-    return report
-
-
-class _Reports:
-    """Counts outcomes per target from the reports (in the process that writes the summary)."""
-
-    def __init__(self, state: _State) -> None:
-        self.state = state
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        properties = {key: str(value) for key, value in report.user_properties}
-        name = properties.get(_TARGET_PROPERTY)
-        if name is None:
-            return
-        state = self.state
-        if _VIA_PROPERTY in properties:
-            state.via[name] = properties[_VIA_PROPERTY]
+    state = _state(item.config)
+    if item.nodeid in state.target_of:
         if report.when == "setup":  # each attempt (reruns too) starts afresh; the last one counts
-            state.outcomes[report.nodeid] = _Outcome(target=name)
-        outcome = state.outcomes.setdefault(report.nodeid, _Outcome(target=name))
+            state.outcomes[item.nodeid] = _Outcome()
+        outcome = state.outcomes.setdefault(item.nodeid, _Outcome())
         if report.failed:
             outcome.outcome = "failed"
         elif report.skipped and outcome.outcome != "failed":
@@ -296,6 +264,7 @@ class _Reports:
             longrepr = report.longrepr
             reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
             outcome.reason = reason.removeprefix("Skipped: ")
+    return report
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -305,8 +274,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     write = terminalreporter.write_line
     terminalreporter.section("unimq conformance")
     per_target: dict[str, list[_Outcome]] = {}
-    for outcome in state.outcomes.values():
-        per_target.setdefault(outcome.target, []).append(outcome)
+    for nodeid, outcome in state.outcomes.items():
+        per_target.setdefault(state.target_of[nodeid], []).append(outcome)
     width = max(len(name) for name in per_target)
     write(f"{'target':<{width}}  passed  failed  skipped  reached via")
     for target in state.targets:
@@ -314,7 +283,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         if outcomes is None:
             continue
         counts = Counter(o.outcome for o in outcomes)
-        via = "--unimq-url" if state.explicit else state.via.get(target.name, "")
+        resolution = state.resolved.get(target.name)
+        via = "--unimq-url" if state.explicit else (resolution.how if resolution else "")
         write(f"{target.name:<{width}}  {counts['passed']:>6}  {counts['failed']:>6}  {counts['skipped']:>7}  {via}")
         for line in _skip_groups([o.reason for o in outcomes if o.outcome == "skipped"]):
             write(f"{'':<{width}}    {line}")

@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic  # type:
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType  # type: ignore[import-untyped]
 from aiokafka.conn import create_conn  # type: ignore[import-untyped]
 from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
+from aiokafka.protocol.metadata import MetadataRequest  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 from pydantic import BaseModel
 
@@ -408,12 +409,20 @@ class KafkaDriver(Driver):
         return int(limit) if limit else None
 
     async def _wait_until_gone(self, admin: Any, topics: set[str]) -> None:
-        """Return once no broker lists ``topics`` (for up to 10 s): in a cluster the controller answers
-        the delete before every broker's metadata drops the topics, and a ``destinations()`` right
-        after ``delete()`` must not list them."""
+        """Return once no broker lists ``topics`` (for up to 10 s). In a cluster the controller
+        answers the delete before every broker's metadata drops the topics, and one broker's
+        answer says nothing of the others': a ``destinations()`` right after ``delete()`` must not
+        list them, whichever broker it asks."""
+        nodes = [broker.nodeId for broker in admin._client.cluster.brokers()]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
-        while topics & set(await admin.list_topics()) and loop.time() < deadline:
+        while True:
+            listed: set[str] = set()
+            for node in nodes:
+                response = await admin._send_request(MetadataRequest(None), node)
+                listed.update(topic["topic"] for topic in response.to_object()["topics"])
+            if not topics & listed or loop.time() >= deadline:
+                return
             await asyncio.sleep(0.1)
 
     async def _wait_for_leaders(self, topic: str, partitions: int) -> None:
@@ -513,6 +522,11 @@ class KafkaDriver(Driver):
             for name, code, *_ in response.topic_error_codes:
                 if code not in (0, _UNKNOWN_TOPIC):
                     raise kerr.for_code(code)(f"deleting topic {name!r}")
+            if self._producer is not None:
+                # The producer refreshes metadata for every topic it has sent to, and with
+                # auto.create.topics.enable such a refresh would create a deleted topic again.
+                client = self._producer.client
+                client.set_topics([t for t in client._topics if t not in doomed])
             await self._wait_until_gone(admin, set(doomed))
         self._known_topics.difference_update(doomed)
         await self._write_meta(destination, None)
