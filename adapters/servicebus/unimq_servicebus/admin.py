@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from unimq.errors import CapabilityError, ConfigError, ConnectionError, NotFound, Timeout, UnimqError
+from unimq_servicebus.mapping import entity_path
 from unimq_servicebus.options import Endpoint
 
 Kind = Literal["queue", "topic"]
@@ -271,7 +272,7 @@ class ControlAdmin(Admin):
 
     async def requires_session(self, name: str, group: str | None) -> bool | None:
         try:
-            stats = await self._request("stats", {"name": f"{name}/Subscriptions/{group}" if group else name})
+            stats = await self._request("stats", {"name": entity_path(name, group)})
             if stats.get("kind") != "topic":
                 return bool(stats.get("config", {}).get("requires_session"))
             subscriptions = [await self._request("stats", {"name": sub}) for sub in stats.get("subscriptions", [])]
@@ -286,7 +287,7 @@ class ControlAdmin(Admin):
             return
 
     async def stats(self, name: str, group: str | None) -> EntityStats:
-        path = f"{name}/Subscriptions/{group}" if group else name
+        path = entity_path(name, group)
         stats = await self._request("stats", {"name": path})
         if stats.get("kind") == "topic":
             return EntityStats(None, None, None, {"kind": "topic", "scheduled": stats.get("scheduled"),
@@ -312,16 +313,16 @@ class ControlAdmin(Admin):
                                   "them: restart it)") from exc
 
     async def rules(self, topic: str, group: str) -> dict[str, str | None]:
-        found = await self._rule_request("rules", {"name": f"{topic}/Subscriptions/{group}"})
+        found = await self._rule_request("rules", {"name": entity_path(topic, group)})
         return {str(rule["name"]): None if rule.get("sql") is None else str(rule["sql"])
                 for rule in found.get("rules", [])}
 
     async def create_rule(self, topic: str, group: str, name: str, sql: str | None) -> None:
-        await self._rule_request("create-rule", {"name": f"{topic}/Subscriptions/{group}", "rule": name, "sql": sql})
+        await self._rule_request("create-rule", {"name": entity_path(topic, group), "rule": name, "sql": sql})
 
     async def delete_rule(self, topic: str, group: str, name: str) -> None:
         try:
-            await self._rule_request("delete-rule", {"name": f"{topic}/Subscriptions/{group}", "rule": name})
+            await self._rule_request("delete-rule", {"name": entity_path(topic, group), "rule": name})
         except NotFound:
             return
 

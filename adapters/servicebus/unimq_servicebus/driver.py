@@ -367,7 +367,7 @@ class ServiceBusDriver(Driver):
         the fix where this key cannot create it."""
         if self._admin is None or (destination, group) in self._sessions:
             return  # nothing to ask here: the receiver's attach tells whether it exists
-        entity = f"{destination}/Subscriptions/{group}"
+        entity = mapping.entity_path(destination, group)
         try:
             found = await self._manage(self._admin.requires_session(destination, group),
                                        f"read the properties of {entity!r}")
@@ -392,7 +392,7 @@ class ServiceBusDriver(Driver):
         a double without rule operations) the core's filter is all there is: said once, not an error."""
         if self._admin is None:
             return
-        entity = f"{destination}/Subscriptions/{group}"
+        entity = mapping.entity_path(destination, group)
         if sql is not None and len(sql) > MAX_RULE_SQL:
             log.warning("servicebus: the filter of %r is longer than Service Bus's %d characters for a rule: "
                         "the group gets every message and the consumer filters", entity, MAX_RULE_SQL)
@@ -535,7 +535,7 @@ class ServiceBusDriver(Driver):
         found = await self._manage(self._a("ensure destinations").requires_session(destination, group),
                                    f"read the properties of {destination!r}")
         if found is False:
-            entity = f"{destination}/Subscriptions/{group}" if group else destination
+            entity = mapping.entity_path(destination, group)
             raise ConfigError(f"servicebus: {entity!r} exists without sessions, and Service Bus cannot turn "
                               "requires_session on for an existing entity: delete it, or use another name")
 

@@ -35,6 +35,11 @@ ORIGINAL_ID = "x-unimq-message-id"
 LIKE_ESCAPE = "!"
 
 
+def entity_path(name: str, group: str | None) -> str:
+    """The entity a (destination, group) is: the queue or topic itself, or ``<topic>/Subscriptions/<group>``."""
+    return f"{name}/Subscriptions/{group}" if group else name
+
+
 def to_servicebus(message: Message, session_id: str | None = None) -> ServiceBusMessage:
     """The outgoing SDK message; the body bytes go into a single data section unchanged.
     ``session_id``: set for a session entity (the key, or the default session)."""

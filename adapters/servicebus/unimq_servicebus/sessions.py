@@ -48,7 +48,7 @@ from azure.servicebus.exceptions import (
 from unimq.driver import Subscription
 from unimq.errors import CapabilityError, ConfigError, ConnectionError, NotFound, Timeout
 from unimq.message import Delivery
-from unimq_servicebus.mapping import attempt_of, dead_letter_fields, to_message
+from unimq_servicebus.mapping import attempt_of, dead_letter_fields, entity_path, to_message
 from unimq_servicebus.options import DEFAULT_MAX_SESSIONS
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ class SessionSubscription(Subscription):
         if failure is None or isinstance(failure, NO_SESSION):
             return
         if _sessions_refused(failure):
-            entity = f"{self._destination}/Subscriptions/{self._group}" if self._group else self._destination
+            entity = entity_path(self._destination, self._group)
             raise ConfigError(f"servicebus: {entity!r} does not require sessions, so it cannot be read as a "
                               "session entity: drop the URL option sessions=true for it, or use an entity "
                               "created with requires_session") from failure

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,13 +11,13 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
+from nats_support import free_port, private_server
 from unimq_nats.mapping import stream_name
 
 import unimq
 from unimq.reliability import DEAD_LETTER_REASON
 
 #: The nats-server scripts/brokers builds; the private servers below run it.
-NATS_SERVER = Path(__file__).resolve().parents[3] / ".brokers" / "nats" / "bin" / "nats-server"
 
 
 async def test_nack_delay_is_honoured_by_the_server(broker: unimq.Broker, dest: str) -> None:
@@ -219,32 +217,14 @@ async def test_a_close_cancelled_midway_leaves_the_connection_working(broker: un
 @pytest.fixture
 def secured_server(tmp_path: Path) -> Iterator[int]:
     """A private nats-server with a user/password account and one that may not publish to ``denied.>``."""
-    if not NATS_SERVER.exists():
-        pytest.fail(f"{NATS_SERVER} is not there (scripts/brokers up nats builds it)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     (tmp_path / "nats.conf").write_text(
         f'host: 127.0.0.1\nport: {port}\njetstream {{ store_dir: "{tmp_path / "js"}", max_file_store: 64MB }}\n'
         'authorization { users: [ {user: alice, password: "right-pw"},\n'
         '  {user: bob, password: "bob-pw", permissions: {publish: {deny: ["denied.>"]}}} ] }\n'
     )
-    with open(tmp_path / "nats.log", "wb") as log:
-        proc = subprocess.Popen([str(NATS_SERVER), "-c", str(tmp_path / "nats.conf")], stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "nats-server did not start"
-                time.sleep(0.1)
+    with private_server(["-c", str(tmp_path / "nats.conf")], port, tmp_path / "nats.log"):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 async def test_credentials_and_permissions_are_classified(secured_server: int) -> None:

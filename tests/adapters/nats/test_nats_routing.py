@@ -5,49 +5,27 @@ server never delivers what the group does not want. The durables' own counts (``
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import nats
 import pytest
 from nats.js import JetStreamContext, api
+from nats_support import free_port, private_server
 from unimq_nats.mapping import stream_name
 
 import unimq
 
-NATS_SERVER = Path(__file__).resolve().parents[3] / ".brokers" / "nats" / "bin" / "nats-server"
 SUBJECTS = ("orders.eu.created", "orders.us.created", "orders.eu.paid", "billing.eu.created", "orders")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private JetStream nats-server (the nats-server ``scripts/brokers`` builds), on a free port."""
-    if not NATS_SERVER.exists():
-        pytest.fail(f"{NATS_SERVER} is not there (scripts/brokers up nats builds it)")
+    """A private JetStream nats-server on a free port."""
     store = tmp_path_factory.mktemp("nats-routing")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    with open(store / "nats.log", "wb") as log:
-        proc = subprocess.Popen([str(NATS_SERVER), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "nats-server did not start"
-                time.sleep(0.1)
+    port = free_port()
+    with private_server(["-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)], port, store / "nats.log"):
         yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture
