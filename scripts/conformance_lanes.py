@@ -17,8 +17,8 @@ from unimq.testing.brokers import TARGETS
 MINUTES = {
     "memory": 0.3, "redis": 1.5, "redis-cluster": 1.6, "rabbitmq": 1.1, "rabbitmq-quorum": 1.2,
     "rabbitmq-cluster": 1.2, "nats": 1.3, "nats-core": 1.0, "nats-routing": 1.3, "nats-cluster": 1.4,
-    "sqs": 2.0, "sqs-fifo": 2.0, "kafka": 3.0, "kafka-confluent": 3.0, "kafka-cluster": 3.2,
-    "servicebus": 3.5, "servicebus-sessions": 3.5, "servicebus-static": 2.5,
+    "sqs": 1.5, "sqs-fifo": 1.0, "kafka": 3.0, "kafka-confluent": 3.0, "kafka-cluster": 3.2,
+    "servicebus": 4.0, "servicebus-sessions": 7.5, "servicebus-static": 7.0,
 }
 UNKNOWN = 3.5
 

@@ -690,9 +690,11 @@ class Consumer:
         self._lock = settings.lock_timeout
         self._codec = codec
         self._decode = not isinstance(codec, RawCodec)
+        self._chain = chain if chain.receive else None
+        #: Deliveries need no decoding step unless they are compressed: __anext__'s fast path.
+        self._plain = not self._decode and self._chain is None
         self._max_decoded = max_decoded_bytes
         caps = broker._driver.capabilities_for(destination)
-        self._chain = chain if chain.receive else None
         self._settlement = Settlement(broker._driver, subscription, caps, destination, group, self._release,
                                       chain.acked, wanted, broker._send_reply)
         self._buffer: deque[Delivery] = deque()
@@ -764,6 +766,15 @@ class Consumer:
         return self
 
     async def __anext__(self) -> Delivery:
+        buffer = self._buffer
+        if buffer and self._plain and telemetry.current is None:
+            # The per-message hot path: a buffered delivery that needs no decoding, without the
+            # nested await of _next (which does the same for every other case).
+            first = buffer[0]
+            if CONTENT_ENCODING not in first.message.headers:
+                buffer.popleft()
+                self._unsettled += 1
+                return first
         if self._closed:
             raise StopAsyncIteration
         delivery = await self._next(None)
@@ -957,7 +968,9 @@ class Consumer:
             except CapabilityError:
                 log.error("message %s dropped: %s (%s has no dead-letter destination)", message.message_id,
                           reason, self._broker.backend)
-                await self._settlement.ack(delivery)
+                wait = self._settlement.ack(delivery)
+                if wait is not None:
+                    await wait
             return False
 
 

@@ -148,7 +148,8 @@ class Subscription(abc.ABC):
 
         Returning an empty list is fine. Must be safe to cancel: a message fetched but not
         returned must come back after the lock timeout or close, never be lost. The core drops
-        expired deliveries and dead-letters those past ``max_deliveries`` itself.
+        expired deliveries and dead-letters those past ``max_deliveries`` itself. A client that
+        fetches in the background fills a :class:`unimq.readahead.ReadAhead` and returns its ``take()``.
         """
 
     @abc.abstractmethod

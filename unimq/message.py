@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -63,7 +64,7 @@ class Settler(Protocol):
 
     destination: str
 
-    async def ack(self, delivery: Delivery) -> None: ...
+    def ack(self, delivery: Delivery) -> Awaitable[None] | None: ...
     async def nack(self, delivery: Delivery, delay: float | None) -> None: ...
     async def reject(self, delivery: Delivery, reason: str) -> None: ...
     async def extend(self, delivery: Delivery, seconds: float) -> None: ...
@@ -121,7 +122,11 @@ class Delivery:
         """
         if not self.settled:
             self.settled = True
-            await self._bound().ack(self)
+            # The per-message hot path: the settler queues the ack and hands back an awaitable only
+            # when the caller must wait (a full ack queue, or a backend that acks one at a time).
+            wait = self._bound().ack(self)
+            if wait is not None:
+                await wait
 
     async def nack(self, delay: timedelta | float | None = None) -> None:
         """Processing failed: redeliver now, or not before ``delay`` (seconds or timedelta)."""

@@ -174,15 +174,15 @@ class Settlement:
 
     # Settler: what Delivery calls
 
-    async def ack(self, delivery: Delivery) -> None:
-        # The per-message hot path: no batcher call, or one driver call guarded inline.
+    def ack(self, delivery: Delivery) -> Awaitable[None] | None:
+        """Queue the ack (None: nothing to wait for), or the awaitable that sends or waits for it."""
         batcher = self._batcher
         if batcher is not None:
             self._settled(delivery, "ack")
-            wait = batcher.add(delivery)
-            if wait is not None:
-                await wait
-            return
+            return batcher.add(delivery)
+        return self._ack_one(delivery)
+
+    async def _ack_one(self, delivery: Delivery) -> None:
         try:
             await self._sub.ack_many((delivery,))
         except UnimqError:

@@ -1,9 +1,9 @@
 """A consumer-group reader of one topic and its group's retry topic.
 
 A background task polls aiokafka independently of the handlers and turns records into
-deliveries in an internal read-ahead buffer that ``receive`` drains; the core bounds what the
-application holds unsettled (``prefetch``), and the buffer holds at most ``prefetch`` more
-(1.5×: it is refilled, a batch at a time, once half empty), so the next fetch overlaps the
+deliveries in the core's read-ahead buffer (:class:`unimq.readahead.ReadAhead`), which ``receive``
+drains; the core bounds what the application holds unsettled (``prefetch``), and the buffer holds at
+most ``prefetch`` more (refilled a batch at a time, once half empty), so the next fetch overlaps the
 processing of the current one. A full buffer does not pause partitions — aiokafka drops a paused
 partition's fetched records, which then cost a refetch — because aiokafka already holds at most
 one fetch per partition. Only a stall long enough to threaten ``max_poll_interval`` pauses every
@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -36,6 +35,7 @@ from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 from unimq.driver import AckBatch, ReceiveSettings, Subscription
 from unimq.errors import PublishError
 from unimq.message import Delivery, Message
+from unimq.readahead import ReadAhead
 from unimq.reliability import EXPIRES_AT, NOT_BEFORE, attempt_from_headers, epoch_ms, redelivery_copy
 from unimq_kafka.mapping import from_record
 from unimq_kafka.offsets import OffsetTracker
@@ -85,7 +85,8 @@ class KafkaSubscription(Subscription):
         self._prefetch = settings.prefetch
         self._consumer: Any = None
         self._task: asyncio.Task[None] | None = None
-        self._buffer: deque[Delivery] = deque()
+        self._room = asyncio.Event()
+        self._ahead = ReadAhead(self._prefetch, self._room.set, HANDOUT)
         self._inflight: set[Delivery] = set()
         # Bounded so that the other members' JoinGroup requests (request_timeout) do not time out.
         opts = driver.options
@@ -94,17 +95,11 @@ class KafkaSubscription(Subscription):
                                 self._request_timeout_ms / 1000 - 5)
         self._trackers: dict[TopicPartition, OffsetTracker] = {}
         self._held: dict[TopicPartition, asyncio.TimerHandle] = {}
-        # Refill the read-ahead buffer when it is down to this: batches, not one record per receive.
-        self._low = self._prefetch // 2
         self._keepalive = driver.options.max_poll_interval_ms / 1000 / 3
         self._paused = False
-        self._data = asyncio.Event()
-        self._room = asyncio.Event()
         self._assigned = asyncio.Event()
-        self._error: BaseException | None = None
         self._dirty = False
         self._stopping = False
-        self._handout = HANDOUT
 
     @property
     def native(self) -> Any:
@@ -154,8 +149,7 @@ class KafkaSubscription(Subscription):
         being processed finish for up to ``lock_timeout`` (default REVOKE_WAIT), then commit."""
         leaving = {tp: tracker for tp in revoked if (tracker := self._trackers.pop(tp, None)) is not None}
         gone = {id(tracker) for tracker in leaving.values()}
-        if self._buffer:
-            self._buffer = deque(d for d in self._buffer if id(d.token) not in gone)
+        self._ahead.discard(lambda d: id(d.token) in gone)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._revoke_wait
         while any(id(d.token) in gone for d in self._inflight):
@@ -182,7 +176,7 @@ class KafkaSubscription(Subscription):
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         everything = self._consumer.partitions_for_topic(self._topic) or set()
         alone = everything <= {tp.partition for tp in assigned if tp.topic == self._topic}
-        self._handout = self._prefetch if alone else HANDOUT
+        self._ahead.handout = self._prefetch if alone else HANDOUT
         for tp in assigned:
             self._trackers[tp] = OffsetTracker()
         try:
@@ -220,15 +214,14 @@ class KafkaSubscription(Subscription):
         try:
             await starting
         except Exception as exc:
-            self._error = self._driver.map_error(exc, f"joining group {self.group_id}")
-            self._data.set()
+            self._ahead.fail(self._driver.map_error(exc, f"joining group {self.group_id}"))
             return
         consumer = self._consumer
         interval = self._driver.options.commit_interval_ms / 1000
         last_commit = last_poll = time.monotonic()
         while not self._stopping:
             try:
-                if len(self._buffer) > self._low:
+                if self._ahead.full:
                     if time.monotonic() - last_poll >= self._keepalive:
                         # Full for long: poll (empty) so the group keeps this member.
                         consumer.pause(*consumer.assignment())
@@ -255,15 +248,15 @@ class KafkaSubscription(Subscription):
             except Exception as exc:
                 mapped = self._driver.map_error(exc, f"consuming {self._topic}")
                 if not mapped.retryable:
-                    self._error = mapped
-                    self._data.set()
+                    self._ahead.fail(mapped)
                     return
                 log.warning("kafka: poll of %r failed, retrying: %s", self._topic, mapped)
                 await asyncio.sleep(1.0)
 
     async def _accept(self, batch: dict[TopicPartition, list[Any]]) -> None:
         now_ms = time.time() * 1000
-        append = self._buffer.append
+        ahead = self._ahead
+        append = ahead.append
         retry_topic = self.retry_topic
         for tp, records in batch.items():
             tracker = self._trackers.get(tp)
@@ -290,8 +283,7 @@ class KafkaSubscription(Subscription):
                 track(offset)
                 # token: the partition's tracker; the offset to ack is native.offset (no tuple per record)
                 append(Delivery(message, attempt, record, tracker, expires))
-        if self._buffer:
-            self._data.set()
+        ahead.notify()
 
     def _hold(self, tp: TopicPartition, offset: int, seconds: float) -> None:
         """A retry record is not due: rewind to it and pause its partition until it is."""
@@ -319,8 +311,7 @@ class KafkaSubscription(Subscription):
                 log.warning("kafka: could not defer a delayed message of %r; delivering it now", self._topic)
                 message = from_record(record)
                 expires = epoch_ms(message.headers, EXPIRES_AT) / 1000
-                self._buffer.append(Delivery(message, attempt_from_headers(message), record, tracker, expires))
-                self._data.set()
+                self._ahead.extend([Delivery(message, attempt_from_headers(message), record, tracker, expires)])
             else:
                 tracker.ack(record.offset)
                 self._dirty = True
@@ -351,28 +342,8 @@ class KafkaSubscription(Subscription):
     # The Subscription interface.
 
     async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
-        buffer = self._buffer
-        if not buffer:
-            if self._error is not None:
-                raise self._error
-            self._data.clear()
-            if timeout > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await self._data.wait()
-            if not buffer:
-                if self._error is not None:
-                    raise self._error
-                return []
-        count = min(max_messages, self._handout)
-        if len(buffer) <= count:
-            out = list(buffer)
-            buffer.clear()
-        else:
-            out = [buffer.popleft() for _ in range(count)]
+        out = await self._ahead.take(max_messages, timeout)
         self._inflight.update(out)
-        if len(buffer) <= self._low:
-            self._room.set()
         return out
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
@@ -416,7 +387,7 @@ class KafkaSubscription(Subscription):
         for handle in self._held.values():
             handle.cancel()
         self._held.clear()
-        self._buffer.clear()
+        self._ahead.clear()
         await self._hand_back(list(self._inflight))
         if self._consumer is not None:
             try:
