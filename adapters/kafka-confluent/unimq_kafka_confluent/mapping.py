@@ -17,9 +17,10 @@ _ERR = "surrogateescape"
 _NO_TIMESTAMP = 0
 
 
-def from_message(record: Any) -> Message:
-    """A Message from a confluent_kafka.Message; the per-record hot path (positional Message, the
-    common ``message-id`` header tested first, the previous record's timestamp reused)."""
+def from_message(record: Any, topic: str, partition: int, offset: int) -> Message:
+    """A Message from a confluent_kafka.Message; the per-record hot path. Every ``record.x()`` is a
+    C call, so the reader passes in what it read already; the common ``message-id`` header is
+    tested first, the previous record's timestamp reused, the Message built positionally."""
     headers: dict[str, str] = {}
     message_id = correlation_id = reply_to = content_type = None
     raw_headers = record.headers()
@@ -43,10 +44,9 @@ def from_message(record: Any) -> Message:
         value if value is not None else b"",
         key.decode(_ENC, _ERR) if key is not None else None,
         headers,
-        message_id or f"{record.topic()}-{record.partition()}-{record.offset()}",
+        message_id or f"{topic}-{partition}-{offset}",
         correlation_id,
         reply_to,
         content_type,
         None if kind == _NO_TIMESTAMP else _timestamp(ms),
     )
-

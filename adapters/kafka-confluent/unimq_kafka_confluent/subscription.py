@@ -2,11 +2,12 @@
 
 The same semantics as the aiokafka driver's reader (:mod:`unimq_kafka.subscription`), on a
 blocking client: a dedicated poll thread calls ``consume``, turns records into deliveries and
-appends them to a read-ahead buffer that ``receive`` drains on the event loop (one wake-up per
-fetched batch). The buffer holds at most ``prefetch`` more than the core holds: the thread waits
-for room once it is over half full, and librdkafka's own queue is bounded by
-``queued_max_messages_kbytes``. A stall long enough to threaten ``max_poll_interval`` pauses every
-partition and polls (empty), so a slow handler never makes the consumer leave its group.
+appends them to a buffer that ``receive`` drains on the event loop (a wake-up only when a receive
+waits for records). The buffer is short: the thread takes at most ``READ_AHEAD`` records per turn
+(and at most ``prefetch``) and waits for room once it is over half full, so converted deliveries
+die young; librdkafka's own queue, bounded by ``queued_max_messages_kbytes``, is the read-ahead.
+A stall long enough to threaten ``max_poll_interval`` pauses every partition and polls (empty),
+so a slow handler never makes the consumer leave its group.
 
 Acks move offsets in memory (:class:`unimq_kafka.offsets.OffsetTracker`, contiguous offsets only);
 the poll thread commits every ``commit_interval_ms``. On a revoke (in the poll thread, inside
@@ -52,6 +53,12 @@ CALL_TIMEOUT = 10.0
 #: consume rate in per-call overhead; 128 keeps what a rebalance waits for (records handed out,
 #: not yet processed) to a fraction of the default prefetch.
 HANDOUT = 128
+#: Most records the poll thread takes per turn and keeps converted ahead (it refills below half).
+#: Each record is five objects the cyclic GC tracks (librdkafka's Message, its header list and
+#: tuple, Message, Delivery): 1,000 converted ahead kept ~2,000 alive, so the GC ran a collection
+#: every ~140 records and promoted them to older generations (full collections: ~30% of the
+#: consume time at 100 B); with 128 they mostly die young and collections all but stop.
+READ_AHEAD = 128
 #: How long librdkafka waits to refill a full fetch queue (see _config).
 FETCH_QUEUE_BACKOFF_MS = 10
 
@@ -74,7 +81,8 @@ class ConfluentSubscription(Subscription):
         self._revoke_wait = min(settings.lock_timeout or REVOKE_WAIT, opts.max_poll_interval_ms / 1000 * 0.8)
         self._keepalive = opts.max_poll_interval_ms / 1000 / 3
         self._interval = opts.commit_interval_ms / 1000
-        self._low = self._prefetch // 2
+        self._fetch = min(self._prefetch, READ_AHEAD)
+        self._low = self._fetch // 2
         self._consumer: Any = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -89,6 +97,8 @@ class ConfluentSubscription(Subscription):
         self._last_poll = self._last_commit = time.monotonic()
         self._room = threading.Event()
         self._data = asyncio.Event()
+        #: Set by receive() while it waits for records: only then does the poll thread wake the loop.
+        self._waiting = False
         self._assigned = asyncio.Event()
         self._error: BaseException | None = None
         self._dirty = False
@@ -268,12 +278,15 @@ class ConfluentSubscription(Subscription):
                 self._paused = False
             if self._held:
                 self._resume_due(consumer)
-            # consume(n, timeout) waits for all n: wait for one, then take what is queued.
-            first = consumer.poll(POLL_SECONDS)
+            # Take what is queued; when nothing is, wait for one record (consume(n, timeout) would
+            # wait for all n), then take what came with it.
+            records = consumer.consume(self._fetch, 0)
+            if not records:
+                first = consumer.poll(POLL_SECONDS)
+                if first is not None:
+                    records = [first, *consumer.consume(self._fetch - 1, 0)] if self._fetch > 1 else [first]
             self._last_poll = time.monotonic()
-            if first is not None:
-                records = consumer.consume(self._prefetch - 1, 0) if self._prefetch > 1 else []
-                records.insert(0, first)
+            if records:
                 self._accept(consumer, records)
         if self._dirty and time.monotonic() - self._last_commit >= self._interval:
             self._last_commit = time.monotonic()
@@ -288,13 +301,18 @@ class ConfluentSubscription(Subscription):
         self._data.set()
 
     def _accept(self, consumer: Any, records: list[Any]) -> None:
+        """Records → deliveries, on the poll thread. The per-record hot path: a record's tracker is
+        looked up once per run of one partition, and each ``record.x()`` (a C call) is made once."""
         now_ms = time.time() * 1000
         trackers = self._trackers
         retry_topic = self.retry_topic
         out: list[Delivery] = []
         append = out.append
-        skip: set[Partition] | None = None
+        skip: set[Partition] = set()
         failure: KafkaException | None = None
+        last_topic: str | None = None
+        last_partition = -1
+        tracker: OffsetTracker | None = None
         for record in records:
             error = record.error()
             if error is not None:
@@ -303,20 +321,24 @@ class ConfluentSubscription(Subscription):
                 if error.code() != KafkaError._PARTITION_EOF and not error.retriable():
                     failure = failure or KafkaException(error)
                 continue
-            key = (record.topic(), record.partition())
-            tracker = trackers.get(key)
-            if tracker is None or (skip is not None and key in skip):
+            topic = record.topic()
+            partition = record.partition()
+            if partition != last_partition or topic != last_topic:
+                last_topic, last_partition = topic, partition
+                key = (topic, partition)
+                tracker = None if key in skip else trackers.get(key)
+            if tracker is None:
                 continue
-            message = from_message(record)
             offset = record.offset()
+            message = from_message(record, topic, partition, offset)
             headers = message.headers
             if headers:
                 due = epoch_ms(headers, NOT_BEFORE)
                 if due > now_ms:
-                    if key[0] == retry_topic:
-                        self._hold(consumer, key, offset, (due - now_ms) / 1000)
-                        skip = skip or set()
-                        skip.add(key)
+                    if topic == retry_topic:
+                        self._hold(consumer, (topic, partition), offset, (due - now_ms) / 1000)
+                        skip.add((topic, partition))
+                        tracker = None
                         continue
                     tracker.track(offset)
                     self._defer(record, tracker)
@@ -330,7 +352,8 @@ class ConfluentSubscription(Subscription):
             append(Delivery(message, attempt, record, tracker, expires))
         if out:
             self._buffer.extend(out)
-            self._call(self._data.set)
+            if self._waiting:  # after the extend: receive() sets it before its last look at the buffer
+                self._call(self._data.set)
         if failure is not None:
             raise failure
 
@@ -363,7 +386,7 @@ class ConfluentSubscription(Subscription):
             self._dirty = True
             return
         log.warning("kafka: could not defer a delayed message of %r; delivering it now", self._topic)
-        message = from_message(record)
+        message = from_message(record, record.topic(), record.partition(), record.offset())
         expires = epoch_ms(message.headers, EXPIRES_AT) / 1000
         self._buffer.append(Delivery(message, attempt_from_headers(message), record, tracker, expires))
         self._data.set()
@@ -394,10 +417,14 @@ class ConfluentSubscription(Subscription):
             if self._error is not None:
                 raise self._error
             self._data.clear()
-            if timeout > 0 and not buffer:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await self._data.wait()
+            self._waiting = True
+            try:
+                if timeout > 0 and not buffer:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(timeout):
+                            await self._data.wait()
+            finally:
+                self._waiting = False
             buffer = self._buffer
             if not buffer:
                 if self._error is not None:
@@ -411,7 +438,7 @@ class ConfluentSubscription(Subscription):
         else:
             out = [buffer.popleft() for _ in range(count)]
         self._inflight.update(out)
-        if len(buffer) <= self._low:
+        if len(buffer) <= self._low and not self._room.is_set():
             self._room.set()
         return out
 
