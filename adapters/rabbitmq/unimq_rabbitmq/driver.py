@@ -90,6 +90,30 @@ ERRORS: tuple[ErrorRule, ...] = (
 )
 
 
+class _Confirms:
+    """Resolves the publish channel's publisher confirms in aiormq's connection reader.
+
+    aiormq hands every frame to a channel through a queue read by the channel's own task, so an
+    awaited single send waits a further event-loop turn for its confirm. This replaces the queue's
+    ``put`` (the connection reader's only call) and settles a basic.ack of one tag on the spot, when
+    nothing is queued before it: a basic.return (mandatory, unroutable) precedes its ack on the wire
+    and is still queued or being read then, so that ack goes the queue's way and the return wins.
+    """
+
+    def __init__(self, channel: aiormq.Channel) -> None:
+        self.channel = channel
+        self._queue: asyncio.Queue[Any] = channel.frames
+        self._forward = self._queue.put
+        self._queue.put = self.put  # type: ignore[method-assign]
+
+    async def put(self, item: tuple[int, Any]) -> None:
+        frame = item[1]
+        if type(frame) is Basic.Ack and not frame.multiple and self._queue.empty():
+            self.channel._confirm_delivery(frame.delivery_tag, frame)
+            return
+        await self._forward(item)
+
+
 class RabbitMQDriver(Driver):
     name = "rabbitmq"
     Options: ClassVar[type[BaseModel]] = RabbitMQOptions
@@ -103,6 +127,7 @@ class RabbitMQDriver(Driver):
         register_secret(url.password)
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
+        self._confirms: _Confirms | None = None
         self._exchanges: set[str] = set()
         self._queues: set[str] = set()
         self._delay_queues: dict[str, float] = {}
@@ -434,10 +459,16 @@ class RabbitMQDriver(Driver):
         """
         timeout = self.options.publish_timeout
         confirm = self.options.confirm
-        # While the connection recovers this waits for the restored channel, at most publish_timeout.
-        async with asyncio.timeout(timeout):
-            # aiormq.Channel: its basic_publish takes wait=, which the abstract signature omits.
-            channel = cast(aiormq.Channel, await self.publish_channel().get_underlay_channel())
+        confirms = self._confirms
+        if confirms is not None and not confirms.channel.is_closed:
+            channel = confirms.channel
+        else:
+            # While the connection recovers this waits for the restored channel, at most publish_timeout.
+            async with asyncio.timeout(timeout):
+                # aiormq.Channel: its basic_publish takes wait=, which the abstract signature omits.
+                channel = cast(aiormq.Channel, await self.publish_channel().get_underlay_channel())
+            if confirm:
+                self._confirms = _Confirms(channel)
         if len(sends) == 1:
             exchange, key, body, props = sends[0]
             result: ConfirmationFrameType | BaseException | None

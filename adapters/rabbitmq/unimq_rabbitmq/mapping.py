@@ -15,10 +15,12 @@ import math
 import re
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from aio_pika.abc import AbstractIncomingMessage
+from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 
 from unimq.message import Message, new_message_id
 from unimq.reliability import ATTEMPT, DEAD_LETTER_REASON, EXPIRES_AT, NOT_BEFORE
@@ -95,44 +97,67 @@ def _from_delay_queue(raw: dict[str, Any]) -> bool:
     return isinstance(queue, str | bytes) and bool(_DELAY_QUEUE.search(header_text(queue)))
 
 
-def to_message(incoming: AbstractIncomingMessage) -> Message:
-    """The unimq view of a received AMQP message (transport headers removed)."""
-    raw = incoming.headers or {}
-    strip = _TRANSPORT + _DEATH if _from_delay_queue(raw) else _TRANSPORT
-    headers = {k: header_text(v) for k, v in raw.items() if k not in strip}
-    if DEAD_LETTER_REASON not in headers and "x-first-death-reason" in raw and "x-death" not in strip:
-        queue = header_text(raw.get("x-first-death-queue", "?"))
-        headers[DEAD_LETTER_REASON] = f"dead-lettered by RabbitMQ from queue {queue}: " + header_text(
-            raw["x-first-death-reason"])
+def received(raw: DeliveredMessage) -> tuple[Message, int, float]:
+    """The unimq view of a received AMQP message (transport headers removed), its delivery attempt
+    and when its emulated ttl runs out, read straight from aiormq's frames (no aio-pika message)."""
+    props = raw.header.properties
+    deliver = cast(Basic.Deliver, raw.delivery)
+    raw_headers = props.headers or {}
+    if raw_headers:
+        strip = _TRANSPORT + _DEATH if _from_delay_queue(raw_headers) else _TRANSPORT
+        headers = {k: header_text(v) for k, v in raw_headers.items() if k not in strip}
+        if DEAD_LETTER_REASON not in headers and "x-first-death-reason" in raw_headers and "x-death" not in strip:
+            queue = header_text(raw_headers.get("x-first-death-queue", "?"))
+            headers[DEAD_LETTER_REASON] = f"dead-lettered by RabbitMQ from queue {queue}: " + header_text(
+                raw_headers["x-first-death-reason"])
+    else:
+        headers = {}
     # A copy that went through the default exchange carries its key in a header; otherwise the
     # routing key is the key, unless the message came straight through the default exchange.
-    key = incoming.routing_key if incoming.exchange else None
-    if KEY in raw:
-        key = header_text(raw[KEY])
-    timestamp = incoming.timestamp
+    key = deliver.routing_key if deliver.exchange else None
+    if KEY in raw_headers:
+        key = header_text(raw_headers[KEY])
+    timestamp = props.timestamp
     if timestamp is not None and timestamp.tzinfo is None:
         timestamp = timestamp.replace(tzinfo=UTC)
-    return Message(
-        body=incoming.body,
+    message = Message(
+        body=raw.body,
         key=key or None,
         headers=headers,
-        message_id=incoming.message_id or new_message_id(),
-        correlation_id=incoming.correlation_id,
-        reply_to=incoming.reply_to,
-        content_type=incoming.content_type,
+        message_id=props.message_id or new_message_id(),
+        correlation_id=props.correlation_id,
+        reply_to=props.reply_to,
+        content_type=props.content_type,
         timestamp=timestamp,
-        priority=incoming.priority or None,
+        priority=props.priority or None,
     )
+    return message, _attempt(raw_headers, bool(deliver.redelivered)), _expires_at(raw_headers)
 
 
-def attempt(incoming: AbstractIncomingMessage) -> int:
+def delivered(incoming: AbstractIncomingMessage) -> DeliveredMessage:
+    """The aiormq frames an aio-pika message was made of, rebuilt: the few deliveries that reach
+    aio-pika's consumer callback (on a recovered channel, before the subscription taps it) take
+    the same mapping as the rest."""
+    properties = Basic.Properties(
+        headers=incoming.headers or None, content_type=incoming.content_type, message_id=incoming.message_id,
+        correlation_id=incoming.correlation_id, reply_to=incoming.reply_to, timestamp=incoming.timestamp,
+        priority=incoming.priority,
+    )
+    deliver = Basic.Deliver(consumer_tag=incoming.consumer_tag or "", delivery_tag=incoming.delivery_tag or 0,
+                            redelivered=bool(incoming.redelivered), exchange=incoming.exchange or "",
+                            routing_key=incoming.routing_key or "")
+    return DeliveredMessage(delivery=deliver, header=ContentHeader(body_size=len(incoming.body),
+                                                                   properties=properties),
+                            body=incoming.body, channel=incoming.channel)
+
+
+def _attempt(raw: dict[str, Any], redelivered: bool) -> int:
     """Delivery attempt: unimq's republish count plus the broker's own redelivery count.
 
     Quorum queues count returns exactly (``x-delivery-count``); classic queues only say whether
     the message was delivered before (``redelivered``), so a classic redelivery after a lost
     connection counts as one more attempt however many times it happened.
     """
-    raw = incoming.headers or {}
     try:
         base = int(header_text(raw.get(ATTEMPT, 1)))
     except ValueError:
@@ -140,12 +165,12 @@ def attempt(incoming: AbstractIncomingMessage) -> int:
     count = raw.get(DELIVERY_COUNT)
     if isinstance(count, int):
         return base + count
-    return base + (1 if incoming.redelivered else 0)
+    return base + (1 if redelivered else 0)
 
 
-def expires_at(incoming: AbstractIncomingMessage) -> float:
+def _expires_at(raw: dict[str, Any]) -> float:
     """When a delayed message's emulated ttl runs out (epoch seconds, 0 = never): the core drops it then."""
-    due = (incoming.headers or {}).get(EXPIRES_AT)
+    due = raw.get(EXPIRES_AT)
     if due is None:
         return 0.0
     try:

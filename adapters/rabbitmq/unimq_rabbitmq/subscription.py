@@ -1,7 +1,13 @@
 """Consuming one group's queue: push deliveries buffered under basic.qos, and settlement.
 
-aio-pika pushes messages; they wait in a deque that ``basic.qos(prefetch)`` bounds, and
-``receive`` drains it. Settlement:
+The hot path goes under aio-pika: the subscription's channel is its own, so an :class:`_Inlet`
+takes its deliveries from aiormq's connection reader as the frames arrive (basic.deliver, content
+header, body) and appends them to a deque that ``basic.qos(prefetch)`` bounds; ``receive`` drains
+it. That skips, per message, aiormq's channel frame queue and reader task, its task per delivery,
+aio-pika's second task and its eagerly built ``IncomingMessage`` (``Delivery.native`` is one still,
+built on first use). aio-pika keeps the consumer registered, so a recovered connection consumes
+again; the first deliveries on the new channel reach ``_on_message``, which taps that channel too.
+Settlement:
 
 - ack → the core batches acks (``ack_batch``); a batch goes as one basic.ack(multiple=True) for
   its tags below the oldest tag still unsettled, and one basic.ack per tag past it;
@@ -20,12 +26,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
+import aiormq
 import aiormq.abc
 import aiormq.exceptions as amqp_errors
+from aio_pika import IncomingMessage
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, ConsumerTag
+from aiormq.abc import DeliveredMessage
+from pamqp.body import ContentBody
+from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 
 from unimq.driver import AckBatch, ReceiveSettings, Subscription
 from unimq.errors import PublishError
@@ -40,18 +52,83 @@ if TYPE_CHECKING:
 LOST = (amqp_errors.ChannelInvalidStateError, amqp_errors.AMQPChannelError, amqp_errors.AMQPConnectionError)
 
 
-def _channel(incoming: AbstractIncomingMessage) -> aiormq.abc.AbstractChannel | None:
-    """The channel that delivered ``incoming``, or None once it is closed (the lock is lost)."""
-    try:
-        channel = incoming.channel
-    except amqp_errors.ChannelInvalidStateError:
-        return None
+def _open(raw: DeliveredMessage) -> aiormq.abc.AbstractChannel | None:
+    """The channel that delivered ``raw``, or None once it is closed (the lock is lost)."""
+    channel = raw.channel
     return None if channel.is_closed else channel
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+class _LazyIncoming(IncomingMessage):
+    """aio-pika's ``IncomingMessage`` for ``Delivery.native``, built the first time it is read:
+    building it eagerly (some 25 guarded attribute writes) cost more than the rest of the mapping."""
+
+    def __init__(self, raw: DeliveredMessage) -> None:
+        self._raw = raw
+
+    def __getattr__(self, name: str) -> Any:
+        raw = self.__dict__.pop("_raw", None)
+        if raw is None:
+            raise AttributeError(name)
+        IncomingMessage.__init__(self, raw)
+        return getattr(self, name)
+
+
+class _Inlet:
+    """Takes a channel's deliveries out of aiormq's frame hand-over, in the connection reader.
+
+    aiormq's connection reader awaits ``channel.frames.put((weight, frame))`` for every frame; the
+    inlet replaces that ``put`` on this channel's queue. A basic.deliver, its content header and
+    body frames (AMQP sends them contiguously on a channel) become one ``DeliveredMessage`` handed
+    to ``on_delivery`` synchronously; every other frame goes on to the queue as before (RPC
+    replies, cancel, close), so the channel's reader still sees them.
+    """
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel, on_delivery: Callable[[DeliveredMessage], None]) -> None:
+        self.channel = channel
+        self._on_delivery = on_delivery
+        queue: asyncio.Queue[Any] = channel.frames
+        self._forward = queue.put
+        self._deliver: Basic.Deliver | None = None
+        self._header: ContentHeader | None = None
+        self._chunks: list[bytes] = []
+        self._size = 0
+        queue.put = self.put  # type: ignore[method-assign]
+
+    async def put(self, item: tuple[int, Any]) -> None:
+        frame = item[1]
+        if self._deliver is None:
+            if isinstance(frame, Basic.Deliver):
+                self._deliver = frame
+                return
+        elif self._header is None:
+            if isinstance(frame, ContentHeader):
+                self._header = frame
+                if not frame.body_size:
+                    self._complete(b"")
+                return
+        elif isinstance(frame, ContentBody):
+            chunk = frame.value
+            if not self._chunks and len(chunk) >= self._header.body_size:
+                self._complete(chunk)
+                return
+            self._chunks.append(chunk)
+            self._size += len(chunk)
+            if self._size >= self._header.body_size:
+                self._complete(b"".join(self._chunks))
+            return
+        await self._forward(item)
+
+    def _complete(self, body: bytes) -> None:
+        deliver, header = cast(Basic.Deliver, self._deliver), cast(ContentHeader, self._header)
+        self._deliver = self._header = None
+        self._chunks = []
+        self._size = 0
+        self._on_delivery(DeliveredMessage(delivery=deliver, header=header, body=body, channel=self.channel))
 
 
 class _Tags:
@@ -63,11 +140,15 @@ class _Tags:
 
     def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
         self.channel = channel
-        self._order: deque[int] = deque()  # delivered tags, oldest first; settled ones pruned lazily
+        self._order: deque[int] = deque()  # delivered tags, ascending; settled ones pruned lazily
         self._open: set[int] = set()  # delivered and not settled
 
     def delivered(self, tag: int) -> None:
-        self._order.append(tag)
+        order = self._order
+        if order and tag < order[-1]:  # reached aio-pika's callback after later tags came through the inlet
+            self._order = order = deque(sorted((*order, tag)))
+        else:
+            order.append(tag)
         self._open.add(tag)
 
     def settled(self, tag: int) -> None:
@@ -107,12 +188,13 @@ class RabbitMQSubscription(Subscription):
         self._prefetch = min(settings.prefetch, cap) if cap else settings.prefetch
         self._queue_name = driver.group_queue(destination, group)
         self._subject = settings.subject
-        self._inbox: deque[AbstractIncomingMessage] = deque()
+        self._inbox: deque[tuple[DeliveredMessage, AbstractIncomingMessage | None]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: ConsumerTag | None = None
         self._tags: _Tags | None = None
+        self._inlet: _Inlet | None = None
         self._lock = asyncio.Lock()  # frames that settle tags go out one call at a time
 
     async def open(self) -> None:
@@ -127,20 +209,32 @@ class RabbitMQSubscription(Subscription):
         await driver.route_group(self._channel, self._destination, self._group, self._subject)
         await self._channel.set_qos(prefetch_count=self._prefetch)
         self._queue = await self._channel.declare_queue(self._queue_name, passive=True)
+        self._tap(await self._channel.get_underlay_channel())
         self._tag = await self._queue.consume(self._on_message)
 
+    def _tap(self, channel: aiormq.abc.AbstractChannel) -> None:
+        """Take this channel's deliveries through an inlet (a new channel: delivery tags restart)."""
+        self._inlet = _Inlet(channel, self._on_delivered)
+        self._tags = _Tags(channel)
+
+    def _on_delivered(self, raw: DeliveredMessage, incoming: AbstractIncomingMessage | None = None) -> None:
+        tags = self._tags
+        if tags is None or tags.channel is not raw.channel:
+            tags = self._tags = _Tags(raw.channel)
+        tags.delivered(cast(int, raw.delivery_tag))
+        self._inbox.append((raw, incoming))
+        if self._waiter is not None:
+            _wake(self._waiter)
+
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        """aio-pika's callback: only deliveries the inlet did not take (a recovered channel) get here."""
         try:
             channel = message.channel
         except amqp_errors.ChannelInvalidStateError:
             return  # delivered on a channel lost since: the broker redelivers it
-        tags = self._tags
-        if tags is None or tags.channel is not channel:
-            tags = self._tags = _Tags(channel)  # a new channel (recovered connection): tags restart
-        tags.delivered(cast(int, message.delivery_tag))
-        self._inbox.append(message)
-        if self._waiter is not None:
-            _wake(self._waiter)
+        if self._inlet is None or self._inlet.channel is not channel:
+            self._tap(channel)
+        self._on_delivered(mapping.delivered(message), message)
 
     async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
         inbox = self._inbox
@@ -154,19 +248,22 @@ class RabbitMQSubscription(Subscription):
                 handle.cancel()
                 self._waiter = None
         out: list[Delivery] = []
+        received = mapping.received
         while inbox and len(out) < max_messages:
-            incoming = inbox.popleft()
-            if _channel(incoming) is not None:  # else delivered on a channel lost since: redelivered
-                out.append(Delivery(mapping.to_message(incoming), mapping.attempt(incoming), incoming,
-                                    None, mapping.expires_at(incoming)))
+            raw, incoming = inbox.popleft()
+            if raw.channel.is_closed:
+                continue  # delivered on a channel lost since: redelivered
+            message, attempt, expires_at = received(raw)
+            out.append(Delivery(message, attempt, incoming or _LazyIncoming(raw), raw, expires_at))
         return out
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         tags = self._tags
         if tags is None:
             return
-        mine = [cast(int, d.native.delivery_tag) for d in deliveries if _channel(d.native) is tags.channel]
-        if mine:
+        channel = tags.channel
+        mine = [d.token.delivery.delivery_tag for d in deliveries if d.token.channel is channel]
+        if mine and not channel.is_closed:
             async with self._lock:
                 with contextlib.suppress(*LOST):  # the channel is gone: the broker redelivers
                     await tags.ack(mine)
@@ -184,6 +281,7 @@ class RabbitMQSubscription(Subscription):
     async def close(self) -> None:
         """Cancel the consumer and close the channel: the broker requeues what was not settled."""
         self._inbox.clear()
+        self._inlet = None
         if self._waiter is not None:
             _wake(self._waiter)
         channel, self._channel = self._channel, None
@@ -207,11 +305,11 @@ class QuorumSubscription(RabbitMQSubscription):
             await self.redeliver(redelivery_copy(delivery.message, delivery.attempt + 1, delay), delay)
             await self.ack_many([delivery])
             return
-        incoming: AbstractIncomingMessage = delivery.native
+        raw: DeliveredMessage = delivery.token
         tags = self._tags
-        if tags is None or _channel(incoming) is not tags.channel:
+        if tags is None or _open(raw) is not tags.channel:
             return  # the lock is lost: the broker redelivers it
-        tag = cast(int, incoming.delivery_tag)
+        tag = cast(int, raw.delivery_tag)
         async with self._lock:
             with contextlib.suppress(*LOST):
                 await tags.channel.basic_nack(tag, requeue=True, wait=False)
