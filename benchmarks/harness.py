@@ -103,6 +103,8 @@ class Contender(ABC):
     fill_by: str | None = None
     #: The largest body this contender can send (None: no limit below the harness's sizes).
     max_size: int | None = None
+    #: The workloads it takes part in (a calibration row may run only one).
+    ops: tuple[str, ...] = ("produce", "consume", "latency")
 
     def client(self) -> str:
         """The library and version, for the report."""
@@ -456,10 +458,12 @@ async def run_backend(backend: Backend, url: str, profile: Profile, sizes: Seque
         for w in backend.workloads(profile, sizes, batches, concurrencies):
             for op in (o for o in ops if o in ("produce", "consume")):
                 figs = {c.name: Figure(backend.name, c.name, c.client(), op, w.label(), w.size, w.batch,
-                                       w.concurrency, w.count) for c in opened}
+                                       w.concurrency, w.count) for c in opened if op in c.ops}
                 for rep in range(profile.repeat):
                     for c in _order(opened, rep):
-                        fig = figs[c.name]
+                        fig = figs.get(c.name)
+                        if fig is None:
+                            continue
                         if fig.failures >= 2 or (c.max_size and w.size > c.max_size):
                             fig.error = fig.error or f"body of {w.size} B exceeds {c.name}'s limit"
                             continue
@@ -479,12 +483,13 @@ async def run_backend(backend: Backend, url: str, profile: Profile, sizes: Seque
                 _finish(figs, f"{backend.name} {op:8} {w.label():24}")
                 figures.extend(figs.values())
         if "latency" in ops:
+            timed = [c for c in opened if "latency" in c.ops]
             for size in sizes:
                 figs = {c.name: Figure(backend.name, c.name, c.client(), "latency",
-                                       f"{size}B at {profile.latency_rate:g}/s", size, False, 1, 0) for c in opened}
-                pooled: dict[str, list[float]] = {c.name: [] for c in opened}
+                                       f"{size}B at {profile.latency_rate:g}/s", size, False, 1, 0) for c in timed}
+                pooled: dict[str, list[float]] = {c.name: [] for c in timed}
                 for rep in range(profile.latency_windows):
-                    for c in _order(opened, rep):
+                    for c in _order(timed, rep):
                         fig = figs[c.name]
                         if fig.error or (c.max_size and size > c.max_size):
                             fig.error = fig.error or f"body of {size} B exceeds {c.name}'s limit"

@@ -11,7 +11,10 @@ consumer commits every 100 ms (batching on: ``getmany``, off: ``getone``); unimq
 
 ``unimq-loop`` is the idiomatic per-message path as its own row: ``async for delivery in consumer:
 await delivery.ack()`` (batching on or off alike), against the raw client reading in batches. Run it
-alone with ``--ops consume --batch on --concurrency 1 --contenders raw,unimq,unimq-loop``.
+alone with ``--ops consume --batch on --concurrency 1 --contenders raw,raw-loop,unimq,unimq-loop``.
+``raw-loop`` (consume only) is the floor of any per-message API over aiokafka: the raw batches
+handed out one record at a time through an async iterator, one small object and an awaited no-op
+ack each; what ``unimq-loop`` spends above it is unimq's own.
 
     .venv/bin/python benchmarks/kafka_bench.py [--quick] [--url kafka://127.0.0.1:9092] [harness options]
 """
@@ -116,11 +119,57 @@ class AioKafka(Contender):
 
 
 
+class _Record:
+    """One small object per record, with an awaited no-op ack: the least a per-message API builds."""
+
+    __slots__ = ("record", "settled")
+
+    def __init__(self, record: Any) -> None:
+        self.record = record
+        self.settled = False
+
+    async def ack(self) -> None:
+        self.settled = True
+
+
+class AioKafkaLoop(AioKafka):
+    """The floor of any per-message async API over aiokafka, as a calibration row: raw ``getmany``
+    batches handed out one record at a time through an async iterator, one small object and one
+    awaited no-op ack per record, commits as raw. What unimq-loop spends above it is unimq's own."""
+
+    name = "raw-loop"
+    ops = ("consume",)
+
+    async def _records(self, consumer: AIOKafkaConsumer) -> Any:
+        while True:
+            got = await consumer.getmany(timeout_ms=100)
+            for records in got.values():
+                for record in records:
+                    yield _Record(record)
+
+    async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
+        consumer = self._consumer(dest)
+        await consumer.start()
+        try:
+            last_commit = time.perf_counter()
+            async for item in self._records(consumer):
+                await item.ack()
+                quota.take(1)
+                if quota.finished:
+                    break
+                if time.perf_counter() - last_commit >= 0.1:
+                    await consumer.commit()
+                    last_commit = time.perf_counter()
+            await consumer.commit()
+        finally:
+            await consumer.stop()
+
 
 def contenders(url: str) -> list[Contender]:
     bootstrap = bootstrap_of(url)
     return [
         AioKafka(url),
+        AioKafkaLoop(url),
         UnimqContender(url, prefetch=PREFETCH, receive_batch=PREFETCH, group=lambda dest: f"{dest}-unimq",
                        ensure=lambda w: {"partitions": max(1, w.concurrency), "dead_letter": False}),
         UnimqLoop(url, prefetch=PREFETCH, group=lambda dest: f"{dest}-unimq",
@@ -141,6 +190,8 @@ BACKEND = Backend(
            "consume counted from the first record (group join excluded); raw commits every 100 ms",
            "unimq consume: receive_batch(1000) + ack_many (batching on), receive + ack (off)",
            "unimq-loop: async for + ack() per message, prefetch 1000 (the idiomatic path)",
+           "raw-loop (consume only): raw getmany records one at a time through an async iterator, one object "
+           "and an awaited no-op ack each: the floor of any per-message API on this client",
            "FastStream: publish_batch per chunk that fits one 64 KiB record batch, unawaited, then awaited together"],
 )
 

@@ -18,7 +18,6 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -225,7 +224,7 @@ class _Destination:
             expires = now + message.ttl.total_seconds() if message.ttl else 0.0
             due = now + message.delay.total_seconds() if message.delay else 0.0
             for i, group in enumerate(groups):
-                copy = message if i == 0 else replace(message, headers=dict(message.headers))
+                copy = message if i == 0 else _group_copy(message)
                 group.enqueue(_Entry(copy, seq, rank, expires), due)
         for group in groups:
             group.notify()
@@ -233,6 +232,13 @@ class _Destination:
     def dead_letter(self, message: Message, reason: str, group: str) -> None:
         target = self.server.destination(f"{self.name}.dlq", create=True)
         target.publish([dead_letter_copy(message, reason, self.name, group or None)])
+
+
+def _group_copy(m: Message) -> Message:
+    """A copy with headers of its own for each further group (positional: ``replace`` cost more
+    than the rest of a publish)."""
+    return Message(m.body, m.key, dict(m.headers), m.message_id, m.correlation_id, m.reply_to, m.content_type,
+                   m.timestamp, m.delay, m.ttl, m.priority)
 
 
 class _Server:

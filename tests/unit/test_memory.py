@@ -185,3 +185,21 @@ async def test_every_task_waiting_for_room_wakes_on_a_settlement(broker: unimq.B
         last = await pending.pop()
         assert last is not None and {got.message.body, last.message.body} == {b"2", b"3"}
         assert time.monotonic() - started < 1.5  # neither waited out its timeout
+
+
+def test_a_group_copy_keeps_every_field_with_headers_of_its_own() -> None:
+    """The positional copy each further group gets must follow Message's field order."""
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from unimq.memory import _group_copy
+    from unimq.message import Message
+
+    values = {"body": b"b", "key": "k", "headers": {"h": "1"}, "message_id": "id", "correlation_id": "c",
+              "reply_to": "r", "content_type": "t", "timestamp": datetime.now(UTC), "delay": timedelta(seconds=1),
+              "ttl": timedelta(seconds=2), "priority": 3}
+    assert [f.name for f in dataclasses.fields(Message)] == list(values)
+    original = Message(**values)
+    copy = _group_copy(original)
+    assert copy == original
+    assert copy.headers is not original.headers
