@@ -14,6 +14,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from redis import exceptions as rex
@@ -30,6 +31,13 @@ SCHEMES = frozenset({"redis+cluster", "rediss+cluster"})
 REFRESH_INTERVAL = 0.5
 #: Replies that mean the slot map this client holds is out of date (failover, resharding).
 _STALE = (rex.AskError, rex.TryAgainError, rex.ClusterDownError)
+
+
+def pack(out: list[bytes], args: Sequence[bytes]) -> None:
+    """Append one command to ``out`` in RESP: an array of bulk strings (bodies are not copied)."""
+    out.append(b"*%d\r\n" % len(args))
+    for arg in args:
+        out += (b"$%d\r\n" % len(arg), arg, b"\r\n")
 
 
 async def exchange(conn: Any, commands: list[bytes], replies: int) -> list[Any]:

@@ -42,6 +42,7 @@ from unimq.message import Message
 from unimq.reliability import dedup_key
 from unimq.url import BrokerURL
 from unimq_redis import cluster, scripts
+from unimq_redis.cluster import pack
 from unimq_redis.fields import from_entry, now_ms, pack_scheduled, to_fields
 from unimq_redis.subscription import RedisSubscription
 
@@ -471,13 +472,6 @@ class RedisDriver(Driver):
             found = await self._scan(_glob_escape(self.key(name, ":")) + "*", near=self.key(name))
             await self.bounded(self.client.delete(self.key(name), *(key for key in found if own.match(key))))
         self._configs.pop(destination, None)
-
-
-def pack(out: list[bytes], args: Sequence[bytes]) -> None:
-    """Append one command to ``out`` in RESP: an array of bulk strings (bodies are not copied)."""
-    out.append(b"*%d\r\n" % len(args))
-    for arg in args:
-        out += (b"$%d\r\n" % len(arg), arg, b"\r\n")
 
 
 def _text(value: Any) -> str:

@@ -33,8 +33,8 @@ CONTENT_TYPE = "p:content-type"
 TIMESTAMP = "p:ts"
 EXPIRES = "p:expires"
 
-_BODY = BODY.encode()
-_ID = ID.encode()
+_BODY = BODY_FIELD = BODY.encode()
+_ID = ID_FIELD = ID.encode()
 _KEY = KEY.encode()
 _CORRELATION_ID = CORRELATION_ID.encode()
 _REPLY_TO = REPLY_TO.encode()
@@ -113,7 +113,7 @@ def from_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[Message, in
                 expires = _int(value)
             elif not raw.startswith(b"p:"):
                 headers[raw.decode(errors="replace")] = value.decode(errors="replace")
-    message.timestamp = _time(b"%d" % stamp if stamp else entry_id.partition(b"-")[0])
+    message.timestamp = entry_time(b"%d" % stamp if stamp else entry_id.partition(b"-")[0])
     return message, expires
 
 
@@ -126,7 +126,7 @@ def from_flat(entry_id: bytes, flat: list[bytes]) -> tuple[Message, dict[bytes, 
         body, raw_id = flat[1], flat[3]
         # Positional (cheaper than keywords on this path); tests/adapters/redis/test_fields.py checks it.
         message = Message(body, None, {}, raw_id.decode(errors="replace") if raw_id else entry_id.decode(),
-                          None, None, None, _time(entry_id.partition(b"-")[0]))
+                          None, None, None, entry_time(entry_id.partition(b"-")[0]))
         return message, {_BODY: body, _ID: raw_id}, 0
     it = iter(flat)
     fields = dict(zip(it, it, strict=True))
@@ -135,7 +135,7 @@ def from_flat(entry_id: bytes, flat: list[bytes]) -> tuple[Message, dict[bytes, 
 
 
 @functools.lru_cache(maxsize=256)
-def _time(ms: bytes) -> datetime:
+def entry_time(ms: bytes) -> datetime:
     """Epoch ms (an entry id's time part) as an aware datetime, cached: the entries of one batch
     mostly share their millisecond."""
     return datetime.fromtimestamp(int(ms) / 1000, UTC)

@@ -18,9 +18,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from redis.exceptions import ResponseError
 
 from unimq.driver import AckBatch, ReceiveSettings, Subscription
-from unimq.message import Delivery
+from unimq.message import Delivery, Message
 from unimq_redis import scripts
-from unimq_redis.fields import from_flat, now_ms
+from unimq_redis.cluster import pack
+from unimq_redis.fields import BODY_FIELD as _BODY
+from unimq_redis.fields import ID_FIELD as _ID
+from unimq_redis.fields import entry_time, from_flat, now_ms
 
 if TYPE_CHECKING:
     from unimq_redis.driver import RedisDriver
@@ -54,7 +57,8 @@ class RedisSubscription(Subscription):
         self._group = group or driver.options.default_group
         self._consumer = f"unimq-{uuid.uuid4().hex}"
         self._read = [b"XREADGROUP", b"GROUP", self._group.encode(), self._consumer.encode(), b"COUNT"]
-        self._xack = [b"XACK", self._stream_key, self._group.encode()]
+        #: ``XACK <stream> <group>`` in RESP, without the array header (which counts the ids too).
+        self._xack = b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in (b"XACK", self._stream_key, self._group.encode()))
         self._settings = settings
         self._lock = settings.lock_timeout or driver.options.lock_timeout
         self._sends = driver.key(destination, ":delayed")
@@ -64,6 +68,12 @@ class RedisSubscription(Subscription):
         self._extended: dict[bytes, float] = {}
         self._keepalive: asyncio.Task[None] | None = None
         self._closed = False
+        #: Entries read ahead by an ``ack_many`` (its XACK and an XREADGROUP in one write), handed
+        #: out by the next :meth:`receive`; ``_draining``: the last read was full (a backlog).
+        self._ahead: list[Delivery] = []
+        self._draining = False
+        self._last_count = 0
+        self._busy = False
 
     @property
     def consumer_name(self) -> str:
@@ -87,14 +97,26 @@ class RedisSubscription(Subscription):
             out = await self._maintain(max_messages)
             if out:
                 return await self._unless_closed(out)
+        ahead = self._ahead
+        if ahead:
+            self._ahead = ahead[max_messages:]
+            return await self._unless_closed(ahead[:max_messages])
         ms = int(min(timeout, self._next_maintenance - time.monotonic()) * 1000)
         block = (b"BLOCK", b"%d" % ms) if ms > 0 else ()
-        reply: Any = await self._command(
-            self._stream_key, *self._read, b"%d" % max_messages, *block, b"STREAMS", self._stream_key, b">",
-        )
+        self._busy = True
+        try:
+            reply: Any = await self._command(
+                self._stream_key, *self._read, b"%d" % max_messages, *block, b"STREAMS", self._stream_key, b">",
+            )
+        finally:
+            self._busy = False
+        self._last_count = max_messages
         if not reply:
+            self._draining = False
             return []
-        return await self._unless_closed(_deliveries(reply[0][1]))
+        entries = reply[0][1]
+        self._draining = len(entries) >= max_messages
+        return await self._unless_closed(_deliveries(entries))
 
     async def _unless_closed(self, deliveries: list[Delivery]) -> list[Delivery]:
         """A read that was in flight when :meth:`close` ran hands its entries straight back."""
@@ -117,16 +139,47 @@ class RedisSubscription(Subscription):
         if due:
             wait = min(wait, max(0.0, int(due) / 1000 - time.time()))
         self._next_maintenance = time.monotonic() + wait
-        return _deliveries(claimed)
+        return _deliveries(claimed, counted=True)
 
     # Settling
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        """One XACK for the whole batch (an entry another consumer reclaimed is acked all the same)."""
+        """One XACK for the whole batch (an entry another consumer reclaimed is acked all the same).
+
+        While the consumer drains a backlog (its last read was full), no read is in flight and
+        this acks at least as many entries as that read asked for (``receive_batch`` then
+        ``ack_many``), the XACK carries a non-blocking XREADGROUP for that many entries in the
+        same write: one round trip per batch instead of two. Both replies are awaited, so the XACK
+        has reached Redis when this returns; the entries read wait for the next :meth:`receive`
+        (read by this consumer as any read is: reclaimable after the lock timeout, handed back
+        on close), so the consumer never holds more entries than before the ack.
+        """
         if self._extended:
             for delivery in deliveries:
                 self._extended.pop(delivery.token, None)
-        await self._command(self._stream_key, *self._xack, *[d.token for d in deliveries])
+        ids = b"".join([b"$%d\r\n%b\r\n" % (len(d.token), d.token) for d in deliveries])
+        command = [b"*%d\r\n" % (len(deliveries) + 3), self._xack, ids]
+        count = self._last_count
+        if not (self._draining and 0 < count <= len(deliveries) and not self._busy and not self._ahead
+                and not self._closed):
+            reply = (await self._driver.send_packed(self._stream_key, command, 1))[0]
+            if isinstance(reply, ResponseError):
+                raise reply
+            return
+        pack(command, [*self._read, b"%d" % count, b"STREAMS", self._stream_key, b">"])
+        self._busy = True
+        try:
+            acked, read = await self._driver.send_packed(self._stream_key, command, 2)
+        finally:
+            self._busy = False
+        if read and not isinstance(read, BaseException):
+            entries = read[0][1]
+            self._draining = len(entries) >= count
+            self._ahead = await self._unless_closed(_deliveries(entries))
+        else:
+            self._draining = False
+        if isinstance(acked, ResponseError):
+            raise acked
 
     async def nack(self, delivery: Delivery, delay: float | None) -> None:
         self._extended.pop(delivery.token, None)
@@ -170,6 +223,7 @@ class RedisSubscription(Subscription):
     async def close(self) -> None:
         """Hand unsettled entries back (reclaimable at once) and delete the consumer."""
         self._closed = True
+        self._ahead = []
         if self._keepalive is not None:
             self._keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -185,13 +239,34 @@ class RedisSubscription(Subscription):
                 raise
 
 
-def _deliveries(entries: Sequence[list[Any]]) -> list[Delivery]:
+def _deliveries(entries: Sequence[list[Any]], counted: bool = False) -> list[Delivery]:
     """Deliveries of raw entries: ``[id, [field, value, ...]]`` as XREADGROUP returns them, or
-    ``[id, fields, delivery count]`` from the reclaim script."""
+    (``counted``) ``[id, fields, delivery count]`` from the reclaim script.
+
+    The per-entry hot path of every receive: an entry unimq wrote with no metadata (``body``,
+    ``p:id``) is built inline, with the timestamp of the previous entry when they share their
+    millisecond; anything else goes through :func:`from_flat`.
+    """
     out: list[Delivery] = []
+    append = out.append
+    last_ms = b""
+    stamp = None
     for entry in entries:
         entry_id = entry[0]
-        message, fields, expires = from_flat(entry_id, entry[1])
-        out.append(Delivery(message, int(entry[2]) if len(entry) > 2 else 1, (entry_id, fields), entry_id,
-                            expires / 1000))
+        flat = entry[1]
+        attempt = int(entry[2]) if counted else 1
+        if len(flat) == 4 and flat[0] == _BODY and flat[2] == _ID:
+            body = flat[1]
+            raw_id = flat[3]
+            ms = entry_id.partition(b"-")[0]
+            if ms != last_ms:
+                last_ms = ms
+                stamp = entry_time(ms)
+            # Positional, as from_flat (tests/adapters/redis/test_fields.py checks both agree).
+            message = Message(body, None, {}, raw_id.decode("utf-8", "replace") if raw_id else entry_id.decode(),
+                              None, None, None, stamp)
+            append(Delivery(message, attempt, (entry_id, {_BODY: body, _ID: raw_id}), entry_id))
+            continue
+        message, fields, expires = from_flat(entry_id, flat)
+        append(Delivery(message, attempt, (entry_id, fields), entry_id, expires / 1000))
     return out
