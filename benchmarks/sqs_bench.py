@@ -3,10 +3,10 @@
 Raw side: SendMessageBatch of 10 (split further to stay under 256 KiB) with 8 batches in flight
 from a thread pool per producer (unimq's ``send_many`` pipelines 8 batches too); consumers poll
 ReceiveMessage ×10 from 8 threads each and delete with DeleteMessageBatch (batching off: one
-DeleteMessage per message). ``raw+id`` is the same with a message-id attribute on every message,
-as unimq sends: the ratio to ``raw`` is the cost of unimq and its id, to ``raw+id`` unimq's alone.
-unimq consumes with 8 loops of ``receive_batch(10)`` + ``ack_many`` per
-consumer (batching off: ``broker.consume(concurrency=80, prefetch=80)``, one ``ack()`` per message),
+DeleteMessage per message), boto3's default client config. ``raw+id`` is the same with a
+message-id attribute on every message, as unimq sends: the ratio to ``raw`` is the cost of unimq
+and its id, to ``raw+id`` unimq's alone. unimq consumes with 8 loops of ``receive_batch(10)`` +
+``ack_many`` per consumer (batching off: ``broker.consume(concurrency=80, prefetch=80)``, one ``ack()`` per message),
 the same 10 × 8 messages in flight. ``unimq-loop`` is the idiomatic path whatever the batch flag:
 ``async for delivery in consumer: await delivery.ack()``, one message at a time, prefetch 1000
 (8 long polls in flight; the core batches the deletes).
@@ -214,7 +214,8 @@ BACKEND = Backend(
     quick_count=500,
     full_count=3_000,
     latency_rate=100.0,
-    notes=["ElasticMQ on the same machine: the client's CPU (botocore), not the network, bounds every side",
+    notes=["ElasticMQ on the same machine: the client's CPU, not the network, bounds every side "
+           "(raw: botocore; unimq: its own JSON-protocol calls on urllib3 for messages, boto3 for queues)",
            "raw: SendMessageBatch ×10, 8 in flight; 8 pollers × ReceiveMessage 10 + DeleteMessageBatch per consumer",
            "raw+id: raw with a message-id attribute on every message, as unimq sends (its floor on this client)",
            "both sides long-poll 1 s (unimq: wait_time=1)",

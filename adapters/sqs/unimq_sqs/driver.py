@@ -1,8 +1,10 @@
-"""``sqs://``: AWS SQS (and ElasticMQ) through boto3.
+"""``sqs://``: AWS SQS (and ElasticMQ): messages through :mod:`unimq_sqs.wire`, queues through boto3.
 
-boto3 is synchronous, so every call runs in a bounded thread pool and the event loop never
+Both are synchronous, so every call runs in a bounded thread pool and the event loop never
 blocks: one pool for long polls (ReceiveMessage), one for everything else, so idle long polls
-cannot starve sends and acks. One boto3 client serves every thread (clients are thread-safe).
+cannot starve sends and acks. Sends, receives, deletes and visibility changes are SQS's JSON
+protocol on urllib3 (a third of botocore's CPU per call); queues, attributes and listing are
+boto3 calls, and that client also supplies credentials, endpoint and region.
 
 A destination is a queue, its URL looked up once and cached. Names ending in ``.fifo`` are FIFO
 queues (with ``fifo=true`` every destination is, ``.fifo`` appended); capabilities differ per
@@ -21,7 +23,9 @@ from typing import Any, ClassVar, TypeVar
 
 import boto3  # type: ignore[import-untyped]
 import botocore.config  # type: ignore[import-untyped]
+import botocore.credentials  # type: ignore[import-untyped]
 import botocore.exceptions  # type: ignore[import-untyped]
+import urllib3
 from pydantic import BaseModel
 
 from unimq.capabilities import Capabilities
@@ -46,6 +50,7 @@ from unimq.message import Message
 from unimq.url import BrokerURL
 from unimq_sqs import mapping
 from unimq_sqs.options import MAX_BATCH, MAX_RETENTION, MIN_RETENTION, SqsOptions, capabilities
+from unimq_sqs.wire import Wire
 
 T = TypeVar("T")
 
@@ -101,6 +106,9 @@ class SqsDriver(Driver):
         (botocore.exceptions.ClientError, BrokerConnectionError, _code(_UNAVAILABLE)),
         (botocore.exceptions.ClientError, BrokerConnectionError,
          lambda exc: exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500),  # type: ignore[attr-defined]
+        (urllib3.exceptions.NewConnectionError, BrokerConnectionError),
+        (urllib3.exceptions.TimeoutError, Timeout),
+        (urllib3.exceptions.HTTPError, BrokerConnectionError),
         (botocore.exceptions.ConnectTimeoutError, Timeout),
         (botocore.exceptions.ReadTimeoutError, Timeout),
         (botocore.exceptions.EndpointConnectionError, BrokerConnectionError),
@@ -122,6 +130,8 @@ class SqsDriver(Driver):
         self._standard = capabilities(options, fifo=False)
         self._fifo = capabilities(options, fifo=True)
         self._client: Any = None
+        self._wire: Wire | None = None
+        self._models: dict[str, Any] = {}
         self._urls: dict[str, str] = {}
         self._names: dict[str, str] = {}
         half = max(1, options.max_threads // 2)
@@ -175,18 +185,27 @@ class SqsDriver(Driver):
     async def open(self) -> None:
         # botocore logs signed requests (with the session token) at DEBUG: scrub its loggers.
         scrub_loggers("botocore")
-        self._client = await asyncio.get_running_loop().run_in_executor(self._io, self._make_client)
+        self._client, credentials, ca_bundle = await asyncio.get_running_loop().run_in_executor(
+            self._io, self._make_client)
+        o = self.options
+        self._wire = Wire(self._client.meta.endpoint_url, self._client.meta.region_name, credentials,
+                          connections=2 * max(1, o.max_threads // 2), read_timeout=o.wait_time + 30,
+                          attempts=o.client_retries, ca_bundle=ca_bundle)
 
-    def _make_client(self) -> Any:
+    def _make_client(self) -> tuple[Any, Any, str | None]:
+        """The boto3 client, the credentials it signs with and its CA bundle (AWS_CA_BUNDLE or the
+        profile's ``ca_bundle``): the message path uses the same."""
         o = self.options
         session = boto3.session.Session(
             profile_name=o.profile, region_name=o.region, aws_access_key_id=o.aws_access_key_id,
             aws_secret_access_key=o.aws_secret_access_key, aws_session_token=o.aws_session_token,
         )
         keys: dict[str, str] = {}
-        if o.endpoint_url and session.get_credentials() is None:
+        credentials = session.get_credentials()
+        if o.endpoint_url and credentials is None:
             # Local SQS-compatible servers (ElasticMQ) accept any signature but botocore needs one.
             keys = {"aws_access_key_id": "x", "aws_secret_access_key": "x"}
+            credentials = botocore.credentials.Credentials("x", "x")
         region = session.region_name or ("us-east-1" if o.endpoint_url else None)
         if region is None:
             raise ConfigError("sqs: no region: add ?region=... to the URL or set AWS_REGION / a profile region")
@@ -194,20 +213,45 @@ class SqsDriver(Driver):
             max_pool_connections=2 * max(1, o.max_threads // 2),
             retries={"mode": "standard", "total_max_attempts": o.client_retries},
             connect_timeout=5, read_timeout=o.wait_time + 30,
-            # The adapter builds every request itself (mapping.encode checks what SQS would refuse),
-            # so botocore's per-call re-validation is pure CPU: ~9 µs per message in a batch of 10.
-            parameter_validation=False,
+            parameter_validation=False,  # the adapter builds every request itself
         )
-        return session.client("sqs", region_name=region, endpoint_url=o.endpoint_url, config=config, **keys)
+        client = session.client("sqs", region_name=region, endpoint_url=o.endpoint_url, config=config, **keys)
+        return client, credentials, session._session.get_config_variable("ca_bundle")
 
     async def close(self) -> None:
+        """Polls in flight are not waited for: their threads finish (and release what they got) on
+        their own connections; idle connections are closed now."""
         self._io.shutdown(wait=False)
         self._polls.shutdown(wait=False)
+        if self._wire is not None:
+            self._wire.close()
 
     async def call(self, operation: str, /, **kwargs: Any) -> Any:
         """Run one boto3 client call in the I/O pool."""
         fn = getattr(self._client, operation)
         return await asyncio.get_running_loop().run_in_executor(self._io, functools.partial(fn, **kwargs))
+
+    @property
+    def wire(self) -> Wire:
+        """The message path (blocking calls: run them in a pool)."""
+        if self._wire is None:
+            raise Closed("sqs: the broker is not connected")
+        return self._wire
+
+    def hook(self, operation: str, params: dict[str, Any]) -> None:
+        """Hooks registered on :attr:`native` for ``before-parameter-build`` see sends, deletes and
+        visibility changes too (~3 µs per call); not the long polls, which run all the time."""
+        model = self._models.get(operation)
+        if model is None:
+            model = self._models[operation] = self._client.meta.service_model.operation_model(operation)
+        self._client.meta.events.emit(f"before-parameter-build.sqs.{operation}", params=params, model=model,
+                                      context={})
+
+    async def send(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One message-path call (``SendMessageBatch``...) in the I/O pool."""
+        wire = self.wire
+        self.hook(operation, params)
+        return await asyncio.get_running_loop().run_in_executor(self._io, wire.call, operation, params)
 
     async def poll(self, fn: Callable[[], T]) -> T:
         """Run a long poll in its own pool."""
@@ -366,7 +410,7 @@ class SqsDriver(Driver):
         except UnimqError as exc:
             return exc
         try:
-            await self.call("send_message", QueueUrl=url, **entry)
+            await self.send("SendMessage", {"QueueUrl": url, **entry})
         except Exception as exc:
             return self.map_error(exc, f"publish to {destination}")
         return None
@@ -375,7 +419,7 @@ class SqsDriver(Driver):
         self, url: str, destination: str, batch: list[tuple[int, dict[str, Any]]], results: list[BaseException | None]
     ) -> None:
         try:
-            response = await self.call("send_message_batch", QueueUrl=url, Entries=[e for _, e in batch])
+            response = await self.send("SendMessageBatch", {"QueueUrl": url, "Entries": [e for _, e in batch]})
         except Exception as exc:
             error = self.map_error(exc, f"publish to {destination}")
             for i, _ in batch:

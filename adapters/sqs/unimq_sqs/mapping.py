@@ -159,7 +159,11 @@ def decode(raw: dict[str, Any], default_group: str) -> tuple[Message, int, float
         if "StringValue" in attr:
             value = attr["StringValue"]
         else:
-            value = base64.b64encode(attr.get("BinaryValue", b"")).decode()
+            binary = attr.get("BinaryValue", b"")
+            if isinstance(binary, str):  # base64 text on the wire: ``native`` gets bytes, as from boto3
+                value, attr["BinaryValue"] = binary, base64.b64decode(binary)
+            else:
+                value = base64.b64encode(binary).decode()
         if name == META:
             try:
                 parsed = json.loads(value)

@@ -135,12 +135,12 @@ class SqsSubscription(Subscription):
         """One ReceiveMessage, in a poll thread. A poll that returns after :meth:`close` (which does
         not wait for polls) makes its messages visible again from this thread, at once: it works
         even when the driver's pools were shut down meanwhile."""
-        client = self._driver.native
-        raw: list[dict[str, Any]] = client.receive_message(**kwargs).get("Messages", [])
+        wire = self._driver.wire
+        raw: list[dict[str, Any]] = wire.call("ReceiveMessage", kwargs).get("Messages", [])
         if raw and self._closed:
             for entries in _visible_now([m["ReceiptHandle"] for m in raw]):
                 with contextlib.suppress(Exception):
-                    client.change_message_visibility_batch(QueueUrl=self._url, Entries=entries)
+                    wire.call("ChangeMessageVisibilityBatch", {"QueueUrl": self._url, "Entries": entries})
             return []
         return raw
 
@@ -149,7 +149,7 @@ class SqsSubscription(Subscription):
         for delivery in deliveries:
             self._unsettled.pop(delivery.token, None)
         entries = [{"Id": str(i), "ReceiptHandle": d.token} for i, d in enumerate(deliveries)]
-        response = await self._driver.call("delete_message_batch", QueueUrl=self._url, Entries=entries)
+        response = await self._driver.send("DeleteMessageBatch", {"QueueUrl": self._url, "Entries": entries})
         for failed in response.get("Failed", ()):
             if failed.get("Code") not in _STALE_HANDLE:
                 raise entry_error(failed, f"ack on {self._destination}")
@@ -163,8 +163,8 @@ class SqsSubscription(Subscription):
 
     async def _visibility_to(self, delivery: Delivery, seconds: int) -> None:
         try:
-            await self._driver.call("change_message_visibility", QueueUrl=self._url,
-                                    ReceiptHandle=delivery.token, VisibilityTimeout=seconds)
+            await self._driver.send("ChangeMessageVisibility", {
+                "QueueUrl": self._url, "ReceiptHandle": delivery.token, "VisibilityTimeout": seconds})
         except botocore.exceptions.ClientError as exc:
             if error_code(exc) not in _STALE_HANDLE:
                 raise
@@ -184,7 +184,7 @@ class SqsSubscription(Subscription):
     async def _release(self, handles: list[str]) -> None:
         """ChangeMessageVisibilityBatch to 0, the batches concurrently; best effort (a message not
         released comes back when its visibility timeout ends)."""
-        calls = [self._driver.call("change_message_visibility_batch", QueueUrl=self._url, Entries=entries)
+        calls = [self._driver.send("ChangeMessageVisibilityBatch", {"QueueUrl": self._url, "Entries": entries})
                  for entries in _visible_now(handles)]
         if calls:
             await asyncio.gather(*calls, return_exceptions=True)
