@@ -284,6 +284,10 @@ def render(results: dict[str, Any], doc: Path, img: Path) -> None:
     found = misses(results)
     notes_file = Path(__file__).with_name("analysis.md")
     analysis = notes_file.read_text().strip() if notes_file.exists() else "_none recorded_"
+    # Targeted runs since this one (per-message path, open/close, one driver's pass): kept by hand
+    # in since.md, so that regenerating this page does not drop them.
+    since_file = Path(__file__).with_name("since.md")
+    since = since_file.read_text().strip() if since_file.exists() else ""
     parts = [
         "# Benchmarks",
         "",
@@ -326,6 +330,7 @@ def render(results: dict[str, Any], doc: Path, img: Path) -> None:
         "",
         *[f"![{name}](img/{name})" for name in made if name in ("bench-ratios.png", "bench-cpu.png")],
         "",
+        *([since, ""] if since else []),
         "## Where unimq misses the bar",
         "",
         "The bar: unimq ≥ 0.95 × the raw client for produce and consume on every backend; ahead of every peer "
