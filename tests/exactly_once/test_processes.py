@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,21 @@ BUDGET = {"kafka": 75.0}
 CRASH_EVERY = {"kafka": 20}
 URL_OPTIONS = {"redis": "lock_timeout=2", "kafka": "session_timeout_ms=6000&heartbeat_interval_ms=500"}
 ENSURE: dict[str, dict[str, Any]] = {"kafka": {"partitions": 2}}
+
+
+def message_ids(count: int, every: int) -> list[str]:
+    """``count`` random ids of which exactly every ``every``-th is one the workers crash on
+    (worker.crash_now), so each run injects the same number of crashes: a run that happened to
+    draw no crash id proved nothing about crashes, and failed the test for it."""
+    ids = []
+    for i in range(count):
+        crash = i % every == every // 2
+        while True:
+            candidate = uuid.uuid4().hex
+            if (zlib.crc32(candidate.encode()) % every == 0) == crash:
+                ids.append(candidate)
+                break
+    return ids
 
 
 class Effects:
@@ -133,7 +149,8 @@ async def test_two_processes_sigkill_and_duplicates(target: str, store: str, bro
     async with unimq.connect(url) as broker:
         try:
             await broker.ensure(dest, **ENSURE.get(target, {}))
-            messages = [Message(f"order {i}".encode(), key=f"k{i % 4}") for i in range(N)]
+            ids = message_ids(N, CRASH_EVERY.get(target, 7))
+            messages = [Message(f"order {i}".encode(), key=f"k{i % 4}", message_id=ids[i]) for i in range(N)]
             producer = broker.producer(dest)
             await producer.send_many(messages)
             workers = [await spawn(), await spawn()]

@@ -82,6 +82,11 @@ ERRORS: tuple[ErrorRule, ...] = (
 )
 
 
+def _led(partitions: list[dict[str, Any]]) -> bool:
+    """Every partition of a topic's metadata entry has a leader."""
+    return bool(partitions) and all(p["leader"] >= 0 for p in partitions)
+
+
 class KafkaDriver(Driver):
     name = "kafka"
     Options: ClassVar[type[BaseModel]] = KafkaOptions
@@ -305,6 +310,7 @@ class KafkaDriver(Driver):
             if code not in (0, _TOPIC_EXISTS):
                 detail = entry[2] if len(entry) > 2 and entry[2] else ""
                 raise kerr.for_code(code)(f"creating topic {name!r}: {detail}")
+        await self._wait_for_metadata(admin, {t.name for t in topics}, present=True)
         self._known_topics.update(t.name for t in topics)
 
     async def _topic_defaults(self) -> tuple[int, int]:
@@ -408,20 +414,27 @@ class KafkaDriver(Driver):
         limit = self._meta.get(topic, {}).get("max_deliveries")
         return int(limit) if limit else None
 
-    async def _wait_until_gone(self, admin: Any, topics: set[str]) -> None:
-        """Return once no broker lists ``topics`` (for up to 10 s). In a cluster the controller
-        answers the delete before every broker's metadata drops the topics, and one broker's
-        answer says nothing of the others': a ``destinations()`` right after ``delete()`` must not
-        list them, whichever broker it asks."""
+    async def _wait_for_metadata(self, admin: Any, topics: set[str], present: bool) -> None:
+        """Return once every broker lists ``topics`` with a leader for each partition (``present``),
+        or none lists them (for up to 10 s). In a cluster the controller answers a create or a
+        delete before every broker's metadata has it, and one broker's answer says nothing of the
+        others': a consumer that joins right after a create must find its topics on whichever
+        broker it asks (else the group rebalances when they appear, and re-reads what it had read),
+        and a ``destinations()`` right after ``delete()`` must not list them."""
         nodes = [broker.nodeId for broker in admin._client.cluster.brokers()]
+        request = MetadataRequest(sorted(topics), allow_auto_topic_creation=False)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
         while True:
-            listed: set[str] = set()
-            for node in nodes:
-                response = await admin._send_request(MetadataRequest(None), node)
-                listed.update(topic["topic"] for topic in response.to_object()["topics"])
-            if not topics & listed or loop.time() >= deadline:
+            listed = [set[str]() for _ in nodes]
+            for seen, node in zip(listed, nodes, strict=True):
+                response = await admin._send_request(request, node)
+                for topic in response.to_object()["topics"]:
+                    # Present: listed with a leader for every partition; gone: not listed at all.
+                    if topic["error_code"] == 0 and (not present or _led(topic["partitions"])):
+                        seen.add(topic["topic"])
+            done = all(topics <= seen for seen in listed) if present else not any(topics & seen for seen in listed)
+            if done or loop.time() >= deadline:
                 return
             await asyncio.sleep(0.1)
 
@@ -527,6 +540,6 @@ class KafkaDriver(Driver):
                 # auto.create.topics.enable such a refresh would create a deleted topic again.
                 client = self._producer.client
                 client.set_topics([t for t in client._topics if t not in doomed])
-            await self._wait_until_gone(admin, set(doomed))
+            await self._wait_for_metadata(admin, set(doomed), present=False)
         self._known_topics.difference_update(doomed)
         await self._write_meta(destination, None)
