@@ -42,7 +42,11 @@ class CoreSubscription(Subscription):
         self._seq = 0
 
     async def open(self) -> None:
-        self._sub = await self._driver.nc.subscribe(self._destination, queue=self._queue_group, cb=self._on_msg)
+        nc = self._driver.nc
+        self._sub = await nc.subscribe(self._destination, queue=self._queue_group, cb=self._on_msg)
+        # A round trip, so the server has the subscription when open() returns: a message sent
+        # from another connection after that reaches the group (nothing waits for a late one).
+        await nc.flush()
 
     async def _on_msg(self, msg: Msg) -> None:
         if len(self._buffer) >= self._limit:

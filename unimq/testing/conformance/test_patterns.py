@@ -26,8 +26,12 @@ async def test_concurrent_requests_each_get_their_own_reply(unimq_url: str, brok
     async with asyncio.timeout(timing.receive):
         requester = await unimq.connect(unimq_url)
 
+    # Subscribed before the first request: on a backend that stores nothing (core NATS) a request
+    # sent before the responder's subscription exists is lost, and its caller times out.
+    consumer = await broker.consumer(dest, group, prefetch=200).open()
+
     async def respond() -> None:
-        async with broker.consumer(dest, group, prefetch=200) as consumer:
+        async with consumer:
             async for delivery in consumer:
                 await delivery.reply(b"re:" + delivery.message.body)
                 await delivery.ack()
@@ -41,6 +45,7 @@ async def test_concurrent_requests_each_get_their_own_reply(unimq_url: str, brok
         responder.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await responder
+        await consumer.close()
         await requester.close()
 
 
