@@ -698,6 +698,7 @@ class Consumer:
         self._settlement = Settlement(broker._driver, subscription, caps, destination, group, self._release,
                                       chain.acked, wanted, broker._send_reply)
         self._buffer: deque[Delivery] = deque()
+        subscription._unread = self._buffer  # the driver's discard_unread() reaches it
         self._unsettled = 0
         self._room: asyncio.Future[None] | None = None
         self._receive_failures = 0

@@ -28,6 +28,7 @@ per URL scheme, and its conformance targets under ``unimq.targets``. See ``docs/
 from __future__ import annotations
 
 import abc
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -135,6 +136,24 @@ class Subscription(abc.ABC):
     #: The lock in force for this reader in seconds, where ``open()`` learns it (e.g. from
     #: ``ensure(lock_timeout=)``); the runner renews locks before it runs out.
     lock_timeout: float | None = None
+
+    #: The core's deliveries received but not yet handed to the application (set by the core).
+    _unread: deque[Delivery] | None = None
+
+    def discard_unread(self, lost: Callable[[Delivery], bool]) -> list[Delivery]:
+        """For the driver to call, never overridden: the core forgets the deliveries it holds unread
+        for which ``lost`` is true, and returns them. A driver calls it when the broker will
+        redeliver them anyway (a lost channel's, a revoked partition's), so they are not handed out
+        and processed twice. What the application already holds stays: its settlements must not raise."""
+        unread = self._unread
+        if not unread:
+            return []
+        dropped = [delivery for delivery in unread if lost(delivery)]
+        if dropped:
+            kept = [delivery for delivery in unread if not lost(delivery)]
+            unread.clear()
+            unread.extend(kept)
+        return dropped
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect, create the group if needed (a group created here receives what is sent from now

@@ -1,4 +1,5 @@
-"""The core's read-ahead buffer (unimq.readahead): hand-out, refill signal, errors, discard."""
+"""The core's read-ahead buffer (unimq.readahead): hand-out, refill signal, errors, discard; and
+Subscription.discard_unread, a driver's way to make the core forget deliveries it holds unread."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 
 import pytest
 
+import unimq
 from unimq.message import Delivery, Message
 from unimq.readahead import ReadAhead
 
@@ -78,3 +80,20 @@ async def test_discard_keeps_the_order_and_the_fast_append() -> None:
     ahead.discard(lambda d: d.token % 2 == 0)
     ahead.append(_deliveries(1, start=9)[0])
     assert [d.token for d in await ahead.take(10, 0)] == [1, 3, 5, 9]
+
+
+async def test_discard_unread_forgets_what_the_core_holds_unread_and_nothing_handed_out() -> None:
+    """The driver's discard_unread reaches the consumer's buffer: dropped deliveries are never
+    handed out, the rest keep their order, and what the application holds is untouched."""
+    async with unimq.connect("memory://") as broker:
+        await broker.ensure("q")
+        await broker.producer("q").send_many([b"%d" % i for i in range(6)])
+        async with broker.consumer("q", prefetch=10) as consumer:
+            held = await consumer.receive(timeout=1)
+            assert held is not None and held.message.body == b"0"
+            dropped = consumer.subscription.discard_unread(lambda d: int(d.message.body) % 2 == 1)
+            assert sorted(d.message.body for d in dropped) == [b"1", b"3", b"5"]
+            rest = await consumer.receive_many(10, timeout=0)
+            assert [d.message.body for d in rest] == [b"2", b"4"]
+            assert consumer.subscription.discard_unread(lambda d: True) == []
+            await held.ack()

@@ -217,11 +217,13 @@ class ConfluentSubscription(Subscription):
                 log.warning("kafka: commit on revoke for group %r failed: %s", self.group_id, exc)
 
     async def _release(self, trackers: list[OffsetTracker]) -> None:
-        """On the loop: stop handing out the partitions' records, let those being processed finish
-        for up to ``lock_timeout``, hand back the rest (their next owner reads them)."""
+        """On the loop: stop handing out the partitions' records, ours or those the core holds
+        unread, let those being processed finish for up to ``lock_timeout``, hand back the rest
+        (their next owner reads them)."""
         gone = {id(tracker) for tracker in trackers}
         if self._buffer:
             self._buffer = deque(d for d in self._buffer if id(d.token) not in gone)
+        self._inflight.difference_update(self.discard_unread(lambda d: id(d.token) in gone))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._revoke_wait
         while any(id(d.token) in gone for d in self._inflight):

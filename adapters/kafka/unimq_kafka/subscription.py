@@ -145,11 +145,13 @@ class KafkaSubscription(Subscription):
     # Rebalance callbacks (awaited by aiokafka's coordinator during the rebalance).
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Stop handing out the partitions' records (their next owner reads them), let the messages
-        being processed finish for up to ``lock_timeout`` (default REVOKE_WAIT), then commit."""
+        """Stop handing out the partitions' records, ours or those the core holds unread (their next
+        owner reads them), let the messages being processed finish for up to ``lock_timeout``
+        (default REVOKE_WAIT), then commit."""
         leaving = {tp: tracker for tp in revoked if (tracker := self._trackers.pop(tp, None)) is not None}
         gone = {id(tracker) for tracker in leaving.values()}
         self._ahead.discard(lambda d: id(d.token) in gone)
+        self._inflight.difference_update(self.discard_unread(lambda d: id(d.token) in gone))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._revoke_wait
         while any(id(d.token) in gone for d in self._inflight):

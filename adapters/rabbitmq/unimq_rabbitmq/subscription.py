@@ -213,9 +213,14 @@ class RabbitMQSubscription(Subscription):
         self._tag = await self._queue.consume(self._on_message)
 
     def _tap(self, channel: aiormq.abc.AbstractChannel) -> None:
-        """Take this channel's deliveries through an inlet (a new channel: delivery tags restart)."""
+        """Take this channel's deliveries through an inlet (a new channel: delivery tags restart).
+
+        When the channel is lost, the broker requeues its unacked deliveries: those the core holds
+        unread are forgotten, or they would be processed now and again when redelivered.
+        """
         self._inlet = _Inlet(channel, self._on_delivered)
         self._tags = _Tags(channel)
+        channel.closing.add_done_callback(lambda _: self.discard_unread(lambda d: d.token.channel is channel))
 
     def _on_delivered(self, raw: DeliveredMessage, incoming: AbstractIncomingMessage | None = None) -> None:
         tags = self._tags

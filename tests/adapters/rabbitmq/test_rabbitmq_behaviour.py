@@ -240,6 +240,33 @@ async def test_reconnect_redelivers_unacked_with_higher_attempt(queue_type: str,
             await broker.delete(dest)
 
 
+async def test_reconnect_does_not_hand_out_the_lost_channels_buffered_messages(proxy: FaultProxy, dest: str) -> None:
+    """Deliveries the consumer had buffered but not handed out when the connection dropped are
+    requeued by the broker: each comes back once, as attempt 2, and is not also handed out from
+    the buffer (a duplicate the application would process twice)."""
+    bodies = [str(i).encode() for i in range(10)]
+    async with unimq.connect(URL) as broker:
+        try:
+            await broker.ensure(dest)
+            await broker.producer(dest).send_many(bodies)
+            flaky_url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/?reconnect_interval=0.2"
+            async with unimq.connect(flaky_url) as flaky, flaky.consumer(dest, prefetch=10) as consumer:
+                await asyncio.sleep(0.5)  # all ten reach the consumer's buffer
+                first = await consumer.receive(timeout=5)
+                assert first is not None and first.attempt == 1
+                proxy.sever()
+                await asyncio.sleep(0.5)
+                after: list[unimq.Delivery] = []
+                while (delivery := await consumer.receive(timeout=3)) is not None:
+                    after.append(delivery)
+                    await delivery.ack()
+            got = Counter(d.message.body for d in after)
+            assert got == Counter(bodies), f"after the reconnect: {sorted(got.items())}"
+            assert {d.attempt for d in after} == {2}
+        finally:
+            await broker.delete(dest)
+
+
 async def test_close_requeues_buffered_messages(broker: unimq.Broker, dest: str) -> None:
     await broker.ensure(dest)
     await broker.producer(dest).send_many([b"1", b"2", b"3"])
