@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 from unimq_kafka.offsets import OffsetTracker
-from unimq_kafka.subscription import JOIN_TIMEOUT, REVOKE_WAIT
+from unimq_kafka.subscription import JOIN_TIMEOUT, REVOKE_WAIT, RetryTopicSubscription
 
-from unimq.driver import AckBatch, ReceiveSettings, Subscription
-from unimq.errors import PublishError, UnimqError
-from unimq.message import Delivery, Message
-from unimq.reliability import EXPIRES_AT, NOT_BEFORE, attempt_from_headers, epoch_ms, redelivery_copy
+from unimq.driver import AckBatch, ReceiveSettings
+from unimq.errors import UnimqError
+from unimq.message import Delivery
+from unimq.reliability import EXPIRES_AT, NOT_BEFORE, attempt_from_headers, epoch_ms
 from unimq_kafka_confluent.mapping import from_message
 
 if TYPE_CHECKING:
@@ -65,9 +65,9 @@ FETCH_QUEUE_BACKOFF_MS = 10
 Partition = tuple[str, int]
 
 
-class ConfluentSubscription(Subscription):
+class ConfluentSubscription(RetryTopicSubscription):
     ack_batch = AckBatch(max_batch=1000, max_in_flight=1)
-    native_nack = False
+    _driver: ConfluentKafkaDriver
 
     def __init__(self, driver: ConfluentKafkaDriver, topic: str, group: str | None,
                  settings: ReceiveSettings) -> None:
@@ -451,27 +451,6 @@ class ConfluentSubscription(Subscription):
             delivery.token.ack(delivery.native.offset())
             inflight.discard(delivery)
         self._dirty = True
-
-    async def redeliver(self, copy: Message, delay: float | None) -> None:
-        """The group's retry topic holds the copy until its not-before time."""
-        (error,) = await self._driver.publish(self.retry_topic, [copy])
-        if error is not None:
-            raise PublishError(f"could not republish {copy.message_id} to {self.retry_topic!r}: {error}",
-                               messages=[copy], results=[error]) from error
-
-    async def _hand_back(self, deliveries: list[Delivery]) -> None:
-        """Unsettled messages we give up (close, revoke timeout): republished to the retry topic as
-        the next attempt; a failure leaves them to the offsets (redelivered all the same)."""
-        held = [d for d in deliveries if d in self._inflight and not d.settled and not d.token.revoked]
-        if not held:
-            return
-        copies = [redelivery_copy(d.message, d.attempt + 1, None) for d in held]
-        try:
-            results = await self._driver.publish(self.retry_topic, copies)
-        except Exception as exc:
-            log.warning("kafka: could not hand back %d messages of %r: %s", len(held), self._topic, exc)
-            return
-        await self.ack_many([d for d, error in zip(held, results, strict=True) if error is None])
 
     async def close(self) -> None:
         self._stopping = True

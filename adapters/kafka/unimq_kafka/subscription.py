@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 
-from unimq.driver import AckBatch, ReceiveSettings, Subscription
+from unimq.driver import AckBatch, Driver, ReceiveSettings, Subscription
 from unimq.errors import PublishError
 from unimq.message import Delivery, Message
 from unimq.readahead import ReadAhead
@@ -70,10 +70,44 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._sub._on_assigned(assigned)
 
 
-class KafkaSubscription(Subscription):
+class RetryTopicSubscription(Subscription):
+    """What both Kafka drivers (aiokafka, librdkafka) settle through the group's retry topic: a
+    nack's redelivery copy, and the unsettled messages a consumer gives up (close, revoke timeout)."""
+
+    native_nack = False
+    _driver: Driver
+    _topic: str
+    retry_topic: str
+    #: Deliveries handed to the core and not yet settled.
+    _inflight: set[Delivery]
+
+    async def redeliver(self, copy: Message, delay: float | None) -> None:
+        """The group's retry topic holds the copy until its not-before time."""
+        (error,) = await self._driver.publish(self.retry_topic, [copy])
+        if error is not None:
+            raise PublishError(f"could not republish {copy.message_id} to {self.retry_topic!r}: {error}",
+                               messages=[copy], results=[error]) from error
+
+    async def _hand_back(self, deliveries: list[Delivery]) -> None:
+        """Unsettled messages we give up: republished to the retry topic as the next attempt (left to
+        the offsets they would come back as attempt 1). A failure leaves them to the offsets
+        (redelivered all the same)."""
+        held = [d for d in deliveries if d in self._inflight and not d.settled and not d.token.revoked]
+        if not held:
+            return
+        copies = [redelivery_copy(d.message, d.attempt + 1, None) for d in held]
+        try:
+            results = await self._driver.publish(self.retry_topic, copies)
+        except Exception as exc:
+            log.warning("kafka: could not hand back %d messages of %r: %s", len(held), self._topic, exc)
+            return
+        await self.ack_many([d for d, error in zip(held, results, strict=True) if error is None])
+
+
+class KafkaSubscription(RetryTopicSubscription):
     #: An ack only moves an offset in memory, but batched the core spends no coroutine per ack.
     ack_batch = AckBatch(max_batch=1000, max_in_flight=1)
-    native_nack = False
+    _driver: KafkaDriver
 
     def __init__(self, driver: KafkaDriver, topic: str, group: str | None, settings: ReceiveSettings) -> None:
         self._driver = driver
@@ -355,30 +389,6 @@ class KafkaSubscription(Subscription):
             delivery.token.ack(delivery.native.offset)
             inflight.discard(delivery)
         self._dirty = True
-
-    async def redeliver(self, copy: Message, delay: float | None) -> None:
-        """The group's retry topic holds the copy until its not-before time."""
-        (error,) = await self._driver.publish(self.retry_topic, [copy])
-        if error is not None:
-            raise PublishError(f"could not republish {copy.message_id} to {self.retry_topic!r}: {error}",
-                               messages=[copy], results=[error]) from error
-
-    async def _hand_back(self, deliveries: list[Delivery]) -> None:
-        """Unsettled messages we give up (close, revoke timeout): redeliver them as the next attempt.
-
-        Left to offsets they would come back with attempt 1; republished to the retry topic they
-        carry the attempt count. A failure leaves them to the offsets (redelivered all the same).
-        """
-        held = [d for d in deliveries if d in self._inflight and not d.settled and not d.token.revoked]
-        if not held:
-            return
-        copies = [redelivery_copy(d.message, d.attempt + 1, None) for d in held]
-        try:
-            results = await self._driver.publish(self.retry_topic, copies)
-        except Exception as exc:
-            log.warning("kafka: could not hand back %d messages of %r: %s", len(held), self._topic, exc)
-            return
-        await self.ack_many([d for d, error in zip(held, results, strict=True) if error is None])
 
     async def close(self) -> None:
         if self._task is not None:
