@@ -4,10 +4,8 @@ A client that fetches on its own schedule — a poll task (aiokafka), a poll thr
 turns what it fetched into deliveries and ``append``\\s them here; the subscription's ``receive`` is
 :meth:`ReadAhead.take`. The rules every such driver shares live in this one class:
 
-- ``take`` hands out at most ``handout`` deliveries per call (a driver lowers it while a rebalance
-  would have to wait for everything handed out), waits for data up to the core's timeout, and
-  raises the error the fetcher reported once the buffer is drained (it stays raised: a fetcher
-  that failed for good does not come back);
+- ``take`` waits for data up to the core's timeout, and raises the error the fetcher reported
+  once the buffer is drained (it stays raised: a fetcher that failed for good does not come back);
 - the buffer is refilled a batch at a time: the fetcher stops while it holds more than half of
   ``capacity`` (:attr:`full`), and ``take`` calls ``on_room`` when it is down to half, so the next
   fetch overlaps the processing of the current batch.
@@ -30,12 +28,10 @@ from unimq.message import Delivery
 class ReadAhead:
     """The deliveries a background fetcher got ahead of the consumer."""
 
-    def __init__(self, capacity: int, on_room: Callable[[], None], handout: int | None = None) -> None:
+    def __init__(self, capacity: int, on_room: Callable[[], None]) -> None:
         self._items: deque[Delivery] = deque()
         self._low = capacity // 2
         self._on_room = on_room
-        #: Most deliveries one :meth:`take` hands out.
-        self.handout = handout or capacity
         self._data = asyncio.Event()
         self._error: BaseException | None = None
         #: The fetching side's hot path: add one delivery (then :meth:`notify` once per batch).
@@ -74,7 +70,7 @@ class ReadAhead:
         self._items.clear()
 
     async def take(self, max_messages: int, timeout: float) -> list[Delivery]:
-        """Up to ``min(max_messages, handout)`` deliveries, waiting up to ``timeout`` for the first."""
+        """Up to ``max_messages`` deliveries, waiting up to ``timeout`` for the first."""
         items = self._items
         if not items:
             if self._error is not None:
@@ -88,12 +84,11 @@ class ReadAhead:
                 if self._error is not None:
                     raise self._error
                 return []
-        count = min(max_messages, self.handout)
-        if len(items) <= count:
+        if len(items) <= max_messages:
             out = list(items)
             items.clear()
         else:
-            out = [items.popleft() for _ in range(count)]
+            out = [items.popleft() for _ in range(max_messages)]
         if len(items) <= self._low:
             self._on_room()
         return out

@@ -17,18 +17,18 @@ def _deliveries(count: int, start: int = 0) -> list[Delivery]:
     return [Delivery(Message(b"%d" % i), token=i) for i in range(start, start + count)]
 
 
-async def test_take_hands_out_at_most_handout_and_calls_on_room_at_half() -> None:
+async def test_take_hands_out_at_most_max_messages_and_calls_on_room_at_half() -> None:
     rooms: list[int] = []
-    ahead = ReadAhead(10, lambda: rooms.append(len(ahead)), handout=4)
+    ahead = ReadAhead(10, lambda: rooms.append(len(ahead)))
     ahead.extend(_deliveries(10))
     assert ahead.full
-    first = await ahead.take(100, 0)
+    first = await ahead.take(4, 0)
     assert [d.token for d in first] == [0, 1, 2, 3]
     assert rooms == []  # 6 left: more than half
-    second = await ahead.take(100, 0)
+    second = await ahead.take(4, 0)
     assert [d.token for d in second] == [4, 5, 6, 7]
     assert rooms == [2] and not ahead.full
-    assert [d.token for d in await ahead.take(1, 0)] == [8]
+    assert [d.token for d in await ahead.take(100, 0)] == [8, 9]
 
 
 async def test_take_waits_for_data_up_to_its_timeout() -> None:

@@ -52,11 +52,6 @@ JOIN_TIMEOUT = 10.0
 #: How long a rebalance waits for in-flight messages of revoked partitions without lock_timeout;
 #: those still held then are handed back (redelivered as the next attempt).
 REVOKE_WAIT = 5.0
-#: Most records one receive() hands out while the group has other members. The core holds what it
-#: was handed until the application takes it, and a rebalance waits for everything handed out:
-#: small hand-outs keep that wait the time of the messages being processed, not of a whole
-#: prefetch queued behind them. A member alone (every partition) hands out whole batches.
-HANDOUT = 16
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -120,7 +115,7 @@ class KafkaSubscription(RetryTopicSubscription):
         self._consumer: Any = None
         self._task: asyncio.Task[None] | None = None
         self._room = asyncio.Event()
-        self._ahead = ReadAhead(self._prefetch, self._room.set, HANDOUT)
+        self._ahead = ReadAhead(self._prefetch, self._room.set)
         self._inflight: set[Delivery] = set()
         # Bounded so that the other members' JoinGroup requests (request_timeout) do not time out.
         opts = driver.options
@@ -210,9 +205,6 @@ class KafkaSubscription(RetryTopicSubscription):
                 log.warning("kafka: commit on revoke for group %r failed: %s", self.group_id, exc)
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        everything = self._consumer.partitions_for_topic(self._topic) or set()
-        alone = everything <= {tp.partition for tp in assigned if tp.topic == self._topic}
-        self._ahead.handout = self._prefetch if alone else HANDOUT
         for tp in assigned:
             self._trackers[tp] = OffsetTracker()
         try:
