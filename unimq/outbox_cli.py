@@ -14,7 +14,12 @@ import sys
 from typing import Any
 
 import unimq
-from unimq.errors import ConfigError, register_secret, scrub_loggers
+from unimq.errors import ConfigError, UnimqError, register_secret, scrub_loggers
+
+log = logging.getLogger("unimq.outbox")
+
+#: Longest wait between two attempts to reach a broker that is down when the relay starts.
+CONNECT_BACKOFF_MAX = 5.0
 
 #: Plain database URLs get the async driver the extra installs.
 _ASYNC_DRIVERS = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
@@ -54,7 +59,10 @@ async def cmd_relay(args: argparse.Namespace) -> int:
         outbox = Outbox(engine, table=args.table)
         if args.create_table:
             await outbox.create_table()
-        async with unimq.connect(args.broker_url) as broker:
+        broker = await _connect_when_up(args.broker_url, stop)
+        if broker is None:
+            return 0  # stopped before the broker came up
+        async with broker:
             relay = outbox.relay(broker, batch=args.batch, poll=args.poll)
             await relay.run(stop, until_idle=args.until_idle)
         stats = relay.stats
@@ -66,6 +74,24 @@ async def cmd_relay(args: argparse.Namespace) -> int:
                 loop.remove_signal_handler(sig)
         await engine.dispose()
     return 0
+
+
+async def _connect_when_up(url: str, stop: asyncio.Event) -> unimq.Broker | None:
+    """The relay outlives a broker outage, one at its own start included (both started together,
+    or the broker restarting): a retryable error is logged and retried, backing off to
+    CONNECT_BACKOFF_MAX, until ``stop``. Anything else (a bad URL, wrong credentials) ends it."""
+    delay = 0.1
+    while not stop.is_set():
+        try:
+            return await unimq.connect(url)
+        except UnimqError as exc:
+            if not exc.retryable:
+                raise
+            log.warning("outbox relay: %s; retrying in %.1fs", exc, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, CONNECT_BACKOFF_MAX)
+    return None
 
 
 async def cmd_create(args: argparse.Namespace) -> int:

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import free_port, scripts_brokers
 
 import unimq
 from unimq.cli import main
+from unimq.outbox import Outbox
 
 
 def test_ddl_create_and_relay_rows_written_by_another_stack(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -49,3 +52,36 @@ def test_bad_database_url_is_one_line(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["outbox", "relay", "not-a-url", "memory://"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("unimq: ") and len(err.splitlines()) == 1 and "postgresql://" in err
+
+
+async def test_relay_started_while_the_broker_is_down_waits_for_it(tmp_path: Path) -> None:
+    """A relay process started before its broker (deployed together, or during a restart) retries
+    the connection and relays once the broker is up, instead of exiting: the chaos test's relay,
+    slow to start on a loaded machine, once met the broker's outage and relayed nothing."""
+    brokers = scripts_brokers()
+    redis = brokers.Redis(home=tmp_path / "redis")
+    redis.port = free_port()
+    redis.url = f"redis://127.0.0.1:{redis.port}/0"
+    db = tmp_path / "outbox.db"
+    dest = f"cli-outbox-{uuid.uuid4().hex[:8]}"
+    with sqlite3.connect(db) as conn:
+        conn.executescript("".join(f"{statement};" for statement in Outbox().ddl("sqlite")))
+        conn.executemany("INSERT INTO unimq_outbox (destination, message_key, message_id, body) VALUES (?, ?, ?, ?)",
+                         [(dest, None, uuid.uuid4().hex, b"x") for _ in range(5)])
+    log = tmp_path / "relay.log"
+    with log.open("wb") as out:
+        relay = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "unimq.cli", "outbox", "relay", f"sqlite:///{db}", redis.url, "--until-idle",
+            stdout=out, stderr=out)
+    try:
+        await asyncio.sleep(2.0)
+        assert relay.returncode is None, f"the relay exited while the broker was down:\n{log.read_text()}"
+        assert await asyncio.to_thread(brokers.up, [redis])
+        assert await asyncio.wait_for(relay.wait(), 30) == 0, log.read_text()
+    finally:
+        if relay.returncode is None:
+            relay.kill()
+            await relay.wait()
+        await asyncio.to_thread(brokers.down, [redis])
+    output = log.read_text()
+    assert "retrying" in output and "relayed 5" in output, output
