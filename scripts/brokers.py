@@ -285,6 +285,19 @@ class Broker:
             pass
         return pid
 
+    def pid_status(self) -> str:
+        """Why :meth:`pid` found no process of ours: for an error message."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError) as exc:
+            return f"pid file: {exc}"
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError as exc:
+            return f"pid {pid}: {exc.strerror}"
+        return f"pid {pid}: state {state}, cwd {cwd}"
+
     def is_up(self) -> bool:
         return self.pid() is not None and self.ready()
 
@@ -318,7 +331,7 @@ class Broker:
     def startup_done(self, started_at: float) -> bool:
         """True once ready; False while still booting; BrokerError if it died or timed out."""
         if self.pid() is None:
-            raise BrokerError(f"{self.name}: process exited during startup; log tail "
+            raise BrokerError(f"{self.name}: process exited during startup ({self.pid_status()}); log tail "
                               f"({self.log}):\n{tail(self.log)}")
         if self.booted() and self.ready():
             return True
