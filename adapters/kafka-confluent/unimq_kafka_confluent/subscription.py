@@ -26,18 +26,19 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+from unimq_kafka.mapping import MESSAGE_ID
 from unimq_kafka.offsets import OffsetTracker
 from unimq_kafka.subscription import JOIN_TIMEOUT, REVOKE_WAIT, RetryTopicSubscription
 
 from unimq.driver import AckBatch, ReceiveSettings
 from unimq.errors import UnimqError
-from unimq.message import Delivery
+from unimq.message import Delivery, Message
 from unimq.reliability import EXPIRES_AT, NOT_BEFORE, attempt_from_headers, epoch_ms
-from unimq_kafka_confluent.mapping import from_message
+from unimq_kafka_confluent.mapping import _ENC, _ERR, _NO_TIMESTAMP, from_message
 
 if TYPE_CHECKING:
     from unimq_kafka_confluent.driver import ConfluentKafkaDriver
@@ -95,10 +96,13 @@ class ConfluentSubscription(RetryTopicSubscription):
         self._held: dict[Partition, float] = {}
         self._paused = False
         self._last_poll = self._last_commit = time.monotonic()
-        self._room = threading.Event()
-        self._data = asyncio.Event()
+        #: A binary semaphore, held while no wake-up is pending: receive() releases it once it took
+        #: the buffer below half, the poll thread's acquire waits for that (C calls, where an Event
+        #: costs a Python Condition on each side).
+        self._room = threading.Lock()
+        self._room.acquire()
         #: Set by receive() while it waits for records: only then does the poll thread wake the loop.
-        self._waiting = False
+        self._waiter: asyncio.Future[None] | None = None
         self._assigned = asyncio.Event()
         self._error: BaseException | None = None
         self._dirty = False
@@ -271,9 +275,7 @@ class ConfluentSubscription(RetryTopicSubscription):
                 self._paused = True
                 consumer.consume(1, 0)
                 self._last_poll = time.monotonic()
-            self._room.clear()
-            if len(self._buffer) > self._low:
-                self._room.wait(self._interval)
+            self._room.acquire(timeout=self._interval)
         else:
             if self._paused:
                 consumer.resume([tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in self._held])
@@ -300,11 +302,19 @@ class ConfluentSubscription(RetryTopicSubscription):
 
     def _fail(self, error: UnimqError) -> None:
         self._error = error
-        self._data.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        """On the loop: end the wait of a receive(), if one waits."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _accept(self, consumer: Any, records: list[Any]) -> None:
-        """Records → deliveries, on the poll thread. The per-record hot path: a record's tracker is
-        looked up once per run of one partition, and each ``record.x()`` (a C call) is made once."""
+        """Records → deliveries, on the poll thread; the per-record hot path. A record's tracker is
+        looked up once per run of one partition, whose offsets are tracked in one call; each
+        ``record.x()`` (a C call) is made once; a record whose only header is ``message-id`` (what
+        unimq writes for a first delivery) is converted inline, any other through ``from_message``."""
         now_ms = time.time() * 1000
         trackers = self._trackers
         retry_topic = self.retry_topic
@@ -315,6 +325,9 @@ class ConfluentSubscription(RetryTopicSubscription):
         last_topic: str | None = None
         last_partition = -1
         tracker: OffsetTracker | None = None
+        run: list[int] = []  # the current partition run's offsets, tracked before anything is handed out
+        stamp: tuple[int, int] | None = None
+        when: datetime | None = None
         for record in records:
             error = record.error()
             if error is not None:
@@ -326,17 +339,36 @@ class ConfluentSubscription(RetryTopicSubscription):
             topic = record.topic()
             partition = record.partition()
             if partition != last_partition or topic != last_topic:
+                if run and tracker is not None:
+                    tracker.track_many(run)
+                    run = []
                 last_topic, last_partition = topic, partition
                 key = (topic, partition)
                 tracker = None if key in skip else trackers.get(key)
             if tracker is None:
                 continue
             offset = record.offset()
+            raw = record.headers()
+            if raw is not None and len(raw) == 1 and raw[0][0] == MESSAGE_ID and (message_id := raw[0][1]):
+                if (ts := record.timestamp()) != stamp:
+                    stamp = ts
+                    when = None if ts[0] == _NO_TIMESTAMP else datetime.fromtimestamp(ts[1] / 1000, UTC)
+                value = record.value()
+                name = record.key()
+                run.append(offset)
+                append(Delivery(Message(value if value is not None else b"",
+                                        name.decode(_ENC, _ERR) if name is not None else None, {},
+                                        message_id.decode(_ENC, _ERR), None, None, None, when),
+                                1, record, tracker, 0.0))
+                continue
             message = from_message(record, topic, partition, offset)
             headers = message.headers
             if headers:
                 due = epoch_ms(headers, NOT_BEFORE)
                 if due > now_ms:
+                    if run:
+                        tracker.track_many(run)
+                        run = []
                     if topic == retry_topic:
                         self._hold(consumer, (topic, partition), offset, (due - now_ms) / 1000)
                         skip.add((topic, partition))
@@ -349,13 +381,15 @@ class ConfluentSubscription(RetryTopicSubscription):
                 expires = epoch_ms(headers, EXPIRES_AT) / 1000
             else:
                 attempt, expires = 1, 0.0
-            tracker.track(offset)
+            run.append(offset)
             # token: the partition's tracker; the offset to ack is native.offset() (no tuple per record)
             append(Delivery(message, attempt, record, tracker, expires))
+        if run and tracker is not None:
+            tracker.track_many(run)
         if out:
             self._buffer.extend(out)
-            if self._waiting:  # after the extend: receive() sets it before its last look at the buffer
-                self._call(self._data.set)
+            if self._waiter is not None:  # after the extend: receive() sets it before its last look at the buffer
+                self._call(self._wake)
         if failure is not None:
             raise failure
 
@@ -391,7 +425,7 @@ class ConfluentSubscription(RetryTopicSubscription):
         message = from_message(record, record.topic(), record.partition(), record.offset())
         expires = epoch_ms(message.headers, EXPIRES_AT) / 1000
         self._buffer.append(Delivery(message, attempt_from_headers(message), record, tracker, expires))
-        self._data.set()
+        self._wake()
 
     def _commit(self, consumer: Any, asynchronous: bool) -> None:
         self._dirty = False
@@ -418,15 +452,17 @@ class ConfluentSubscription(RetryTopicSubscription):
         if not buffer:
             if self._error is not None:
                 raise self._error
-            self._data.clear()
-            self._waiting = True
-            try:
-                if timeout > 0 and not buffer:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(timeout):
-                            await self._data.wait()
-            finally:
-                self._waiting = False
+            if timeout > 0:
+                # A bare future and timer: asyncio.Event + asyncio.timeout cost several times more per wait.
+                loop = asyncio.get_running_loop()
+                waiter = self._waiter = loop.create_future()
+                timer = loop.call_later(timeout, self._wake)
+                try:
+                    if not buffer:
+                        await waiter
+                finally:
+                    self._waiter = None
+                    timer.cancel()
             buffer = self._buffer
             if not buffer:
                 if self._error is not None:
@@ -440,22 +476,33 @@ class ConfluentSubscription(RetryTopicSubscription):
         else:
             out = [buffer.popleft() for _ in range(count)]
         self._inflight.update(out)
-        if len(buffer) <= self._low and not self._room.is_set():
-            self._room.set()
+        if len(buffer) <= self._low and self._room.locked():
+            self._room.release()
         return out
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        """One loop over offsets: no commit or wake-up per message (the poll thread commits)."""
-        inflight = self._inflight
-        for delivery in deliveries:
-            delivery.token.ack(delivery.native.offset())
-            inflight.discard(delivery)
+        """One call per partition's offsets, no commit or wake-up (the poll thread commits)."""
+        if not deliveries:
+            return
+        self._inflight.difference_update(deliveries)
+        trackers = [delivery.token for delivery in deliveries]
+        offsets = [delivery.native.offset() for delivery in deliveries]
+        first: OffsetTracker = trackers[0]
+        if trackers.count(first) == len(trackers):
+            first.ack_many(offsets)
+        else:
+            runs: dict[OffsetTracker, list[int]] = {}
+            for tracker, offset in zip(trackers, offsets, strict=True):
+                runs.setdefault(tracker, []).append(offset)
+            for tracker, run in runs.items():
+                tracker.ack_many(run)
         self._dirty = True
 
     async def close(self) -> None:
         self._stopping = True
         self._closing = True
-        self._room.set()
+        if self._room.locked():
+            self._room.release()
         if self._stopped is not None:
             await asyncio.wait({self._stopped}, timeout=POLL_SECONDS * 50)
         self._buffer.clear()

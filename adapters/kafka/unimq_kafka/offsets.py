@@ -11,6 +11,7 @@ over the delivered sequence.
 from __future__ import annotations
 
 from collections import deque
+from itertools import islice, repeat, starmap
 
 
 class OffsetTracker:
@@ -29,6 +30,24 @@ class OffsetTracker:
     def track(self, offset: int) -> None:
         """A record at ``offset`` was fetched (offsets arrive in increasing order)."""
         self._pending.append(offset)
+
+    def track_many(self, offsets: list[int]) -> None:
+        """Records fetched at ``offsets``, in increasing order: one call per partition run."""
+        self._pending.extend(offsets)
+
+    def ack_many(self, offsets: list[int]) -> None:
+        """The records at ``offsets`` are done. The common batch, the oldest pending offsets in
+        order, is checked and removed by C loops (no Python call per offset); any other goes
+        offset by offset."""
+        pending = self._pending
+        count = len(offsets)
+        if count > 1 and pending and pending[0] == offsets[0] and list(islice(pending, count)) == offsets:
+            # popleft count - 1 times without a Python loop; ack() pops the last and moves the commit point.
+            deque(starmap(pending.popleft, repeat((), count - 1)), maxlen=0)
+            self.ack(offsets[-1])
+            return
+        for offset in offsets:
+            self.ack(offset)
 
     def ack(self, offset: int) -> None:
         """The record at ``offset`` is done; advance the commit point over contiguous acks."""

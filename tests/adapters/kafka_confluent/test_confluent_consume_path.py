@@ -61,3 +61,22 @@ async def test_read_ahead_stays_bounded_and_every_record_arrives_once(confluent:
     assert set(seen.values()) == {1}
     async with confluent.consumer(topic, "ahead") as again:
         assert await again.receive(timeout=3) is None  # every ack was committed on close
+
+
+async def test_message_ids_from_the_header_or_the_stable_id(confluent: unimq.Broker, topic: str) -> None:
+    """Records written by another client: the one-header fast path and the general conversion agree."""
+    await confluent.ensure(topic, partitions=1, groups=("ids",))
+    for body, headers in ((b"a", [("message-id", b"abc")]), (b"b", [("message-id", b"")]), (b"c", None),
+                          (b"d", [("message-id", b"xyz"), ("n", b"1")])):
+        confluent.native.produce(topic, body, headers=headers)
+    got: dict[bytes, unimq.Message] = {}
+    async with confluent.consumer(topic, "ids") as consumer:
+        deadline = time.monotonic() + 20
+        while len(got) < 4 and time.monotonic() < deadline:
+            for delivery in await consumer.receive_batch(10, timeout=1):
+                got[delivery.message.body] = delivery.message
+                await delivery.ack()
+    assert {body: m.message_id for body, m in got.items()} == {
+        b"a": "abc", b"b": f"{topic}-0-1", b"c": f"{topic}-0-2", b"d": "xyz"}
+    assert got[b"a"].headers == {} and got[b"d"].headers == {"n": "1"}
+    assert all(m.timestamp is not None for m in got.values())
