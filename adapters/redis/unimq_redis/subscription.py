@@ -28,6 +28,17 @@ from unimq_redis.fields import entry_time, from_flat, now_ms
 if TYPE_CHECKING:
     from unimq_redis.driver import RedisDriver
 
+#: Most deliveries one :meth:`RedisSubscription.receive` builds and returns. Entries read beyond it
+#: wait as hiredis replies, so the ``Message``/``Delivery`` objects of a large prefetch are made,
+#: handled and freed a chunk at a time (held 1,000 at once per consumer, they outlived the young
+#: GC generations and the collector's passes cost more than the rest of the loop), and the core's
+#: ack batcher flushes once per chunk, so an ``ack_many`` carries the next read while the
+#: application handles the chunk before it.
+CHUNK = 100
+#: Most entries one XREADGROUP of :meth:`RedisSubscription.receive` reads: three chunks, so while
+#: one is handled two wait, and the read an ``ack_many`` carries has two chunks' time to return.
+READ = 3 * CHUNK
+
 
 def group_start(start: Any, default: str) -> str:
     """The id a new group starts after: ``0`` (earliest), ``$`` (latest) or just before a time."""
@@ -68,9 +79,12 @@ class RedisSubscription(Subscription):
         self._extended: dict[bytes, float] = {}
         self._keepalive: asyncio.Task[None] | None = None
         self._closed = False
-        #: Entries read ahead by an ``ack_many`` (its XACK and an XREADGROUP in one write), handed
-        #: out by the next :meth:`receive`; ``_draining``: the last read was full (a backlog).
-        self._ahead: list[Delivery] = []
+        #: Entries read but not handed out yet (raw XREADGROUP entries): the rest of a read larger
+        #: than :data:`CHUNK`, or an ``ack_many``'s (its XACK and an XREADGROUP in one write).
+        #: ``_carried``: done when the XREADGROUP an ``ack_many`` carries is answered, and how many
+        #: entries it asked for. ``_draining``: the last read was full (a backlog).
+        self._ahead: list[list[Any]] = []
+        self._carried: tuple[asyncio.Future[None], int] | None = None
         self._draining = False
         self._last_count = 0
         self._busy = False
@@ -93,30 +107,48 @@ class RedisSubscription(Subscription):
     # Receiving
 
     async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
-        if time.monotonic() >= self._next_maintenance:
-            out = await self._maintain(max_messages)
+        """Up to :data:`CHUNK` deliveries: from the entries read ahead, else from one XREADGROUP.
+
+        The consumer never reads more than the core has room for (``max_messages``): entries read
+        ahead and those an ``ack_many`` is reading count against it. Cancel-safe: this awaits only
+        its own XREADGROUP (entries it read but could not return stay in the group's pending list,
+        reclaimable after the lock timeout or handed back on close) and the maintenance script.
+        """
+        ahead = self._ahead
+        if time.monotonic() >= self._next_maintenance and max_messages > self._held():
+            out = await self._maintain(max_messages - self._held())
             if out:
                 return await self._unless_closed(out)
-        ahead = self._ahead
-        if ahead:
-            self._ahead = ahead[max_messages:]
-            return await self._unless_closed(ahead[:max_messages])
-        ms = int(min(timeout, self._next_maintenance - time.monotonic()) * 1000)
-        block = (b"BLOCK", b"%d" % ms) if ms > 0 else ()
-        self._busy = True
-        try:
-            reply: Any = await self._command(
-                self._stream_key, *self._read, b"%d" % max_messages, *block, b"STREAMS", self._stream_key, b">",
-            )
-        finally:
-            self._busy = False
-        self._last_count = max_messages
-        if not reply:
-            self._draining = False
-            return []
-        entries = reply[0][1]
-        self._draining = len(entries) >= max_messages
-        return await self._unless_closed(_deliveries(entries))
+        if not ahead and self._carried is not None:
+            await asyncio.wait((self._carried[0],), timeout=timeout)
+        if not ahead:
+            count = min(max_messages - self._held(), READ)
+            if count <= 0:
+                return []
+            ms = int(min(timeout, self._next_maintenance - time.monotonic()) * 1000)
+            block = (b"BLOCK", b"%d" % ms) if ms > 0 else ()
+            self._busy = True
+            try:
+                reply: Any = await self._command(
+                    self._stream_key, *self._read, b"%d" % count, *block, b"STREAMS", self._stream_key, b">",
+                )
+            finally:
+                self._busy = False
+            self._last_count = count
+            if not reply:
+                self._draining = False
+                return []
+            entries = reply[0][1]
+            self._draining = len(entries) >= count
+            ahead += entries
+        size = min(max_messages, CHUNK)
+        taken = ahead[:size]
+        del ahead[:size]
+        return await self._unless_closed(_deliveries(taken))
+
+    def _held(self) -> int:
+        """Entries this consumer has read, or is reading, and not handed to the core yet."""
+        return len(self._ahead) + (self._carried[1] if self._carried is not None else 0)
 
     async def _unless_closed(self, deliveries: list[Delivery]) -> list[Delivery]:
         """A read that was in flight when :meth:`close` ran hands its entries straight back."""
@@ -147,35 +179,40 @@ class RedisSubscription(Subscription):
         """One XACK for the whole batch (an entry another consumer reclaimed is acked all the same).
 
         While the consumer drains a backlog (its last read was full), no read is in flight and
-        this acks at least as many entries as that read asked for (``receive_batch`` then
-        ``ack_many``), the XACK carries a non-blocking XREADGROUP for that many entries in the
-        same write: one round trip per batch instead of two. Both replies are awaited, so the XACK
-        has reached Redis when this returns; the entries read wait for the next :meth:`receive`
-        (read by this consumer as any read is: reclaimable after the lock timeout, handed back
-        on close), so the consumer never holds more entries than before the ack.
+        this acks at least a chunk (``receive_batch`` then ``ack_many``, or the core's ack batcher
+        after a chunk of ``async for``), the XACK carries a non-blocking XREADGROUP for as many
+        entries as it acks, in the same write: one round trip per batch instead of two, and on the
+        per-message path the next entries are read while the application handles the current
+        chunk. Both replies are awaited, so the XACK has reached Redis when this returns; the
+        entries read wait for :meth:`receive` (read by this consumer as any read is: reclaimable
+        after the lock timeout, handed back on close), so the consumer never holds more entries
+        than before the ack.
         """
         if self._extended:
             for delivery in deliveries:
                 self._extended.pop(delivery.token, None)
         ids = b"".join([b"$%d\r\n%b\r\n" % (len(d.token), d.token) for d in deliveries])
         command = [b"*%d\r\n" % (len(deliveries) + 3), self._xack, ids]
-        count = self._last_count
-        if not (self._draining and 0 < count <= len(deliveries) and not self._busy and not self._ahead
-                and not self._closed):
+        count = min(len(deliveries), READ)
+        if not (self._draining and count >= min(self._last_count, CHUNK) and not self._busy
+                and self._carried is None and not self._closed):
             reply = (await self._driver.send_packed(self._stream_key, command, 1))[0]
             if isinstance(reply, ResponseError):
                 raise reply
             return
         pack(command, [*self._read, b"%d" % count, b"STREAMS", self._stream_key, b">"])
-        self._busy = True
+        done = asyncio.get_running_loop().create_future()
+        self._carried = (done, count)
         try:
             acked, read = await self._driver.send_packed(self._stream_key, command, 2)
         finally:
-            self._busy = False
+            self._carried = None
+            done.set_result(None)
         if read and not isinstance(read, BaseException):
             entries = read[0][1]
             self._draining = len(entries) >= count
-            self._ahead = await self._unless_closed(_deliveries(entries))
+            if not self._closed:
+                self._ahead += entries
         else:
             self._draining = False
         if isinstance(acked, ResponseError):
@@ -224,6 +261,10 @@ class RedisSubscription(Subscription):
         """Hand unsettled entries back (reclaimable at once) and delete the consumer."""
         self._closed = True
         self._ahead = []
+        if self._carried is not None:
+            # Its XREADGROUP must reach Redis before the release below, or it would take entries
+            # for a consumer that no longer hands them back. Non-blocking, and bounded.
+            await self._carried[0]
         if self._keepalive is not None:
             self._keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):

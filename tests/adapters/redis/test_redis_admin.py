@@ -43,7 +43,7 @@ async def test_ensure_groups_get_messages_sent_after(rbroker: unimq.Broker, plai
     for refused in ({"retention": timedelta(days=1)}, {"partitions": 2}, {"fifo": True}, {"sessions": True},
                     {"replication": 2}):
         with pytest.raises(CapabilityError, match=next(iter(refused))):
-            await rbroker.ensure(dest, **refused)  # type: ignore[arg-type]
+            await rbroker.ensure(dest, **refused)
 
 
 async def test_replay_start(rbroker: unimq.Broker, dest: str) -> None:
