@@ -201,8 +201,11 @@ class Settlement:
         parallel = limits.max_in_flight if limits else 1
         chunks = [deliveries[start:start + size] for start in range(0, len(deliveries), size)]
         try:
-            for first in range(0, len(chunks), parallel):
-                await asyncio.gather(*(self._ack_processed(chunk) for chunk in chunks[first:first + parallel]))
+            if len(chunks) == 1:
+                await self._ack_processed(chunks[0])  # the usual case: no Task and loop turn of gather
+            else:
+                for first in range(0, len(chunks), parallel):
+                    await asyncio.gather(*(self._ack_processed(chunk) for chunk in chunks[first:first + parallel]))
         finally:
             if telemetry.current is not None:
                 for delivery in deliveries:
