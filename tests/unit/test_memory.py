@@ -203,3 +203,35 @@ def test_a_group_copy_keeps_every_field_with_headers_of_its_own() -> None:
     copy = _group_copy(original)
     assert copy == original
     assert copy.headers is not original.headers
+
+
+async def test_plain_and_prioritised_messages_keep_one_order_through_peek_nack_and_delay(broker: unimq.Broker) -> None:
+    """Plain messages are queued a publish call at a time and the rest (priority, delay,
+    redeliveries) on a heap: receive and peek merge them by priority, then send order, and a
+    nacked message comes back at its place (orders recorded from the one-heap implementation)."""
+    await broker.ensure("m", max_priority=9)
+    p = broker.producer("m")
+    await p.send_many([b"a", b"b"])
+    await p.send(b"p5", priority=5)
+    await p.send(b"c")
+    await p.send(b"p1", priority=1)
+    await p.send_many([b"d", b"e"])
+    await p.send(b"p5b", priority=5)
+    assert [m.body for m in await broker.peek("m", 10)] == [b"p5", b"p5b", b"p1", b"a", b"b", b"c", b"d", b"e"]
+    async with broker.consumer("m", prefetch=1) as consumer:
+        first = await consumer.receive(timeout=1)
+        assert first is not None and first.message.body == b"p5"
+        await first.nack()
+        got = [(d.message.body, d.attempt) for d in await drain(consumer, 0.1)]
+    assert got == [(b"p5", 2), (b"p5b", 1), (b"p1", 1), (b"a", 1), (b"b", 1), (b"c", 1), (b"d", 1), (b"e", 1)]
+
+    await p.send_many([b"f", b"g", b"h"])
+    await p.send(b"later", delay=0.2)
+    await p.send_many([b"i"])
+    async with broker.consumer("m", prefetch=2) as consumer:
+        f, g = await consumer.receive(timeout=1), await consumer.receive(timeout=1)
+        assert f is not None and g is not None
+        await g.nack()
+        await f.ack()
+        got = [(d.message.body, d.attempt) for d in await drain(consumer, 0.5)]
+    assert got == [(b"g", 2), (b"h", 1), (b"i", 1), (b"later", 1)]
