@@ -752,8 +752,12 @@ class Consumer:
         if self._room is not None and not self._room.done():
             self._room.set_result(None)
         if self._opened:
-            await self._settlement.flush()
-            await self._broker._guard(self._sub.close(), f"close consumer of {self.destination}")
+            try:
+                await self._settlement.flush()
+            finally:
+                # Closed even when this close is cancelled (a task cancelled on its way out of
+                # ``async with``): the driver's reader and its background fetcher would run on.
+                await asyncio.shield(self._broker._guard(self._sub.close(), f"close consumer of {self.destination}"))
 
     async def __aenter__(self) -> Consumer:
         return await self.open()

@@ -217,3 +217,28 @@ async def test_a_bomb_is_dead_lettered_not_decompressed(broker: unimq.Broker) ->
     async with broker.consumer("z", max_decoded_bytes=1024 * 1024) as consumer:
         assert await consumer.receive(timeout=0.3) is None
     assert (await broker.stats("z")).dead_letter_depth == 1
+
+
+async def test_a_cancelled_close_still_closes_the_drivers_reader(
+        broker: unimq.Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task cancelled while its consumer closes (on its way out of ``async with``) must not leave
+    the driver's reader open: a Kafka reader's poll task ran on, committing for a deleted topic."""
+    consumer = await broker.consumer("c").open()
+    closed = asyncio.Event()
+    flushing = asyncio.Event()
+
+    async def slow_flush() -> None:  # acks still being sent when the cancellation comes
+        flushing.set()
+        await asyncio.sleep(10)
+
+    async def close_reader() -> None:
+        closed.set()
+
+    monkeypatch.setattr(consumer._settlement, "flush", slow_flush)
+    monkeypatch.setattr(consumer.subscription, "close", close_reader)
+    closing = asyncio.create_task(consumer.close())
+    await flushing.wait()
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await asyncio.wait_for(closed.wait(), 1)

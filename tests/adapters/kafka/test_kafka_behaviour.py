@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -199,3 +200,32 @@ async def test_a_slow_handler_does_not_hold_up_a_joining_consumer(broker: unimq.
         for task in (first, second):
             task.cancel()
         await asyncio.gather(first, second, return_exceptions=True)
+
+
+@pytest.mark.parametrize("step", [1, 2, 3])
+async def test_a_cancelled_close_stops_the_poll_task_and_the_client(broker: unimq.Broker, topic: str,
+                                                                    step: int) -> None:
+    """A task cancelled while its consumer closes (the benchmark cancels its finished consumers)
+    still stops the reader: before, its poll task ran on and committed every 100 ms, for ever,
+    for a topic deleted since. ``step``: how many loop turns into close() the cancel lands (at 0
+    close() has not started: the consumer stays open, and the broker's close closes it)."""
+    await broker.ensure(topic)
+    await broker.producer(topic).send_many([b"x"] * 10)
+    consumer = await broker.consumer(topic).open()
+    for _ in range(10):
+        delivery = await consumer.receive(timeout=10)
+        assert delivery is not None
+        await delivery.ack()
+    reader = consumer.subscription
+    assert isinstance(reader, KafkaSubscription)
+    closing = asyncio.create_task(consumer.close())
+    for _ in range(step):
+        await asyncio.sleep(0)
+    closing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await closing
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not reader.native._closed:
+        await asyncio.sleep(0.05)
+    assert reader.native._closed, "the aiokafka consumer was never stopped"
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("unimq-kafka-poll")]
