@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Sequence
 from datetime import timedelta
 from typing import Any, ClassVar, TypeVar
@@ -631,6 +632,19 @@ class _Detected(Subscription):
         #: The group's filter as a subscription rule (None: none, the TrueFilter).
         self._sql = sql
         self._inner: ServiceBusSubscription | SessionSubscription | None = None
+        self._buffer: deque[Delivery] | None = None
+
+    @property
+    def _unread(self) -> deque[Delivery] | None:
+        """The core's buffer, which the reader in use must reach: it forgets the deliveries of a
+        lost receiver there (``discard_unread``)."""
+        return self._buffer
+
+    @_unread.setter
+    def _unread(self, buffer: deque[Delivery] | None) -> None:
+        self._buffer = buffer
+        if self._inner is not None:
+            self._inner._unread = buffer
 
     @property
     def lock_timeout(self) -> float | None:
@@ -655,19 +669,22 @@ class _Detected(Subscription):
             await self._driver.prepare_group(destination, group)
             await self._driver.route_group(destination, group, self._sql)
         if await self._driver.requires_session(destination, group):
-            self._inner = SessionSubscription(self._driver, destination, group, prefetch, self._lock_timeout)
-            await self._inner.open()
+            await self._use(SessionSubscription(self._driver, destination, group, prefetch, self._lock_timeout))
             return
-        self._inner = ServiceBusSubscription(self._driver, destination, group, prefetch)
         try:
-            await self._inner.open()
+            await self._use(ServiceBusSubscription(self._driver, destination, group, prefetch))
         except Exception as exc:
             if not _session_required(exc):
                 raise
             # The entity requires sessions though nothing said so (no management here): read it as one.
             self._driver.learn_sessions(destination, group, True)
-            self._inner = SessionSubscription(self._driver, destination, group, prefetch, self._lock_timeout)
-            await self._inner.open()
+            await self._use(SessionSubscription(self._driver, destination, group, prefetch, self._lock_timeout))
+
+    async def _use(self, inner: ServiceBusSubscription | SessionSubscription) -> None:
+        """Read with ``inner`` from now on, on the core's buffer; open it."""
+        inner._unread = self._buffer
+        self._inner = inner
+        await inner.open()
 
     async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
         return await self.inner.receive(max_messages, timeout)

@@ -19,7 +19,10 @@ back in order with the next attempt, and its receiver is closed.
 Failures follow subscription.py: calls on a receiver go one at a time; the first failure marks the
 session broken, later settlements on it are skipped (its messages come back when the service
 releases the session), and its receiver is closed, never reopened in place: the next accept takes
-whichever session is free.
+whichever session is free. A session whose connection drops is let go at once (subscription.py's
+``watch_connection``), and in peek-lock mode so is every delivery of a session let go that was not
+yet handed to the application, here and in the core's buffer: the service gives them again with
+the session, so handing them out too would have them processed twice.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from unimq.errors import CapabilityError, ConfigError, ConnectionError, NotFound
 from unimq.message import Delivery
 from unimq_servicebus.mapping import attempt_of, dead_letter_fields, entity_path, to_message
 from unimq_servicebus.options import DEFAULT_MAX_SESSIONS
+from unimq_servicebus.subscription import watch_connection
 
 if TYPE_CHECKING:
     from unimq_servicebus.driver import ServiceBusDriver
@@ -118,6 +122,8 @@ class SessionSubscription(Subscription):
         self._keeper: asyncio.Task[None] | None = None
         self._held: set[asyncio.Task[None]] = set()
         self._closing: set[asyncio.Task[None]] = set()
+        #: One task per session receiver that ends when its connection does (subscription.py).
+        self._watches: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         if self._group is None and await self._driver.entity_kind(self._destination) == "topic":
@@ -156,7 +162,18 @@ class SessionSubscription(Subscription):
             raise OperationTimeoutError(message="no session was granted")
         until = session.locked_until_utc
         duration = (until - datetime.now(UTC)).total_seconds() if until else DEFAULT_LOCK
-        self._sessions.append(_Session(receiver, session.session_id, max(duration, 1.0), time.monotonic()))
+        held = _Session(receiver, session.session_id, max(duration, 1.0), time.monotonic())
+        self._sessions.append(held)
+        watch = watch_connection(receiver, functools.partial(self._dropped, held))
+        if watch is not None:
+            self._watches.add(watch)
+            watch.add_done_callback(self._watches.discard)
+
+    def _dropped(self, s: _Session) -> None:
+        """The session's connection is gone (unless it was closed on purpose): let it go now."""
+        if not s.closed:
+            s.broken = True
+            self._close(s)
 
     def _accepted(self, task: asyncio.Task[None]) -> None:
         """An accept task ended: a failure other than 'no session was free' is the caller's."""
@@ -241,8 +258,8 @@ class SessionSubscription(Subscription):
         return failure
 
     def _add(self, s: _Session, batch: list[ServiceBusReceivedMessage]) -> None:
-        if not batch:
-            return
+        if not batch or (self._peek_lock and (s.broken or s.closed)):
+            return  # locked to a session that is gone: they come back with it
         now = time.monotonic()
         s.active = now
         held_until = now + max(self._lock_timeout or s.duration, self._hold)
@@ -278,8 +295,10 @@ class SessionSubscription(Subscription):
         with contextlib.suppress(ValueError):
             self._sessions.remove(s)
         s.unsettled.clear()
-        if any(d.token is s for d in self._backlog):
-            self._backlog = deque(d for d in self._backlog if d.token is not s)
+        if self._peek_lock:  # the service gives them again with the session (received-and-deleted ones: never)
+            if any(d.token is s for d in self._backlog):
+                self._backlog = deque(d for d in self._backlog if d.token is not s)
+            self.discard_unread(lambda d: d.token is s)
         task = asyncio.ensure_future(self._shut(s))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)

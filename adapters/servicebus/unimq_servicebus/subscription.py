@@ -20,6 +20,13 @@ expires), and the next receive closes every receiver, once no call is in flight 
 new ones. Receivers come from a client with ``retry_total=0`` so the SDK does not reopen them
 inside a failing call either.
 
+A receiver is also marked broken the moment its connection drops (:func:`watch_connection`: the
+event loop sees a TCP reset within milliseconds, while the SDK notices it only at its next read or
+write, after the consumer may have handed out everything it had prefetched). In peek-lock mode
+its deliveries not yet handed to the application are then forgotten, here and in the core's
+buffer: the service gives them again when their locks expire, so handing them out too would have
+them processed twice.
+
 Every settlement and renewal is bounded by the driver's ``operation_timeout``. Closing abandons
 what is unsettled (so it comes back at once), then hands the receivers to the driver to close in
 the background: an SDK close waits up to a second for its keep-alive task, and nothing depends on
@@ -57,6 +64,28 @@ RENEW_MARGIN = 2.0
 CLOSE_WAIT = 10.0
 
 
+def watch_connection(receiver: ServiceBusReceiver, lost: Callable[[], None]) -> asyncio.Task[None] | None:
+    """Call ``lost`` once the open receiver's connection has closed: reset, or closed on purpose
+    (``lost`` tells which).
+
+    The SDK offers no callback for it and reads its socket only inside a call, so this waits on
+    the connection's own asyncio stream (``StreamWriter.wait_closed``). None where there is no
+    such stream (AMQP over WebSocket): the loss is then seen at the next failing call.
+    """
+    connection = getattr(getattr(receiver, "_handler", None), "_connection", None)
+    writer = getattr(getattr(connection, "_transport", None), "writer", None)
+    if not isinstance(writer, asyncio.StreamWriter):
+        return None
+
+    async def closed() -> None:
+        with contextlib.suppress(Exception):  # the reset itself: what is wanted here
+            await writer.wait_closed()
+
+    task = asyncio.ensure_future(closed())
+    task.add_done_callback(lambda done: None if done.cancelled() else lost())
+    return task
+
+
 class ServiceBusSubscription(Subscription):
     #: Service Bus dead-letters natively (DeadLetterReason / DeadLetterErrorDescription).
     native_reject: ClassVar[bool] = True
@@ -75,6 +104,9 @@ class ServiceBusSubscription(Subscription):
         self._held: set[asyncio.Task[None]] = set()
         self._locks: dict[ServiceBusReceiver, asyncio.Lock] = {}
         self._broken: set[ServiceBusReceiver] = set()
+        #: One task per receiver, ending with its connection (never cancelled: that would cancel
+        #: the stream's close future, which the SDK's own close awaits).
+        self._watches: set[asyncio.Task[None]] = set()
         self._renewer: Any = None
 
     async def open(self) -> None:
@@ -111,9 +143,10 @@ class ServiceBusSubscription(Subscription):
                 if task.cancelled():  # the consumer is closing
                     continue
                 if task.exception() is None:
-                    self._accept(receiver, task.result())
+                    if receiver not in self._broken or not self._peek_lock:
+                        self._accept(receiver, task.result())  # else: locked to a lost receiver, they come back
                 else:
-                    self._broken.add(receiver)  # no settlement may reopen it meanwhile
+                    self._lost(receiver)  # no settlement may reopen it meanwhile
                     failure = failure or task.exception()
         if failure is not None and not backlog:
             await self._drop_receivers(failure)
@@ -124,6 +157,31 @@ class ServiceBusSubscription(Subscription):
     async def _open_receivers(self) -> None:
         self._receivers = await self._driver.open_receivers(self._destination, self._group, self._prefetch)
         self._locks = {receiver: asyncio.Lock() for receiver in self._receivers}
+        for receiver in self._receivers:
+            watch = watch_connection(receiver, functools.partial(self._dropped, receiver))
+            if watch is not None:
+                self._watches.add(watch)
+                watch.add_done_callback(self._watches.discard)
+
+    def _dropped(self, receiver: ServiceBusReceiver) -> None:
+        """The receiver's connection is gone: lost, unless it was closed on purpose."""
+        if receiver in self._receivers:
+            self._lost(receiver)
+
+    def _lost(self, receiver: ServiceBusReceiver) -> None:
+        """Mark the receiver broken and, in peek-lock mode, forget its deliveries not yet handed out
+        (here and in the core's buffer): the service gives them again once their locks expire."""
+        self._broken.add(receiver)
+        if not self._peek_lock:
+            return  # received and deleted: these copies are the only ones
+        backlog = self._backlog
+        dropped = [delivery for delivery in backlog if delivery.token is receiver]
+        if dropped:  # in place: a receive() in progress holds this deque
+            kept = [delivery for delivery in backlog if delivery.token is not receiver]
+            backlog.clear()
+            backlog.extend(kept)
+        for delivery in dropped + self.discard_unread(lambda delivery: delivery.token is receiver):
+            self._unsettled.pop(id(delivery.native), None)
 
     async def _drop_receivers(self, failure: BaseException) -> None:
         """A receive failed. Missing entities and bad settings are the caller's; anything else
@@ -174,7 +232,7 @@ class ServiceBusSubscription(Subscription):
             except LOST:
                 return False
             except Exception:
-                self._broken.add(receiver)
+                self._lost(receiver)
                 raise
         return True
 
