@@ -219,10 +219,17 @@ def validate_message(message: Message) -> None:
         raise ConfigError(f"message body must be bytes (or use a codec/schema), got {type(message.body).__name__}")
     if not isinstance(message.message_id, str) or not message.message_id:
         raise ConfigError("message_id must be a non-empty str")
-    for name in _OPTIONAL_TEXT:
-        value = getattr(message, name)
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(f"message {name} must be a str or None, got {type(value).__name__}")
+    # Unrolled fast path (a getattr loop per send was a third of this check); the loop only names the bad field.
+    if not (
+        (message.key is None or isinstance(message.key, str))
+        and (message.correlation_id is None or isinstance(message.correlation_id, str))
+        and (message.reply_to is None or isinstance(message.reply_to, str))
+        and (message.content_type is None or isinstance(message.content_type, str))
+    ):
+        for name in _OPTIONAL_TEXT:
+            value = getattr(message, name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"message {name} must be a str or None, got {type(value).__name__}")
     headers = message.headers
     if not isinstance(headers, dict):
         raise ConfigError(f"message headers must be a dict of str to str, got {type(headers).__name__}")

@@ -127,6 +127,8 @@ async def test_a_nan_delay_never_blocks_the_group(broker: unimq.Broker) -> None:
         ({"priority": -1}, "priority"),
         ({"priority": True}, "priority"),
         ({"correlation_id": 7}, "correlation_id"),
+        ({"reply_to": b"r"}, "reply_to"),
+        ({"content_type": 1.5}, "content_type"),
         ({"ttl": timedelta(0)}, "ttl"),
         ({"ttl": -3}, "ttl"),
         ({"delay": float("inf")}, "delay"),
