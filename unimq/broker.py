@@ -685,7 +685,7 @@ class Consumer:
         self.destination = destination
         self.group = group
         self._broker = broker
-        self._sub = subscription
+        self._settings = settings
         self._prefetch = settings.prefetch
         self._lock = settings.lock_timeout
         self._codec = codec
@@ -694,11 +694,10 @@ class Consumer:
         #: Deliveries need no decoding step unless they are compressed: __anext__'s fast path.
         self._plain = not self._decode and self._chain is None
         self._max_decoded = max_decoded_bytes
-        caps = broker._driver.capabilities_for(destination)
-        self._settlement = Settlement(broker._driver, subscription, caps, destination, group, self._release,
-                                      chain.acked, wanted, broker._send_reply)
+        self._acked = chain.acked
+        self._wanted = wanted
         self._buffer: deque[Delivery] = deque()
-        subscription._unread = self._buffer  # the driver's discard_unread() reaches it
+        self._attach(subscription)
         self._unsettled = 0
         self._room: asyncio.Future[None] | None = None
         self._receive_failures = 0
@@ -707,6 +706,14 @@ class Consumer:
 
     def __repr__(self) -> str:
         return f"<unimq.Consumer {self.destination!r} group={self.group!r} on {self._broker.backend}>"
+
+    def _attach(self, subscription: Subscription) -> None:
+        """Read and settle through ``subscription``; its driver's discard_unread() reaches the buffer."""
+        driver = self._broker._driver
+        self._sub = subscription
+        self._settlement = Settlement(driver, subscription, driver.capabilities_for(self.destination), self.destination,
+                                      self.group, self._release, self._acked, self._wanted, self._broker._send_reply)
+        subscription._unread = self._buffer
 
     @property
     def subscription(self) -> Subscription:
@@ -737,10 +744,23 @@ class Consumer:
             raise Closed(f"consumer of {self.destination!r} is closed")
         if not self._opened:
             self._broker._check_open()
-            await self._broker._guard(self._sub.open(), f"open consumer of {self.destination}")
+            try:
+                await self._broker._guard(self._sub.open(), f"open consumer of {self.destination}")
+            except BaseException:
+                await self._abandon_reader()
+                raise
             self._opened = True
             self._broker._consumers.add(self)
         return self
+
+    async def _abandon_reader(self) -> None:
+        """An open() that failed or was cancelled may have started a client half-way (a poll task, a
+        group member holding partitions): close that reader, shielded and quietly, so nothing runs on
+        unowned; a fresh one waits for the next open(). Nothing was received through it yet."""
+        failed = self._sub
+        self._attach(self._broker._driver.subscription(self.destination, self.group, self._settings))
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._broker._guard(failed.close(), f"close consumer of {self.destination}"))
 
     async def close(self) -> None:
         """Stop receiving: queued acks are sent, then messages not yet settled become redeliverable."""

@@ -197,7 +197,8 @@ class Subscription(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Stop fetching, promptly (cancel polls in flight rather than wait them out); unsettled
         messages must become redeliverable, at once where the broker allows. The core has already
-        sent every queued ack. Called once."""
+        sent every queued ack. Called once; also after an ``open()`` that raised or was cancelled
+        (then it closes whatever that open started, and the core reads through a new subscription)."""
 
 
 class Driver(abc.ABC):

@@ -244,3 +244,41 @@ async def test_a_cancelled_close_still_closes_the_drivers_reader(
     with pytest.raises(asyncio.CancelledError):
         await closing
     await asyncio.wait_for(closed.wait(), 1)
+
+
+@pytest.mark.parametrize("failure", ["cancelled", "raised"])
+async def test_an_open_that_fails_half_way_closes_what_it_started(
+        broker: unimq.Broker, monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
+    """A consumer's open() cancelled or failing after the driver started its client (a Kafka group
+    member joining) must close that reader: it ran on, holding partitions and fetching for ever.
+    The next open() reads through a fresh reader."""
+    await broker.ensure("h")
+    consumer = broker.consumer("h")
+    first = consumer.subscription
+    started = asyncio.Event()
+    closed = asyncio.Event()
+
+    async def half_open() -> None:
+        started.set()
+        if failure == "raised":
+            raise unimq.BrokerConnectionError("the group join failed")
+        await asyncio.sleep(10)
+
+    async def close_reader() -> None:
+        closed.set()
+
+    monkeypatch.setattr(first, "open", half_open)
+    monkeypatch.setattr(first, "close", close_reader)
+    opening = asyncio.create_task(consumer.open())
+    await started.wait()
+    if failure == "cancelled":
+        opening.cancel()
+    with pytest.raises(asyncio.CancelledError if failure == "cancelled" else unimq.BrokerConnectionError):
+        await opening
+    await asyncio.wait_for(closed.wait(), 1)
+    assert consumer.subscription is not first
+    await broker.producer("h").send(b"after")
+    async with consumer:
+        delivery = await consumer.receive(timeout=1)
+        assert delivery is not None and delivery.message.body == b"after"
+        await delivery.ack()

@@ -161,12 +161,16 @@ class KafkaSubscription(RetryTopicSubscription):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + JOIN_TIMEOUT
         starting = asyncio.create_task(self._consumer.start())
-        done, _ = await asyncio.wait({starting}, timeout=JOIN_TIMEOUT)
-        if done:
-            starting.result()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(deadline):
-                    await self._assigned.wait()
+        try:
+            done, _ = await asyncio.wait({starting}, timeout=JOIN_TIMEOUT)
+            if done:
+                starting.result()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(deadline):
+                        await self._assigned.wait()
+        except BaseException:
+            starting.cancel()  # the core closes this reader next, which stops the client
+            raise
         if not self._assigned.is_set():
             log.warning("kafka: group %r got no assignment within %.0fs; continuing", self.group_id, JOIN_TIMEOUT)
         self._task = asyncio.create_task(self._poll(starting), name=f"unimq-kafka-poll-{self._topic}")
