@@ -17,7 +17,7 @@ import unimq
 from unimq.testing.faultproxy import FaultProxy
 
 MESSAGES = 20
-LOCK = timedelta(seconds=4)
+LOCK = timedelta(seconds=2)
 #: Lets the event loop see the RST (it takes milliseconds); an application takes longer per message.
 SETTLE = 0.3
 
