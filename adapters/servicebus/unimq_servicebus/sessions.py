@@ -169,10 +169,7 @@ class SessionSubscription(Subscription):
         held = _Session(receiver, session.session_id, max(duration, 1.0), time.monotonic())
         self._sessions.append(held)
         self._pace.add(receiver)
-        watch = watch_connection(receiver, functools.partial(self._dropped, held))
-        if watch is not None:
-            self._watches.add(watch)
-            watch.add_done_callback(self._watches.discard)
+        watch_connection(receiver, functools.partial(self._dropped, held), self._watches)
 
     def _dropped(self, s: _Session) -> None:
         """The session's connection is gone (unless it was closed on purpose): let it go now."""

@@ -73,18 +73,18 @@ CLOSE_WAIT = 10.0
 SETTLING_READ = 0.02
 
 
-def watch_connection(receiver: ServiceBusReceiver, lost: Callable[[], None]) -> asyncio.Task[None] | None:
+def watch_connection(receiver: ServiceBusReceiver, lost: Callable[[], None], watches: set[asyncio.Task[None]]) -> None:
     """Call ``lost`` once the open receiver's connection has closed: reset, or closed on purpose
-    (``lost`` tells which).
+    (``lost`` tells which). The watching task is kept in ``watches`` until it ends.
 
     The SDK offers no callback for it and reads its socket only inside a call, so this waits on
-    the connection's own asyncio stream (``StreamWriter.wait_closed``). None where there is no
-    such stream (AMQP over WebSocket): the loss is then seen at the next failing call.
+    the connection's own asyncio stream (``StreamWriter.wait_closed``). Nothing is watched where
+    there is no such stream (AMQP over WebSocket): the loss is then seen at the next failing call.
     """
     connection = getattr(getattr(receiver, "_handler", None), "_connection", None)
     writer = getattr(getattr(connection, "_transport", None), "writer", None)
     if not isinstance(writer, asyncio.StreamWriter):
-        return None
+        return
 
     async def closed() -> None:
         with contextlib.suppress(Exception):  # the reset itself: what is wanted here
@@ -92,7 +92,8 @@ def watch_connection(receiver: ServiceBusReceiver, lost: Callable[[], None]) -> 
 
     task = asyncio.ensure_future(closed())
     task.add_done_callback(lambda done: None if done.cancelled() else lost())
-    return task
+    watches.add(task)
+    task.add_done_callback(watches.discard)
 
 
 class ReadPace:
@@ -206,10 +207,7 @@ class ServiceBusSubscription(Subscription):
         self._locks = {receiver: asyncio.Lock() for receiver in self._receivers}
         for receiver in self._receivers:
             self._pace.add(receiver)
-            watch = watch_connection(receiver, functools.partial(self._dropped, receiver))
-            if watch is not None:
-                self._watches.add(watch)
-                watch.add_done_callback(self._watches.discard)
+            watch_connection(receiver, functools.partial(self._dropped, receiver), self._watches)
 
     def _dropped(self, receiver: ServiceBusReceiver) -> None:
         """The receiver's connection is gone: lost, unless it was closed on purpose."""

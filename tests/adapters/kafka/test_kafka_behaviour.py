@@ -203,6 +203,14 @@ async def test_a_slow_handler_does_not_hold_up_a_joining_consumer(broker: unimq.
         await asyncio.gather(first, second, return_exceptions=True)
 
 
+async def _stopped(reader: KafkaSubscription) -> None:
+    """Wait (10 s at most) until the reader's aiokafka consumer is stopped."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not reader.native._closed:
+        await asyncio.sleep(0.05)
+    assert reader.native._closed, "the aiokafka consumer was never stopped"
+
+
 @pytest.mark.parametrize("step", [1, 2, 3])
 async def test_a_cancelled_close_stops_the_poll_task_and_the_client(broker: unimq.Broker, topic: str,
                                                                     step: int) -> None:
@@ -225,10 +233,7 @@ async def test_a_cancelled_close_stops_the_poll_task_and_the_client(broker: unim
     closing.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await closing
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not reader.native._closed:
-        await asyncio.sleep(0.05)
-    assert reader.native._closed, "the aiokafka consumer was never stopped"
+    await _stopped(reader)
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("unimq-kafka-poll")]
 
 
@@ -256,8 +261,5 @@ async def test_a_cancelled_open_stops_the_client_it_started(broker: unimq.Broker
     opening.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await opening
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not reader.native._closed:
-        await asyncio.sleep(0.05)
-    assert reader.native._closed, "the aiokafka consumer was never stopped"
+    await _stopped(reader)
     assert consumer.subscription is not reader
