@@ -71,6 +71,7 @@ from unimq_nats.mapping import (
     with_subject,
 )
 from unimq_nats.options import NatsOptions
+from unimq_nats.transport import connect as large_reads_connect
 
 log = logging.getLogger("unimq.nats")
 
@@ -216,7 +217,7 @@ class NatsDriver(Driver):
             kwargs["tls"] = self._tls_context()
             if opts.tls_hostname:
                 kwargs["tls_hostname"] = opts.tls_hostname
-        self._nc = await nats.connect(**kwargs)
+        self._nc = await large_reads_connect(**kwargs)
         # nats-py uses one setting for the first connection and for reconnection: bound the first, then
         # let a lost connection be retried as configured.
         self._nc.options["max_reconnect_attempts"] = opts.max_reconnect_attempts

@@ -13,6 +13,7 @@ import pytest
 from nats.aio.client import Client
 from nats_support import free_port, private_server
 from unimq_nats.mapping import stream_name
+from unimq_nats.transport import READ_SIZE, LargeReadTransport
 
 import unimq
 from unimq.reliability import DEAD_LETTER_REASON
@@ -323,3 +324,17 @@ async def test_request_replies_come_back_on_a_core_inbox(broker: unimq.Broker, d
     assert reply.body == b"pong"
     assert seen[0].startswith("_INBOX."), seen
     assert set(await broker.destinations()) == before, "a reply destination was created"
+
+
+async def test_the_connection_reads_large_messages_in_large_reads(broker: unimq.Broker, dest: str) -> None:
+    """The driver's transport (nats-py takes one only through a private attribute) is in use: if a
+    nats-py release stopped honouring it, 64 KiB consume would lose about a quarter of its CPU
+    silently (docs/backends/nats.md). Messages larger than one read still arrive whole."""
+    assert isinstance(broker.native._transport, LargeReadTransport)
+    await broker.ensure(dest)
+    bodies = [bytes([i]) * (READ_SIZE + 70_000) for i in range(3)]
+    await broker.producer(dest).send_many(bodies)
+    async with broker.consumer(dest) as consumer:
+        received = await consumer.receive_many(3, timeout=10)
+        await consumer.ack_many(received)
+    assert [d.message.body for d in received] == bodies
