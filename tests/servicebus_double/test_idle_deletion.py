@@ -41,8 +41,9 @@ def names(broker: Broker) -> set[str]:
 
 def test_an_idle_queue_is_deleted_once_idle_that_long() -> None:
     broker = Broker()
-    start = now_ms()
-    broker.create_queue("q", auto_delete_on_idle=1.0).touch(start)
+    queue = broker.create_queue("q", auto_delete_on_idle=1.0)
+    start = now_ms()  # after the creation: its dead-letter queue was last active then, on the real clock
+    queue.touch(start)
     broker.tick(start + 999)
     assert "q" in names(broker)
     broker.tick(start + 1000)
@@ -112,10 +113,11 @@ def test_a_topic_lives_while_its_subscriptions_are_used() -> None:
 
 def test_a_subscription_with_the_option_goes_alone() -> None:
     broker = Broker()
-    start = now_ms()
-    broker.create_topic("t").touch(start)
-    broker.create_subscription("t", "idle", auto_delete_on_idle=1.0).touch(start)
-    broker.create_subscription("t", "kept").touch(start)
+    entities = [broker.create_topic("t"), broker.create_subscription("t", "idle", auto_delete_on_idle=1.0),
+                broker.create_subscription("t", "kept")]
+    start = now_ms()  # after the creations: see the first test
+    for entity in entities:
+        entity.touch(start)
     broker.tick(start + 1000)
     assert names(broker) == {"t", "t/Subscriptions/kept"}
 
