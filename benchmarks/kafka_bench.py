@@ -82,8 +82,8 @@ class AioKafka(Contender):
 
     async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
         consumer = self._consumer(dest)
-        await consumer.start()
         try:
+            await consumer.start()  # inside: a run cancelled while joining must stop the member too
             last_commit = time.perf_counter()
             while not quota.finished:
                 if batch:
@@ -107,8 +107,8 @@ class AioKafka(Contender):
 
     async def receive_all(self, dest: str, on_body: Callable[[bytes], None]) -> None:
         consumer = self._consumer(dest)
-        await consumer.start()
         try:
+            await consumer.start()
             async for record in consumer:
                 on_body(record.value)
                 await consumer.commit()
@@ -154,8 +154,8 @@ class AioKafkaLoop(AioKafka):
 
     async def consume(self, dest: str, quota: Quota, batch: bool) -> None:
         consumer = self._consumer(dest)
-        await consumer.start()
         try:
+            await consumer.start()
             last_commit = time.perf_counter()
             async for item in self._records(consumer):
                 await item.ack()
